@@ -1,0 +1,48 @@
+# Two commands do all set-up on a fresh machine with only python3: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+AXE := build/node/node_modules/axe-core/axe.min.js
+export VOUCHERS_DATABASE_URL ?= sqlite+aiosqlite:///var/vouchers.db
+
+.PHONY: run test install db demo bench site messages clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+db: install
+	$(BIN)/vouchers db upgrade
+	$(BIN)/vouchers scheme load schemes/arnhem-2021.toml
+
+run: db
+	@$(BIN)/vouchers demo
+	@echo "Serving on http://127.0.0.1:8000  (API: /api/v1, schema: /api/schema/openapi.json, mail: var/mail/)"
+	$(BIN)/vouchers serve --port 8000
+
+# axe-core (accessibility rules) for the browser tests, from the npm registry.
+$(AXE):
+	mkdir -p build/node
+	npm install --silent --no-audit --no-fund --prefix build/node axe-core@4
+
+test: install
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory $(AXE); fi
+	$(BIN)/python -m pytest -W error $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+site: install
+	$(BIN)/vouchers site build
+
+messages: install
+	$(BIN)/pybabel extract -F babel.cfg -k N_ -o build/messages.pot service
+	$(BIN)/pybabel update -i build/messages.pot -d service/locale -D messages -l nl --no-fuzzy-matching
+
+clean:
+	rm -rf build var .pytest_cache

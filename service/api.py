@@ -1,0 +1,423 @@
+"""JSON API under ``/api/v1``. Handlers translate HTTP into calls of the domain functions and
+back; the rules live in the domain modules."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, Request, Response, Router, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from . import applications, idempotency, providers, ratelimit, schemes, vouchers
+from .auth import Principal, requires
+from .db import run_in_transaction
+from .errors import N_, DomainError, Forbidden, InvalidInput, NotFound, TooManyAttempts
+from .models import Application, Enrolment, Provider, Scheme, Voucher
+from .problems import problem_body
+from .runtime import Runtime
+
+__all__ = ("api_router",)
+
+Cents = Annotated[int, msgspec.Meta(gt=0, le=100_000_000, description="Amount in euro cents")]
+Reference = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+Reason = Annotated[str, msgspec.Meta(min_length=3, max_length=1000)]
+Category = Literal["coaching", "retraining", "financial_advice"]
+NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+
+
+class RedeemIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    amount_cents: Cents
+    """The invoice amount; the voucher pays it less the scheme's own contribution."""
+    category: Category
+    reference: Reference
+    """Invoice number or the coach's own reference."""
+    session_date: dt.date | None = None
+
+
+class HoldIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    amount_cents: Cents
+    category: Category
+    reference: Reference
+
+
+class ReasonIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    reason: Reason
+
+
+class SeedIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    seed: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class VoucherOut(msgspec.Struct, frozen=True, kw_only=True):
+    """What a coach needs to see: validity, money, the company. No contact details."""
+
+    voucher_id: int
+    scheme: str
+    status: str
+    valid: bool
+    company_name: str
+    value_cents: int
+    balance_cents: int
+    held_cents: int
+    redeemed_cents: int
+    expires_at: dt.datetime
+    categories: list[str]
+    own_contribution_percent: int
+
+
+class RedemptionOut(msgspec.Struct, frozen=True, kw_only=True):
+    redemption_id: int
+    voucher_id: int
+    category: str
+    invoice_cents: int
+    amount_cents: int
+    own_contribution_cents: int
+    reference: str
+    created_at: dt.datetime
+    reversed_at: dt.datetime | None
+    voucher_balance_cents: int
+
+
+class HoldOut(msgspec.Struct, frozen=True, kw_only=True):
+    hold_id: int
+    voucher_id: int
+    status: str
+    category: str
+    invoice_cents: int
+    amount_cents: int
+    expires_at: dt.datetime
+
+
+class VoucherEnded(msgspec.Struct, frozen=True, kw_only=True):
+    voucher_id: int
+    status: str
+    returned_cents: int
+
+
+def _principal(request: Request[Any, Any, Any]) -> Principal:
+    return request.scope["user"]  # guards have checked it is there
+
+
+async def _voucher_out(session: AsyncSession, voucher: Voucher) -> VoucherOut:
+    scheme = await session.get_one(Scheme, voucher.scheme_id)
+    application = await session.get_one(Application, voucher.application_id)
+    status = vouchers.effective_status(voucher)
+    return VoucherOut(
+        voucher_id=voucher.id,
+        scheme=scheme.slug,
+        status=status,
+        valid=status == "active" and scheme.closed_at is None and voucher.balance_cents > 0,
+        company_name=application.company_name,
+        value_cents=voucher.value_cents,
+        balance_cents=voucher.balance_cents,
+        held_cents=voucher.held_cents,
+        redeemed_cents=voucher.redeemed_cents,
+        expires_at=voucher.expires_at,
+        categories=list(scheme.categories),
+        own_contribution_percent=scheme.own_contribution_percent,
+    )
+
+
+async def find_voucher_limited(rt: Runtime, session: AsyncSession, code: str, client: str) -> Voucher:
+    """Look up a code, refusing clients that have guessed wrong too often (counted in the
+    database, so every server process shares the count)."""
+    key = f"lookup:{client}"
+    window = rt.settings.failed_lookup_window_seconds
+    if await ratelimit.attempts_so_far(session, key, window_seconds=window) >= rt.settings.failed_lookup_limit:
+        raise TooManyAttempts(minutes=max(1, window // 60))
+    try:
+        return await vouchers.find_voucher(session, rt, code)
+    except (NotFound, InvalidInput):
+        async with rt.sessionmaker() as counting, counting.begin():
+            await ratelimit.count_attempt(counting, key, window_seconds=window)
+        raise
+
+
+def lookup_client(request: Request[Any, Any, Any]) -> str:
+    principal = request.scope.get("user")
+    if principal is not None:
+        return principal.actor
+    client = request.client
+    return f"ip:{client.host if client else 'unknown'}"
+
+
+async def run_idempotent(
+    request: Request[Any, Any, Any],
+    rt: Runtime,
+    work: Callable[[AsyncSession], Awaitable[msgspec.Struct]],
+    *,
+    status_code: int = 201,
+) -> Response[bytes]:
+    """Run ``work`` once per ``Idempotency-Key`` and give every retry the first answer."""
+    headers = dict(NO_STORE)
+    key = request.headers.get("idempotency-key")
+    record_id: int | None = None
+    if key is not None:
+        fingerprint = idempotency.request_fingerprint(request.method, request.url.path, await request.body())
+        claimed = await idempotency.claim(rt.sessionmaker, scope=_principal(request).actor, key=key,
+                                          fingerprint=fingerprint)
+        if isinstance(claimed, idempotency.StoredAnswer):
+            media = "application/json" if claimed.status_code < 400 else "application/problem+json"
+            return Response(claimed.body, status_code=claimed.status_code, media_type=media,
+                            headers={**headers, "Idempotent-Replayed": "true"})
+        record_id = claimed
+
+    async def work_and_record(session: AsyncSession) -> bytes:
+        body = msgspec.json.encode(await work(session))
+        if record_id is not None:
+            await idempotency.complete(session, record_id, status_code=status_code, body=body)
+        return body
+
+    try:
+        body = await run_in_transaction(rt.sessionmaker, work_and_record)
+    except DomainError as exc:
+        if record_id is not None:
+            problem = problem_body(exc)
+            async with rt.sessionmaker() as session, session.begin():
+                await idempotency.complete(session, record_id, status_code=problem["status"],
+                                           body=msgspec.json.encode(problem))
+        raise
+    except BaseException:
+        if record_id is not None:
+            await idempotency.release(rt.sessionmaker, record_id)
+        raise
+    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+
+
+async def _provider_name(session: AsyncSession, provider_id: int | None) -> str:
+    if provider_id is None:
+        raise Forbidden("provider-required", N_("Only a provider's account can do this."))
+    return (await session.get_one(Provider, provider_id)).name
+
+
+async def _redemption_out(session: AsyncSession, redemption: Any) -> RedemptionOut:
+    balance = await session.scalar(select(Voucher.balance_cents).where(Voucher.id == redemption.voucher_id))
+    return RedemptionOut(
+        redemption_id=redemption.id,
+        voucher_id=redemption.voucher_id,
+        category=redemption.category,
+        invoice_cents=redemption.invoice_cents,
+        amount_cents=redemption.amount_cents,
+        own_contribution_cents=redemption.own_contribution_cents,
+        reference=redemption.reference,
+        created_at=redemption.created_at,
+        reversed_at=redemption.reversed_at,
+        voucher_balance_cents=balance or 0,
+    )
+
+
+def _hold_out(hold: Any) -> HoldOut:
+    return HoldOut(hold_id=hold.id, voucher_id=hold.voucher_id, status=hold.status, category=hold.category,
+                   invoice_cents=hold.invoice_cents, amount_cents=hold.amount_cents, expires_at=hold.expires_at)
+
+
+class PublicController(Controller):
+    """Open to everyone: scheme figures, application status, the lottery draw. No personal data."""
+
+    path = "/"
+    tags = ["public"]
+
+    @get("/schemes")
+    async def list_schemes(self, rt: NamedDependency[Runtime]) -> list[schemes.SchemeSummary]:
+        async with rt.sessionmaker() as session:
+            return [await schemes.summary(session, s) for s in await session.scalars(select(Scheme).order_by(Scheme.id))]
+
+    @get("/schemes/{slug:str}")
+    async def scheme_summary(self, slug: FromPath[str], rt: NamedDependency[Runtime]) -> schemes.SchemeSummary:
+        async with rt.sessionmaker() as session:
+            return await schemes.summary(session, await schemes.get_scheme(session, slug))
+
+    @get("/schemes/{slug:str}/draw")
+    async def scheme_draw(self, slug: FromPath[str], rt: NamedDependency[Runtime]) -> applications.DrawResult:
+        async with rt.sessionmaker() as session:
+            return await applications.published_draw(session, await schemes.get_scheme(session, slug))
+
+    @get("/applications/{application_id:str}")
+    async def application_state(
+        self, application_id: FromPath[str], rt: NamedDependency[Runtime]
+    ) -> applications.ApplicationState:
+        async with rt.sessionmaker() as session:
+            return await applications.application_state(session, application_id)
+
+
+class VoucherController(Controller):
+    """What a coach does with a code: check it, redeem it, reserve against it."""
+
+    path = "/vouchers"
+    tags = ["coach"]
+    guards = [requires("coach", "admin")]
+
+    @get("/{code:str}", response_headers=NO_STORE)
+    async def lookup(self, request: Request[Any, Any, Any], code: FromPath[str], rt: NamedDependency[Runtime]) -> VoucherOut:
+        async with rt.sessionmaker() as session:
+            voucher = await find_voucher_limited(rt, session, code, lookup_client(request))
+            return await _voucher_out(session, voucher)
+
+    @post("/{code:str}/redemptions")
+    async def redeem(self, request: Request[Any, Any, Any], code: FromPath[str], data: JSONBody[RedeemIn],
+                     rt: NamedDependency[Runtime]) -> Response[bytes]:
+        principal = _principal(request)
+
+        async def work(session: AsyncSession) -> RedemptionOut:
+            voucher = await find_voucher_limited(rt, session, code, principal.actor)
+            redemption = await vouchers.redeem(
+                session, rt, voucher, provider_id=principal.provider_id or 0,
+                provider_name=await _provider_name(session, principal.provider_id), category=data.category,
+                invoice_cents=data.amount_cents, reference=data.reference, session_date=data.session_date,
+                recorded_by=principal.actor)
+            return await _redemption_out(session, redemption)
+
+        return await run_idempotent(request, rt, work)
+
+    @post("/{code:str}/holds")
+    async def hold(self, request: Request[Any, Any, Any], code: FromPath[str], data: JSONBody[HoldIn],
+                   rt: NamedDependency[Runtime]) -> Response[bytes]:
+        principal = _principal(request)
+
+        async def work(session: AsyncSession) -> HoldOut:
+            voucher = await find_voucher_limited(rt, session, code, principal.actor)
+            await _provider_name(session, principal.provider_id)
+            hold = await vouchers.create_hold(session, rt, voucher, provider_id=principal.provider_id or 0,
+                                              category=data.category, invoice_cents=data.amount_cents,
+                                              reference=data.reference, created_by=principal.actor)
+            return _hold_out(hold)
+
+        return await run_idempotent(request, rt, work)
+
+
+class HoldController(Controller):
+    path = "/holds"
+    tags = ["coach"]
+    guards = [requires("coach", "admin")]
+
+    @post("/{hold_id:int}/confirm")
+    async def confirm(self, request: Request[Any, Any, Any], hold_id: FromPath[int],
+                      rt: NamedDependency[Runtime]) -> Response[bytes]:
+        principal = _principal(request)
+
+        async def work(session: AsyncSession) -> RedemptionOut:
+            name = await _provider_name(session, principal.provider_id)
+            redemption = await vouchers.confirm_hold(session, rt, hold_id, provider_id=principal.provider_id,
+                                                     recorded_by=principal.actor, provider_name=name)
+            return await _redemption_out(session, redemption)
+
+        return await run_idempotent(request, rt, work, status_code=200)
+
+    @post("/{hold_id:int}/release")
+    async def release(self, request: Request[Any, Any, Any], hold_id: FromPath[int],
+                      rt: NamedDependency[Runtime]) -> Response[bytes]:
+        principal = _principal(request)
+        provider_id = principal.provider_id if principal.role == "coach" else None
+
+        async def work(session: AsyncSession) -> HoldOut:
+            return _hold_out(await vouchers.release_hold(session, hold_id, reason="declined", provider_id=provider_id))
+
+        return await run_idempotent(request, rt, work, status_code=200)
+
+
+class RedemptionController(Controller):
+    path = "/redemptions"
+    tags = ["coach"]
+    guards = [requires("coach", "admin")]
+
+    @post("/{redemption_id:int}/reversal")
+    async def reverse(self, request: Request[Any, Any, Any], redemption_id: FromPath[int], data: JSONBody[ReasonIn],
+                      rt: NamedDependency[Runtime]) -> Response[bytes]:
+        principal = _principal(request)
+        provider_id = principal.provider_id if principal.role == "coach" else None
+
+        async def work(session: AsyncSession) -> RedemptionOut:
+            redemption = await vouchers.reverse_redemption(session, redemption_id, reason=data.reason,
+                                                           provider_id=provider_id)
+            return await _redemption_out(session, redemption)
+
+        return await run_idempotent(request, rt, work, status_code=200)
+
+
+class AdminController(Controller):
+    """The municipality's operations for systems; the back-office screens call the same code."""
+
+    path = "/admin"
+    tags = ["admin"]
+    guards = [requires("admin")]
+
+    @post("/schemes/{slug:str}/applications")
+    async def apply(self, request: Request[Any, Any, Any], slug: FromPath[str], data: JSONBody[applications.ApplicantDetails],
+                    rt: NamedDependency[Runtime]) -> Response[bytes]:
+        """Register an application (for example from the municipality's intake) and decide it."""
+
+        async def work(session: AsyncSession) -> applications.ApplicationState:
+            scheme = await schemes.get_scheme(session, slug)
+            application = await applications.submit(session, scheme, data)
+            await applications.decide(session, rt, scheme, application, employees=data.employees,
+                                      postcode=data.postcode)
+            return await applications.application_state(session, application.public_id)
+
+        return await run_idempotent(request, rt, work)
+
+    @post("/vouchers/{voucher_id:int}/revocation")
+    async def revoke(self, request: Request[Any, Any, Any], voucher_id: FromPath[int], data: JSONBody[ReasonIn],
+                     rt: NamedDependency[Runtime]) -> Response[bytes]:
+        before: dict[str, int] = {}
+
+        async def work(session: AsyncSession) -> VoucherEnded:
+            voucher = await session.get(Voucher, voucher_id)
+            if voucher is None:
+                raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
+            before["returned"] = voucher.returned_cents
+            ended = await vouchers.end_voucher(session, rt, voucher_id, status="revoked", reason=data.reason)
+            return VoucherEnded(voucher_id=ended.id, status=ended.status,
+                                returned_cents=ended.returned_cents - before["returned"])
+
+        return await run_idempotent(request, rt, work, status_code=200)
+
+    @post("/schemes/{slug:str}/draw")
+    async def draw(self, request: Request[Any, Any, Any], slug: FromPath[str], data: JSONBody[SeedIn],
+                   rt: NamedDependency[Runtime]) -> Response[bytes]:
+        async def work(session: AsyncSession) -> applications.DrawResult:
+            scheme = await schemes.get_scheme(session, slug)
+            return await applications.draw(session, rt, scheme, data.seed)
+
+        return await run_idempotent(request, rt, work, status_code=200)
+
+    @post("/enrolments/{enrolment_id:int}/approval")
+    async def approve_enrolment(self, request: Request[Any, Any, Any], enrolment_id: FromPath[int],
+                                rt: NamedDependency[Runtime]) -> Response[bytes]:
+        async def work(session: AsyncSession) -> EnrolmentOut:
+            return _enrolment_out(await providers.decide_enrolment(session, enrolment_id, approve=True))
+
+        return await run_idempotent(request, rt, work, status_code=200)
+
+    @post("/enrolments/{enrolment_id:int}/refusal")
+    async def refuse_enrolment(self, request: Request[Any, Any, Any], enrolment_id: FromPath[int], data: JSONBody[ReasonIn],
+                               rt: NamedDependency[Runtime]) -> Response[bytes]:
+        async def work(session: AsyncSession) -> EnrolmentOut:
+            return _enrolment_out(await providers.decide_enrolment(session, enrolment_id, approve=False,
+                                                                   reason=data.reason))
+
+        return await run_idempotent(request, rt, work, status_code=200)
+
+
+class EnrolmentOut(msgspec.Struct, frozen=True, kw_only=True):
+    enrolment_id: int
+    provider_id: int
+    scheme_id: int
+    status: str
+    categories: list[str]
+
+
+def _enrolment_out(enrolment: Enrolment) -> EnrolmentOut:
+    return EnrolmentOut(enrolment_id=enrolment.id, provider_id=enrolment.provider_id, scheme_id=enrolment.scheme_id,
+                        status=enrolment.status, categories=list(enrolment.categories))
+
+
+api_router = Router(
+    path="/api/v1",
+    route_handlers=[PublicController, VoucherController, HoldController, RedemptionController, AdminController],
+)

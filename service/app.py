@@ -1,0 +1,175 @@
+"""``create_app``: the one place where the service is wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from litestar import Litestar, Request, get
+from litestar.config.csrf import CSRFConfig
+from litestar.di import NamedDependency, Provide
+from litestar.exceptions import HTTPException
+from litestar.middleware import ASGIMiddleware
+from litestar.middleware.session.client_side import CookieBackendConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Template
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from sqlalchemy import select
+
+from . import __version__, i18n, outbox, schemes, sweep
+from .api import api_router
+from .auth import AuthMiddleware
+from .errors import DomainError
+from .models import Scheme
+from .problems import domain_error_handler, http_error_handler
+from .runtime import Runtime
+from .settings import Settings
+
+__all__ = ("create_app",)
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).parent
+
+# Pages send no script and load nothing from other hosts; this says so to the browser.
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+     b"frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),
+    (b"permissions-policy", b"camera=(), geolocation=(), microphone=()"),
+]
+
+
+class LocaleAndHeadersMiddleware(ASGIMiddleware):
+    """Choose the language (``?lang=``, then the ``lang`` cookie, then Accept-Language) and add
+    the security headers to every answer."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        request: Request[Any, Any, Any] = Request(scope)
+        chosen = request.query_params.get("lang")
+        locale = chosen if chosen in i18n.LOCALES else request.cookies.get("lang")
+        if locale not in i18n.LOCALES:
+            locale = i18n.negotiate(request.headers.get("accept-language"))
+        i18n.set_locale(locale)
+        scope.setdefault("state", {})["locale"] = locale
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers += [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+                if chosen in i18n.LOCALES:
+                    headers.append((b"set-cookie", f"lang={chosen}; Path=/; Max-Age=31536000; SameSite=Lax".encode()))
+                message["headers"] = headers
+            await send(message)
+
+        await next_app(scope, receive, send_with_headers)
+
+
+def _template_engine() -> JinjaTemplateEngine:
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=select_autoescape(default=True),
+        extensions=["jinja2.ext.i18n"],
+    )
+    env.install_gettext_callables(i18n.gettext, i18n.ngettext, newstyle=True)  # type: ignore[attr-defined]
+    env.filters["money"] = i18n.format_money
+    env.filters["day"] = i18n.format_day
+    env.filters["moment"] = i18n.format_moment
+    env.globals["current_locale"] = i18n.current_locale
+    return JinjaTemplateEngine.from_environment(env)
+
+
+@get("/", include_in_schema=False)
+async def home(rt: NamedDependency[Runtime]) -> Template:
+    async with rt.sessionmaker() as session:
+        items = [await schemes.summary(session, s) for s in await session.scalars(select(Scheme).order_by(Scheme.id))]
+    return Template("index.html", context={"schemes": items})
+
+
+@get("/healthz", include_in_schema=False)
+async def health(rt: NamedDependency[Runtime]) -> dict[str, str]:
+    async with rt.sessionmaker() as session:
+        await session.execute(select(1))
+    return {"status": "ok"}
+
+
+async def _every(seconds: float, work: Any, name: str) -> None:
+    while True:
+        try:
+            await work()
+        except Exception:  # keep the loop alive; the next round tries again
+            log.exception("%s failed", name)
+        await asyncio.sleep(seconds)
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+    rt = runtime or Runtime.create(settings)
+
+    @contextlib.asynccontextmanager
+    async def background(app: Litestar) -> AsyncIterator[None]:
+        tasks = []
+        if settings.background_tasks:
+            tasks = [
+                asyncio.create_task(_every(settings.outbox_interval_seconds, lambda: outbox.send_due(rt), "outbox")),
+                asyncio.create_task(_every(settings.sweep_interval_seconds, lambda: sweep.sweep(rt), "sweep")),
+            ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await rt.engine.dispose()
+
+    session_config = CookieBackendConfig(
+        secret=settings.derive_key("session"),
+        key="vouchers_session",
+        httponly=True,
+        samesite="lax",
+        secure=settings.base_url.startswith("https://"),
+        max_age=60 * 60 * 8,
+    )
+
+    async def provide_runtime() -> Runtime:
+        return rt
+
+    return Litestar(
+        route_handlers=[
+            home,
+            health,
+            api_router,
+            create_static_files_router("/static", [HERE / "static"], include_in_schema=False),
+        ],
+        dependencies={"rt": Provide(provide_runtime, use_cache=True)},
+        middleware=[LocaleAndHeadersMiddleware(), session_config.middleware, AuthMiddleware(rt)],
+        exception_handlers={DomainError: domain_error_handler, HTTPException: http_error_handler},
+        csrf_config=CSRFConfig(
+            secret=settings.derive_key("csrf").hex(),
+            cookie_httponly=True,
+            cookie_samesite="lax",
+            cookie_secure=settings.base_url.startswith("https://"),
+            # The API is authenticated by bearer tokens only (see AuthMiddleware), never cookies.
+            exclude=["^/api/"],
+        ),
+        template_config=TemplateConfig(engine=_template_engine()),
+        openapi_config=OpenAPIConfig(
+            title="Ondernemersvoucher Arnhem", version=__version__, path="/api/schema",
+            # Only the JSON document: the HTML viewers load scripts from other hosts.
+            render_plugins=[JsonRenderPlugin()],
+        ),
+        request_max_body_size=settings.max_request_body_bytes,
+        lifespan=[background],
+        debug=False,
+    )

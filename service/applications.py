@@ -1,0 +1,284 @@
+"""Applications: eligibility, allocation (first come or lottery), the waiting list.
+
+A place and the voucher's value are taken from the scheme by one conditional UPDATE
+(:func:`take_place`), so the cap and the budget hold however many applications arrive at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+from typing import Annotated
+
+import msgspec
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from . import outbox
+from .codes import new_public_id
+from .errors import N_, Conflict, InvalidInput, NotFound, Refused
+from .models import Application, Scheme, utcnow
+from .runtime import Runtime
+from .schemes import postcode_accepted, scheme_status
+from .vouchers import issue_voucher
+
+__all__ = (
+    "ApplicantDetails",
+    "ApplicationState",
+    "DrawResult",
+    "application_state",
+    "decide",
+    "draw",
+    "draw_order",
+    "promote_waiting",
+    "submit",
+    "take_place",
+)
+
+KvkNumber = Annotated[str, msgspec.Meta(pattern=r"^\d{8}$", description="KvK number: 8 digits")]
+Postcode = Annotated[str, msgspec.Meta(pattern=r"^[1-9]\d{3} ?[A-Za-z]{2}$", description="Dutch postcode, e.g. 6811 AB")]
+Email = Annotated[str, msgspec.Meta(pattern=r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$", max_length=254)]
+
+
+class ApplicantDetails(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What an entrepreneur tells us when applying."""
+
+    kvk_number: KvkNumber
+    company_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    employees: Annotated[int, msgspec.Meta(ge=0, le=100000)]
+    postcode: Postcode
+    contact_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    email: Email
+    purpose: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    locale: Annotated[str, msgspec.Meta(pattern=r"^(nl|en)$")] = "nl"
+
+
+class ApplicationState(msgspec.Struct, frozen=True, kw_only=True):
+    """What an applicant may see of their application (and what the public API shows)."""
+
+    application_id: str
+    scheme: str
+    status: str
+    waiting_list_position: int | None
+    reasons: list[str]
+
+
+class DrawResult(msgspec.Struct, frozen=True, kw_only=True):
+    scheme: str
+    seed: str
+    seed_sha256: str
+    order: list[str]
+    """Pseudonymous application ids in drawn order."""
+
+
+def _normalise_postcode(postcode: str) -> str:
+    compact = postcode.replace(" ", "").upper()
+    return f"{compact[:4]} {compact[4:]}"
+
+
+def eligibility_reasons(scheme: Scheme, *, employees: int, postcode: str) -> list[str]:
+    """Codes of the rules an applicant does not meet; empty when eligible."""
+    reasons = []
+    if employees > scheme.max_employees:
+        reasons.append("too-many-employees")
+    if not postcode_accepted(scheme, postcode):
+        reasons.append("outside-area")
+    return reasons
+
+
+async def submit(session: AsyncSession, scheme: Scheme, details: ApplicantDetails) -> Application:
+    """Record an application. One live application per KvK number per scheme."""
+    now = utcnow()
+    if scheme_status(scheme, now) != "open":
+        raise Refused("scheme-not-open", N_("This scheme is not taking applications now."))
+    application = Application(
+        public_id=new_public_id("A"),
+        scheme_id=scheme.id,
+        status="received",
+        kvk_number=details.kvk_number,
+        company_name=details.company_name.strip(),
+        employees=details.employees,
+        postcode=_normalise_postcode(details.postcode),
+        contact_name=details.contact_name.strip(),
+        email=details.email.strip(),
+        purpose=details.purpose.strip(),
+        locale=details.locale,
+        reasons=[],
+        created_at=now,
+    )
+    try:
+        async with session.begin_nested():
+            session.add(application)
+            await session.flush()
+    except IntegrityError:
+        raise Conflict(
+            "already-applied", N_("This KvK number has already applied for this scheme."), field="kvk_number"
+        ) from None
+    return application
+
+
+async def take_place(session: AsyncSession, scheme: Scheme, *, from_waiting_list: bool) -> bool:
+    """Take one place and one voucher's value from the scheme, if both are left.
+
+    New applicants do not jump the waiting list: while anyone waits, only a promotion from the
+    list may take a freed place.
+    """
+    query = update(Scheme).where(
+        Scheme.id == scheme.id,
+        Scheme.closed_at.is_(None),
+        Scheme.places_used < Scheme.max_places,
+        Scheme.committed_cents + Scheme.value_cents <= Scheme.budget_cents,
+    )
+    values = {
+        "places_used": Scheme.places_used + 1,
+        "committed_cents": Scheme.committed_cents + Scheme.value_cents,
+    }
+    if from_waiting_list:
+        values["waiting_count"] = Scheme.waiting_count - 1
+    else:
+        query = query.where(Scheme.waiting_count == 0)
+    result = await session.execute(query.values(**values).returning(Scheme.value_cents))
+    return result.first() is not None
+
+
+async def _join_waiting_list(session: AsyncSession, application: Application) -> None:
+    number = await session.scalar(
+        update(Scheme)
+        .where(Scheme.id == application.scheme_id)
+        .values(waitlist_seq=Scheme.waitlist_seq + 1, waiting_count=Scheme.waiting_count + 1)
+        .returning(Scheme.waitlist_seq)
+    )
+    application.status = "waiting"
+    application.waitlist_number = number
+    application.decided_at = utcnow()
+
+
+async def decide(session: AsyncSession, rt: Runtime, scheme: Scheme, application: Application,
+                 *, employees: int, postcode: str) -> Application:
+    """Decide an application on the facts given (from the trade register where available):
+    reject with reasons, enter the lottery, issue a voucher, or put it on the waiting list."""
+    reasons = eligibility_reasons(scheme, employees=employees, postcode=postcode)
+    if reasons:
+        application.status = "rejected"
+        application.reasons = reasons
+        application.decided_at = utcnow()
+        outbox.enqueue(session, to=application.email, template="application_rejected", locale=application.locale,
+                       contact_name=application.contact_name, reasons=reasons,
+                       scheme_name=_scheme_name(scheme, application.locale))
+    elif scheme.allocation == "lottery":
+        application.status = "entered"
+        outbox.enqueue(session, to=application.email, template="application_entered", locale=application.locale,
+                       contact_name=application.contact_name, application_id=application.public_id,
+                       closes_at=scheme.applications_close_at.date().isoformat(),
+                       scheme_name=_scheme_name(scheme, application.locale))
+    elif await take_place(session, scheme, from_waiting_list=False):
+        await issue_voucher(session, rt, scheme, application)
+    else:
+        await _join_waiting_list(session, application)
+        outbox.enqueue(session, to=application.email, template="application_waiting", locale=application.locale,
+                       contact_name=application.contact_name, application_id=application.public_id,
+                       scheme_name=_scheme_name(scheme, application.locale))
+    await session.flush()
+    return application
+
+
+def _scheme_name(scheme: Scheme, locale: str) -> str:
+    return scheme.name if locale == "nl" else scheme.name_en
+
+
+async def promote_waiting(session: AsyncSession, rt: Runtime, scheme_id: int) -> int:
+    """Give freed places to the first on the waiting list, in order. Returns how many."""
+    scheme = await session.get_one(Scheme, scheme_id)
+    promoted = 0
+    while True:
+        query = (
+            select(Application)
+            .where(Application.scheme_id == scheme_id, Application.status == "waiting")
+            .order_by(Application.waitlist_number)
+            .limit(1)
+        )
+        if not rt.settings.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        application = await session.scalar(query)
+        if application is None or not await take_place(session, scheme, from_waiting_list=True):
+            return promoted
+        await issue_voucher(session, rt, scheme, application)
+        promoted += 1
+
+
+async def application_state(session: AsyncSession, public_id: str) -> ApplicationState:
+    application = await session.scalar(select(Application).where(Application.public_id == public_id))
+    if application is None:
+        raise NotFound("application-not-found", N_("There is no application with this number."))
+    scheme = await session.get_one(Scheme, application.scheme_id)
+    position = None
+    if application.status == "waiting":
+        position = await session.scalar(
+            select(func.count()).select_from(Application).where(
+                Application.scheme_id == application.scheme_id,
+                Application.status == "waiting",
+                Application.waitlist_number <= application.waitlist_number,
+            )
+        )
+    return ApplicationState(
+        application_id=application.public_id,
+        scheme=scheme.slug,
+        status=application.status,
+        waiting_list_position=position,
+        reasons=list(application.reasons),
+    )
+
+
+def draw_order(seed: str, public_ids: list[str]) -> list[str]:
+    """The published rule: sort by HMAC-SHA256(seed, id). Anyone can recompute it."""
+    return sorted(public_ids, key=lambda pid: hmac.new(seed.encode(), pid.encode(), hashlib.sha256).hexdigest())
+
+
+async def draw(session: AsyncSession, rt: Runtime, scheme: Scheme, seed: str, *, now: dt.datetime | None = None) -> DrawResult:
+    """Draw a lottery scheme after its window: vouchers in drawn order while places and money
+    last, the rest on the waiting list in the same order."""
+    now = now or utcnow()
+    if scheme.allocation != "lottery":
+        raise Refused("not-a-lottery", N_("This scheme does not use a lottery."))
+    if scheme.drawn_at is not None:
+        raise Refused("already-drawn", N_("The draw for this scheme has already taken place."))
+    if now < scheme.applications_close_at:
+        raise Refused("window-open", N_("The draw can only take place after the application period."))
+    if hashlib.sha256(seed.encode()).hexdigest() != scheme.lottery_seed_hash:
+        raise InvalidInput("seed-mismatch", N_("This seed does not match the published hash."), field="seed")
+    entries = list(
+        await session.scalars(
+            select(Application).where(Application.scheme_id == scheme.id, Application.status == "entered")
+        )
+    )
+    by_id = {a.public_id: a for a in entries}
+    order = draw_order(seed, list(by_id))
+    for rank, public_id in enumerate(order, start=1):
+        application = by_id[public_id]
+        application.lottery_rank = rank
+        if await take_place(session, scheme, from_waiting_list=False):
+            await issue_voucher(session, rt, scheme, application)
+        else:
+            await _join_waiting_list(session, application)
+            outbox.enqueue(session, to=application.email, template="application_waiting",
+                           locale=application.locale, contact_name=application.contact_name,
+                           application_id=application.public_id,
+                           scheme_name=_scheme_name(scheme, application.locale))
+    scheme.drawn_at = now
+    scheme.lottery_seed = seed
+    await session.flush()
+    return DrawResult(scheme=scheme.slug, seed=seed, seed_sha256=scheme.lottery_seed_hash or "", order=order)
+
+
+async def published_draw(session: AsyncSession, scheme: Scheme) -> DrawResult:
+    if scheme.drawn_at is None or scheme.lottery_seed is None:
+        raise NotFound("not-drawn", N_("The draw for this scheme has not taken place yet."))
+    rows = await session.scalars(
+        select(Application.public_id)
+        .where(Application.scheme_id == scheme.id, Application.lottery_rank.is_not(None))
+        .order_by(Application.lottery_rank)
+    )
+    return DrawResult(scheme=scheme.slug, seed=scheme.lottery_seed, seed_sha256=scheme.lottery_seed_hash or "",
+                      order=list(rows))

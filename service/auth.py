@@ -1,0 +1,91 @@
+"""Who is asking: one principal per request, from a bearer token (systems) or the signed
+session cookie (people), and one way of guarding routes by role."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from .models import ApiToken
+from .providers import authenticate_token
+from .runtime import Runtime
+
+__all__ = ("AuthMiddleware", "Principal", "requires")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The signed-in party. ``role`` is what guards check."""
+
+    kind: str
+    """``token``, ``provider-staff``, ``staff`` or ``entrepreneur``."""
+    role: str
+    """``coach`` and ``admin`` for tokens; staff and entrepreneur roles for people."""
+    subject_id: int
+    name: str
+    provider_id: int | None = None
+    voucher_id: int | None = None
+
+    @property
+    def actor(self) -> str:
+        """How this party is named in records: never a personal detail, only kind and id."""
+        return f"{self.kind}:{self.subject_id}"
+
+
+def _from_token(token: ApiToken) -> Principal:
+    return Principal(kind="token", role=token.role, subject_id=token.id, name=token.name, provider_id=token.provider_id)
+
+
+class AuthMiddleware(ASGIMiddleware):
+    """Sets ``scope["user"]`` to a :class:`Principal` or None. Guards decide what is allowed."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        scope["user"] = await self._principal(scope)
+        await next_app(scope, receive, send)
+
+    async def _principal(self, scope: Scope) -> Principal | None:
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                if scheme.lower() != "bearer" or not token:
+                    return None
+                async with self.rt.sessionmaker() as session:
+                    row = await authenticate_token(session, self.rt, token.strip())
+                if row is None:
+                    raise NotAuthorizedException("invalid token")
+                return _from_token(row)
+        if scope["path"].startswith("/api/"):
+            # The API takes bearer tokens only, so a browser's cookie can never be used
+            # against it from another site (the API has no CSRF token).
+            return None
+        session_data = scope.get("session") or {}
+        principal = session_data.get("principal") if isinstance(session_data, dict) else None
+        if isinstance(principal, dict):
+            try:
+                return Principal(**principal)
+            except TypeError:
+                return None
+        return None
+
+
+def requires(*roles: str) -> Any:
+    """A guard letting through principals with one of ``roles``."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        principal = connection.scope.get("user")
+        if principal is None:
+            raise NotAuthorizedException("sign in first")
+        if principal.role not in roles:
+            raise PermissionDeniedException("not allowed for this role")
+
+    guard.__name__ = f"requires_{'_or_'.join(roles)}"
+    return guard

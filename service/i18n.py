@@ -1,0 +1,119 @@
+"""One translation mechanism for every page, mail and error: gettext catalogs read with Babel.
+
+Message ids are English; ``locale/nl/LC_MESSAGES/messages.po`` holds the Dutch text, which is
+the default. The current language lives in a context variable, set per request by the web layer
+and around mail rendering with :func:`use_locale`, so Jinja's i18n extension and Python code read
+the same one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gettext as _gettext
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from babel.dates import format_date, format_datetime
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+from babel.numbers import format_currency
+
+__all__ = (
+    "DEFAULT_LOCALE",
+    "LOCALES",
+    "current_locale",
+    "format_day",
+    "format_moment",
+    "format_money",
+    "gettext",
+    "negotiate",
+    "ngettext",
+    "use_locale",
+)
+
+LOCALES = ("nl", "en")
+DEFAULT_LOCALE = "nl"
+LOCALE_DIR = Path(__file__).parent / "locale"
+_BABEL_LOCALE = {"nl": "nl_NL", "en": "en_GB"}
+_TIMEZONE = "Europe/Amsterdam"
+
+_current: ContextVar[str] = ContextVar("locale", default=DEFAULT_LOCALE)
+
+
+def _load(locale: str) -> _gettext.NullTranslations:
+    po = LOCALE_DIR / locale / "LC_MESSAGES" / "messages.po"
+    if not po.exists():
+        return _gettext.NullTranslations()
+    with po.open("rb") as f:
+        catalog = read_po(f, locale=locale)
+    buffer = io.BytesIO()
+    write_mo(buffer, catalog)
+    buffer.seek(0)
+    return _gettext.GNUTranslations(buffer)
+
+
+_TRANSLATIONS = {locale: _load(locale) for locale in LOCALES}
+
+
+def current_locale() -> str:
+    return _current.get()
+
+
+@contextmanager
+def use_locale(locale: str) -> Iterator[None]:
+    token = _current.set(locale if locale in LOCALES else DEFAULT_LOCALE)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def set_locale(locale: str) -> None:
+    """Set the language for the rest of this task (one request)."""
+    _current.set(locale if locale in LOCALES else DEFAULT_LOCALE)
+
+
+def gettext(message: str) -> str:
+    return _TRANSLATIONS[_current.get()].gettext(message)
+
+
+def ngettext(singular: str, plural: str, n: int) -> str:
+    return _TRANSLATIONS[_current.get()].ngettext(singular, plural, n)
+
+
+def negotiate(accept_language: str | None) -> str:
+    """Pick nl or en from an Accept-Language header; Dutch when nothing fits."""
+    if not accept_language:
+        return DEFAULT_LOCALE
+    ranked = []
+    for part in accept_language.split(","):
+        lang, _, q = part.strip().partition(";q=")
+        try:
+            weight = float(q) if q else 1.0
+        except ValueError:
+            continue
+        ranked.append((weight, lang.strip().lower()[:2]))
+    for _weight, lang in sorted(ranked, reverse=True):
+        if lang in LOCALES:
+            return lang
+    return DEFAULT_LOCALE
+
+
+def format_money(cents: int) -> str:
+    """``€ 1.350,00`` in Dutch, ``€1,350.00`` in English; never through a float."""
+    return format_currency(Decimal(cents) / 100, "EUR", locale=_BABEL_LOCALE[_current.get()])
+
+
+def format_day(day: dt.date | dt.datetime) -> str:
+    if isinstance(day, dt.datetime):
+        day = day.astimezone(ZoneInfo(_TIMEZONE)).date()
+    return format_date(day, format="long", locale=_BABEL_LOCALE[_current.get()])
+
+
+def format_moment(moment: dt.datetime) -> str:
+    return format_datetime(moment, format="medium", tzinfo=_TIMEZONE, locale=_BABEL_LOCALE[_current.get()])

@@ -1,0 +1,391 @@
+"""Database tables. Money is always integer cents; counters on rows exist for speed and are
+checked against the ledger by ``vouchers check``.
+
+The invariants that must hold under any load are written here as CHECK constraints too, so that
+even a bug in the domain code cannot store an overspent budget or a negative balance.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+__all__ = (
+    "ApiToken",
+    "Application",
+    "Base",
+    "Enrolment",
+    "Hold",
+    "IdempotencyRecord",
+    "LedgerEntry",
+    "OutboxMessage",
+    "Provider",
+    "RateLimitCounter",
+    "Redemption",
+    "Scheme",
+    "Voucher",
+)
+
+Id = BigInteger().with_variant(Integer, "sqlite")
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on both databases (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime stored; use datetime.now(UTC)")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return value
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Scheme(Base):
+    """A regeling: one budget, one cap on entrepreneurs, one set of rules."""
+
+    __tablename__ = "scheme"
+    __table_args__ = (
+        CheckConstraint("places_used >= 0 AND places_used <= max_places", name="places_within_cap"),
+        CheckConstraint("committed_cents >= 0 AND committed_cents <= budget_cents", name="committed_within_budget"),
+        CheckConstraint("redeemed_cents >= 0 AND redeemed_cents <= committed_cents", name="redeemed_within_committed"),
+        CheckConstraint("budget_cents >= 0 AND reserve_cents >= 0", name="budget_not_negative"),
+        CheckConstraint("allocation IN ('first_come', 'lottery')", name="allocation_known"),
+        CheckConstraint("waiting_count >= 0", name="waiting_count_not_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    name_en: Mapped[str] = mapped_column(String(200))
+    summary: Mapped[str] = mapped_column(Text, default="")
+    summary_en: Mapped[str] = mapped_column(Text, default="")
+    allocation: Mapped[str] = mapped_column(String(16))
+    categories: Mapped[list[Any]] = mapped_column(JSON)
+    value_cents: Mapped[int] = mapped_column(BigInteger)
+    own_contribution_percent: Mapped[int] = mapped_column(Integer, default=0)
+    provider_cap_cents: Mapped[int | None] = mapped_column(BigInteger)
+    max_employees: Mapped[int] = mapped_column(Integer)
+    postcodes: Mapped[list[Any]] = mapped_column(JSON)
+    applications_open_at: Mapped[dt.datetime]
+    applications_close_at: Mapped[dt.datetime]
+    validity_days: Mapped[int] = mapped_column(Integer)
+    hold_days: Mapped[int] = mapped_column(Integer)
+    reversal_days: Mapped[int] = mapped_column(Integer)
+    lottery_seed_hash: Mapped[str | None] = mapped_column(String(64))
+    lottery_seed: Mapped[str | None] = mapped_column(String(200))
+    drawn_at: Mapped[dt.datetime | None]
+    closed_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    # Figures. Changed only by conditional UPDATEs in service.ledger, always with a ledger entry.
+    budget_cents: Mapped[int] = mapped_column(BigInteger)
+    reserve_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    max_places: Mapped[int] = mapped_column(Integer)
+    places_used: Mapped[int] = mapped_column(Integer, default=0)
+    committed_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    redeemed_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    waitlist_seq: Mapped[int] = mapped_column(Integer, default=0)
+    """Last waiting-list number handed out; numbers only grow, so positions are stable."""
+    waiting_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Application(Base):
+    """An entrepreneur's request for a voucher. ``public_id`` is the pseudonym used in the draw
+    and on status pages; it says nothing about the applicant."""
+
+    __tablename__ = "application"
+    __table_args__ = (
+        # One live application per KvK number per scheme; a rejected one may be tried again.
+        Index(
+            "one_live_application_per_kvk",
+            "scheme_id",
+            "kvk_number",
+            unique=True,
+            sqlite_where=text("status NOT IN ('rejected', 'withdrawn')"),
+            postgresql_where=text("status NOT IN ('rejected', 'withdrawn')"),
+        ),
+        Index("waiting_list_order", "scheme_id", "status", "waitlist_number"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    scheme_id: Mapped[int] = mapped_column(ForeignKey("scheme.id"))
+    status: Mapped[str] = mapped_column(String(24))
+    kvk_number: Mapped[str] = mapped_column(String(8))
+    company_name: Mapped[str] = mapped_column(String(200))
+    employees: Mapped[int] = mapped_column(Integer)
+    postcode: Mapped[str] = mapped_column(String(7))
+    contact_name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(254))
+    purpose: Mapped[str] = mapped_column(Text, default="")
+    locale: Mapped[str] = mapped_column(String(5), default="nl")
+    reasons: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    waitlist_number: Mapped[int | None] = mapped_column(Integer)
+    lottery_rank: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    decided_at: Mapped[dt.datetime | None]
+
+
+class Voucher(Base):
+    """Only a keyed hash of the code is stored. The code itself is derived from ``code_salt`` and
+    the server's secret, so the holder can be shown it again but a database copy cannot redeem."""
+
+    __tablename__ = "voucher"
+    __table_args__ = (
+        UniqueConstraint("scheme_id", "kvk_number", name="one_voucher_per_kvk"),
+        CheckConstraint(
+            "balance_cents >= 0 AND held_cents >= 0 AND redeemed_cents >= 0 AND returned_cents >= 0",
+            name="voucher_amounts_not_negative",
+        ),
+        CheckConstraint(
+            "balance_cents + held_cents + redeemed_cents + returned_cents = value_cents",
+            name="voucher_money_accounted_for",
+        ),
+        CheckConstraint("status IN ('active', 'used_up', 'expired', 'revoked')", name="voucher_status_known"),
+        Index("voucher_expiry", "status", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    scheme_id: Mapped[int] = mapped_column(ForeignKey("scheme.id"))
+    application_id: Mapped[int] = mapped_column(ForeignKey("application.id"), unique=True)
+    kvk_number: Mapped[str] = mapped_column(String(8))
+    code_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    code_salt: Mapped[bytes] = mapped_column(LargeBinary(16))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    value_cents: Mapped[int] = mapped_column(BigInteger)
+    balance_cents: Mapped[int] = mapped_column(BigInteger)
+    held_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    redeemed_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    returned_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    holds_place: Mapped[bool] = mapped_column(Boolean, default=True)
+    issued_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    ended_at: Mapped[dt.datetime | None]
+    end_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class Provider(Base):
+    """An aanbieder: a coach or training provider."""
+
+    __tablename__ = "provider"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(80), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kvk_number: Mapped[str] = mapped_column(String(8), unique=True)
+    email: Mapped[str] = mapped_column(String(254))
+    website: Mapped[str | None] = mapped_column(String(300))
+    description: Mapped[str] = mapped_column(Text, default="")
+    iban: Mapped[str] = mapped_column(String(34))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Enrolment(Base):
+    """A provider's participation in one scheme, approved by the municipality per category."""
+
+    __tablename__ = "enrolment"
+    __table_args__ = (
+        UniqueConstraint("scheme_id", "provider_id", name="one_enrolment_per_scheme"),
+        CheckConstraint("status IN ('pending', 'approved', 'refused', 'suspended')", name="enrolment_status_known"),
+        CheckConstraint("cap_cents IS NULL OR received_cents <= cap_cents", name="provider_within_cap"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    scheme_id: Mapped[int] = mapped_column(ForeignKey("scheme.id"))
+    provider_id: Mapped[int] = mapped_column(ForeignKey("provider.id"))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    categories: Mapped[list[Any]] = mapped_column(JSON)
+    cap_cents: Mapped[int | None] = mapped_column(BigInteger)
+    received_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    paid_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    decided_at: Mapped[dt.datetime | None]
+    decision_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ApiToken(Base):
+    """A bearer token for systems; only its hash is stored."""
+
+    __tablename__ = "api_token"
+    __table_args__ = (CheckConstraint("role IN ('coach', 'admin')", name="token_role_known"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+    provider_id: Mapped[int | None] = mapped_column(ForeignKey("provider.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[dt.datetime | None]
+
+
+class Redemption(Base):
+    """Money a coach records against a voucher. A reversal adds a ledger entry and stamps
+    ``reversed_at``; the row itself is never deleted."""
+
+    __tablename__ = "redemption"
+    __table_args__ = (
+        CheckConstraint("amount_cents > 0 AND invoice_cents >= amount_cents", name="redemption_amounts"),
+        Index("redemptions_of_provider", "provider_id", "created_at"),
+        Index("redemptions_of_voucher", "voucher_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    scheme_id: Mapped[int] = mapped_column(ForeignKey("scheme.id"))
+    voucher_id: Mapped[int] = mapped_column(ForeignKey("voucher.id"))
+    enrolment_id: Mapped[int] = mapped_column(ForeignKey("enrolment.id"))
+    provider_id: Mapped[int] = mapped_column(ForeignKey("provider.id"))
+    hold_id: Mapped[int | None] = mapped_column(ForeignKey("hold.id"))
+    category: Mapped[str] = mapped_column(String(32))
+    invoice_cents: Mapped[int] = mapped_column(BigInteger)
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    own_contribution_cents: Mapped[int] = mapped_column(BigInteger)
+    reference: Mapped[str] = mapped_column(String(100))
+    session_date: Mapped[dt.date | None] = mapped_column(Date)
+    recorded_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    reversed_at: Mapped[dt.datetime | None]
+    reversal_reason: Mapped[str | None] = mapped_column(Text)
+    flagged_at: Mapped[dt.datetime | None]
+    payout_batch_id: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class Hold(Base):
+    """Money set aside on a voucher for a provider until the provider confirms delivery."""
+
+    __tablename__ = "hold"
+    __table_args__ = (
+        CheckConstraint("amount_cents > 0 AND invoice_cents >= amount_cents", name="hold_amounts"),
+        CheckConstraint("status IN ('open', 'confirmed', 'released')", name="hold_status_known"),
+        Index("open_holds", "status", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    scheme_id: Mapped[int] = mapped_column(ForeignKey("scheme.id"))
+    voucher_id: Mapped[int] = mapped_column(ForeignKey("voucher.id"))
+    enrolment_id: Mapped[int] = mapped_column(ForeignKey("enrolment.id"))
+    provider_id: Mapped[int] = mapped_column(ForeignKey("provider.id"))
+    offer_id: Mapped[int | None] = mapped_column(BigInteger)
+    category: Mapped[str] = mapped_column(String(32))
+    invoice_cents: Mapped[int] = mapped_column(BigInteger)
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    own_contribution_cents: Mapped[int] = mapped_column(BigInteger)
+    reference: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    release_reason: Mapped[str | None] = mapped_column(String(32))
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    decided_at: Mapped[dt.datetime | None]
+
+
+class LedgerEntry(Base):
+    """One movement of money (and/or a place) from one account to another. Append-only.
+
+    Accounts are ``(kind, id)`` pairs: ``funding`` (money given to a scheme), ``budget`` and
+    ``reserve`` (per scheme), ``voucher`` and ``held`` (per voucher), ``provider`` (per
+    enrolment) and ``bank`` (paid out). ``places`` is +1 when a place is taken, -1 when given back.
+    """
+
+    __tablename__ = "ledger_entry"
+    __table_args__ = (
+        CheckConstraint("amount_cents >= 0", name="entry_amount_not_negative"),
+        CheckConstraint("places IN (-1, 0, 1)", name="entry_places"),
+        Index("entries_from", "from_kind", "from_id"),
+        Index("entries_to", "to_kind", "to_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    scheme_id: Mapped[int] = mapped_column(ForeignKey("scheme.id"))
+    kind: Mapped[str] = mapped_column(String(24))
+    from_kind: Mapped[str] = mapped_column(String(12))
+    from_id: Mapped[int] = mapped_column(BigInteger)
+    to_kind: Mapped[str] = mapped_column(String(12))
+    to_id: Mapped[int] = mapped_column(BigInteger)
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    places: Mapped[int] = mapped_column(Integer, default=0)
+    voucher_id: Mapped[int | None] = mapped_column(BigInteger)
+    redemption_id: Mapped[int | None] = mapped_column(BigInteger)
+    hold_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    memo: Mapped[str] = mapped_column(Text, default="")
+
+
+class OutboxMessage(Base):
+    """A mail written in the same transaction as the change it reports; rendered and sent later."""
+
+    __tablename__ = "outbox_message"
+    __table_args__ = (Index("outbox_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(200), unique=True)
+    to_address: Mapped[str] = mapped_column(String(254))
+    template: Mapped[str] = mapped_column(String(64))
+    locale: Mapped[str] = mapped_column(String(5))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(12), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    claimed_until: Mapped[dt.datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[dt.datetime | None]
+
+
+class IdempotencyRecord(Base):
+    """The answer given to one ``Idempotency-Key``, so that a retry gets the same answer."""
+
+    __tablename__ = "idempotency_record"
+    __table_args__ = (UniqueConstraint("scope", "key", name="one_answer_per_key"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    scope: Mapped[str] = mapped_column(String(100))
+    key: Mapped[str] = mapped_column(String(200))
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[dt.datetime | None]
+
+
+class RateLimitCounter(Base):
+    """A fixed-window counter shared by every server process."""
+
+    __tablename__ = "rate_limit_counter"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window_start: Mapped[dt.datetime]
+    count: Mapped[int] = mapped_column(Integer)

@@ -1,0 +1,163 @@
+"""The one outbox for all mail.
+
+A message is written in the same transaction as the change it reports and is rendered and sent
+later by :func:`send_due`, which several processes may run at once: each claims rows first
+(``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the write lock on SQLite) for a lease, so a message is
+handed to the mail server once. A failure is retried with back-off; nothing is dropped while the
+mail server is down. Messages are rendered at send time from their parameters, so a voucher code
+is never stored in the outbox: it is derived when the mail goes out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.message
+import email.utils
+import logging
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from . import i18n
+from .codes import format_code
+from .errors import REJECTION_REASONS
+from .models import OutboxMessage, Voucher, utcnow
+from .runtime import Runtime
+
+__all__ = ("enqueue", "render", "send_due")
+
+log = logging.getLogger(__name__)
+TEMPLATES = Path(__file__).parent / "templates" / "mail"
+LEASE = dt.timedelta(minutes=5)
+MAX_BACKOFF = dt.timedelta(hours=1)
+
+_env = Environment(
+    loader=FileSystemLoader(TEMPLATES),
+    extensions=["jinja2.ext.i18n"],
+    autoescape=select_autoescape(enabled_extensions=()),  # plain-text mail
+    undefined=StrictUndefined,
+    keep_trailing_newline=True,
+)
+_env.install_gettext_callables(i18n.gettext, i18n.ngettext, newstyle=True)  # type: ignore[attr-defined]
+_env.filters["money"] = i18n.format_money
+_env.filters["day"] = i18n.format_day
+_env.globals["reason_texts"] = REJECTION_REASONS
+
+
+def enqueue(session: AsyncSession, *, to: str, template: str, locale: str, **params: Any) -> OutboxMessage:
+    """Add a message to the session; it exists only if the surrounding transaction commits."""
+    if not (TEMPLATES / f"{template}.txt").exists():
+        raise ValueError(f"no mail template {template!r}")
+    message = OutboxMessage(
+        message_id=email.utils.make_msgid(domain="vouchers.local"),
+        to_address=to,
+        template=template,
+        locale=locale,
+        params=params,
+    )
+    session.add(message)
+    return message
+
+
+async def render(session: AsyncSession, rt: Runtime, message: OutboxMessage) -> tuple[str, str]:
+    """Subject and body. A ``voucher_id`` parameter makes the voucher's code available."""
+    context = dict(message.params)
+    if "voucher_id" in context:
+        salt = await session.scalar(select(Voucher.code_salt).where(Voucher.id == context["voucher_id"]))
+        if salt is not None:
+            context["voucher_code"] = format_code(rt.keys.code_for(salt))
+    context["base_url"] = rt.settings.base_url.rstrip("/")
+    with i18n.use_locale(message.locale):
+        text = _env.get_template(f"{message.template}.txt").render(context)
+    subject, _, body = text.partition("\n")
+    return subject.removeprefix("Subject:").strip(), body.lstrip("\n")
+
+
+async def send_due(rt: Runtime, *, now: dt.datetime | None = None, batch: int = 20) -> int:
+    """Send what is due; returns how many were sent. Safe to run in several processes."""
+    now = now or utcnow()
+    async with rt.sessionmaker() as session, session.begin():
+        query = (
+            select(OutboxMessage)
+            .where(
+                OutboxMessage.status == "pending",
+                OutboxMessage.next_attempt_at <= now,
+                (OutboxMessage.claimed_until.is_(None)) | (OutboxMessage.claimed_until < now),
+            )
+            .order_by(OutboxMessage.id)
+            .limit(batch)
+        )
+        if not rt.settings.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        claimed = list(await session.scalars(query))
+        for message in claimed:
+            message.claimed_until = now + LEASE
+        rendered = [(message, *await render(session, rt, message)) for message in claimed]
+    sent = 0
+    for message, subject, body in rendered:
+        try:
+            await _deliver(rt, message, subject, body)
+        except Exception as exc:  # any failure of the mail server: try again later
+            log.warning("mail %s not sent: %s", message.id, exc)
+            await _failed(rt, message, exc, now)
+        else:
+            sent += 1
+            async with rt.sessionmaker() as session, session.begin():
+                await session.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id == message.id)
+                    .values(status="sent", sent_at=utcnow(), claimed_until=None, attempts=OutboxMessage.attempts + 1)
+                )
+    return sent
+
+
+async def _failed(rt: Runtime, message: OutboxMessage, exc: Exception, now: dt.datetime) -> None:
+    backoff = min(dt.timedelta(seconds=10 * 2 ** min(message.attempts, 12)), MAX_BACKOFF)
+    async with rt.sessionmaker() as session, session.begin():
+        await session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id == message.id)
+            .values(
+                attempts=OutboxMessage.attempts + 1,
+                next_attempt_at=now + backoff,
+                claimed_until=None,
+                last_error=str(exc)[:1000],
+            )
+        )
+
+
+def _mime(rt: Runtime, message: OutboxMessage, subject: str, body: str) -> email.message.EmailMessage:
+    mime = email.message.EmailMessage()
+    mime["From"] = rt.settings.mail_from
+    mime["To"] = message.to_address
+    mime["Subject"] = subject
+    # A stable Message-ID lets the receiving side drop a duplicate if a lease ever expired
+    # between the mail server's acceptance and our "sent" mark.
+    mime["Message-ID"] = message.message_id
+    mime["Date"] = email.utils.format_datetime(utcnow())
+    mime["Content-Language"] = message.locale
+    mime.set_content(body)
+    return mime
+
+
+async def _deliver(rt: Runtime, message: OutboxMessage, subject: str, body: str) -> None:
+    mime = _mime(rt, message, subject, body)
+    settings = rt.settings
+    if settings.mail_backend == "file":
+        folder = Path(settings.mail_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{message.id:08d}.eml").write_bytes(mime.as_bytes())
+        return
+    await aiosmtplib.send(
+        mime,
+        hostname=settings.smtp_host,
+        port=settings.smtp_port,
+        username=settings.smtp_username,
+        password=settings.smtp_password,
+        start_tls=settings.smtp_starttls,
+        timeout=30,
+    )

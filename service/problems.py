@@ -1,0 +1,92 @@
+"""The one place where errors become HTTP answers: RFC 9457 problem details for the API,
+an error page for HTML pages. Messages are translated into the request's language."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from litestar.response import Template
+
+from . import i18n
+from .errors import N_, Conflict, DomainError, Forbidden, InvalidInput, NotFound, Refused, TooManyAttempts
+
+__all__ = ("STATUS", "domain_error_handler", "http_error_handler", "problem_body", "wants_html")
+
+STATUS: dict[type[DomainError], int] = {
+    InvalidInput: 422,
+    NotFound: 404,
+    Refused: 422,
+    Conflict: 409,
+    Forbidden: 403,
+    TooManyAttempts: 429,
+}
+PROBLEM_TYPE = "urn:vouchers:problem:"
+_HTTP_CODES = {400: "bad-request", 401: "not-signed-in", 403: "forbidden", 404: "not-found", 405: "method-not-allowed",
+               413: "body-too-large", 429: "too-many-attempts"}
+_HTTP_TITLES = {
+    400: N_("The request is not valid."),
+    401: N_("Please sign in first."),
+    403: N_("You may not do this."),
+    404: N_("Not found."),
+    405: N_("This method is not allowed here."),
+    413: N_("The request is too large."),
+    429: N_("Too many attempts. Please wait a while and try again."),
+}
+
+
+def status_of(exc: DomainError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]  # type: ignore[index]
+    return 400
+
+
+def problem_body(exc: DomainError) -> dict[str, Any]:
+    title = i18n.gettext(exc.message)
+    if exc.params:
+        params = {k: i18n.format_money(v) if k in ("balance",) else v for k, v in exc.params.items()}
+        title = title % params
+    body: dict[str, Any] = {"type": PROBLEM_TYPE + exc.code, "title": title, "status": status_of(exc), "code": exc.code}
+    if exc.field:
+        body["invalid_params"] = [{"name": exc.field, "reason": title}]
+    return body
+
+
+def wants_html(request: Request[Any, Any, Any]) -> bool:
+    return not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", "")
+
+
+def _problem(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response[bytes]:
+    return Response(msgspec.json.encode(body), status_code=status, media_type="application/problem+json",
+                    headers=headers or {})
+
+
+def domain_error_handler(request: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
+    body = problem_body(exc)
+    if wants_html(request):
+        return Template("error.html", context={"problem": body}, status_code=body["status"])
+    return _problem(body, body["status"])
+
+
+def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    status = exc.status_code
+    if isinstance(exc, ValidationException):
+        status = 400
+    title = i18n.gettext(_HTTP_TITLES.get(status, "Something went wrong."))
+    body: dict[str, Any] = {"type": PROBLEM_TYPE + _HTTP_CODES.get(status, "error"), "title": title,
+                            "status": status, "code": _HTTP_CODES.get(status, "error")}
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
+        body["invalid_params"] = [
+            {"name": item.get("key") or "body", "reason": item.get("message", "")} for item in exc.extra if isinstance(item, dict)
+        ]
+        names = ", ".join(p["name"] for p in body["invalid_params"])
+        body["detail"] = i18n.gettext("Check these fields: %(fields)s") % {"fields": names} if names else exc.detail
+    elif status >= 500:
+        body["detail"] = i18n.gettext("Something went wrong on our side. Nothing was changed; please try again.")
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, NotAuthorizedException) else {}
+    if wants_html(request):
+        return Template("error.html", context={"problem": body}, status_code=status)
+    return _problem(body, status, headers)

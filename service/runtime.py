@@ -1,0 +1,58 @@
+"""What the domain needs besides a session: settings, keys and signed links. Built once per
+process by the app, the CLI and the tests alike."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from .codes import CodeKeys
+from .db import create_engine, make_sessionmaker
+from .settings import Settings
+
+__all__ = ("Runtime",)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    keys: CodeKeys
+
+    @classmethod
+    def create(cls, settings: Settings) -> Runtime:
+        engine = create_engine(settings)
+        return cls(settings, engine, make_sessionmaker(engine), CodeKeys.from_settings(settings))
+
+    def link(self, path: str) -> str:
+        return self.settings.base_url.rstrip("/") + path
+
+    def sign(self, purpose: str, value: str, max_age_seconds: int) -> str:
+        """A URL-safe token that proves the server issued ``value`` for ``purpose``."""
+        expires = int(time.time()) + max_age_seconds
+        payload = f"{value}.{expires}"
+        return f"{payload}.{self._mac(purpose, payload)}"
+
+    def unsign(self, purpose: str, token: str) -> str | None:
+        """The value inside a token, or None when it is forged or too old."""
+        payload, _, mac = token.rpartition(".")
+        value, _, expires = payload.rpartition(".")
+        if not value or not expires.isdigit():
+            return None
+        if not hmac.compare_digest(mac, self._mac(purpose, payload)) or int(expires) < time.time():
+            return None
+        return value
+
+    def _mac(self, purpose: str, payload: str) -> str:
+        digest = hmac.new(self.settings.derive_key(f"sign:{purpose}"), payload.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:18]).decode()
+
+    def token_hash(self, token: str) -> bytes:
+        """Stored form of API tokens and other bearer secrets."""
+        return hmac.new(self.settings.derive_key("api-token"), token.encode(), hashlib.sha256).digest()

@@ -1,0 +1,115 @@
+"""Configuration from ``VOUCHERS_*`` environment variables, decoded into one frozen Struct.
+
+Every figure of a scheme lives in its TOML file; this object only says how the service runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from typing import Annotated, Literal
+
+import msgspec
+
+__all__ = ("ConfigError", "Settings", "DEV_SECRET")
+
+#: The secret used when none is configured. Refused outside development and tests.
+DEV_SECRET = "development-secret-change-me"
+
+Environment = Literal["development", "test", "production"]
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or wrong; the message names the variable."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """How the service runs. Each field is read from ``VOUCHERS_<FIELD NAME IN CAPITALS>``."""
+
+    environment: Environment = "development"
+    """``development`` allows the built-in secret and demo data; ``production`` refuses both."""
+
+    database_url: str = "sqlite+aiosqlite:///var/vouchers.db"
+    """SQLAlchemy URL: ``sqlite+aiosqlite:///path`` (embedded) or ``postgresql+asyncpg://…``."""
+
+    base_url: str = "http://127.0.0.1:8000"
+    """Public address of the service; QR codes and mailed links point here."""
+
+    secret_key: Annotated[str, msgspec.Meta(min_length=16)] = DEV_SECRET
+    """Root secret. Keys for code hashes, sessions and CSRF are derived from it; changing it
+    invalidates every voucher code, so keep it as carefully as the database backups."""
+
+    database_schema: Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] | None = None
+    """PostgreSQL schema to use (``search_path``); None for the server's default."""
+
+    db_pool_size: Annotated[int, msgspec.Meta(ge=1, le=200)] = 10
+    """Connections per server process (PostgreSQL)."""
+
+    mail_backend: Literal["file", "smtp"] = "file"
+    """``file`` writes each message under ``mail_dir`` (development); ``smtp`` sends it."""
+
+    mail_dir: str = "var/mail"
+    """Folder for the ``file`` mail backend."""
+
+    mail_from: str = "Gemeente Arnhem – ondernemersvoucher <vouchers@localhost>"
+    """Sender of every message."""
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 25
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    """Use STARTTLS on the SMTP connection (required by most relays outside this machine)."""
+
+    background_tasks: bool = True
+    """Run the outbox sender and the sweep inside the server process. Several processes may
+    run them at once: rows are claimed in the database, never in memory."""
+
+    sweep_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    """How often expiry, lapsed holds and waiting-list promotion run."""
+
+    outbox_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    """How often the outbox is polled for messages due."""
+
+    failed_lookup_limit: Annotated[int, msgspec.Meta(ge=1)] = 20
+    """Unknown or mistyped codes one client may try per ``failed_lookup_window_seconds``."""
+
+    failed_lookup_window_seconds: Annotated[int, msgspec.Meta(ge=1)] = 600
+
+    max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
+    """Larger request bodies are refused with 413 before they are read into memory."""
+
+    def __post_init__(self) -> None:
+        if self.environment == "production" and self.secret_key == DEV_SECRET:
+            raise ConfigError("VOUCHERS_SECRET_KEY must be set to a long random value in production")
+        if not self.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ConfigError(
+                "VOUCHERS_DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+            )
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+        """Read ``VOUCHERS_*`` variables; a wrong one raises :class:`ConfigError` naming it."""
+        environ = dict(os.environ if environ is None else environ)
+        raw: dict[str, object] = {}
+        for name in cls.__struct_fields__:
+            value = environ.get(f"VOUCHERS_{name.upper()}")
+            if value is not None:
+                raw[name] = value
+        raw.update(overrides)
+        try:
+            # strict=False lets "8025" become 8025 and "false" become False.
+            return msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            path = str(exc).rpartition("at `$.")[2].rstrip("`")
+            variable = f"VOUCHERS_{path.upper()}" if path and path != str(exc) else "VOUCHERS_*"
+            raise ConfigError(f"{variable}: {exc}") from None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A 32-byte key for one purpose, so that no two features share key material."""
+        return hmac.new(self.secret_key.encode(), purpose.encode(), hashlib.sha256).digest()

@@ -1,0 +1,579 @@
+"""Vouchers: issue, look up, redeem, hold, confirm, release, reverse, revoke, expire.
+
+Every function runs inside the caller's transaction and changes money only through conditional
+UPDATEs whose WHERE clause is the rule itself (``balance_cents >= :amount``,
+``places_used < max_places``, …), plus a ledger entry. Under concurrency the database decides:
+a second request sees the first one's effect or waits for it, on SQLite (BEGIN IMMEDIATE) and
+PostgreSQL (row locks) alike. Rows are always locked in the same order: voucher, hold or
+redemption, enrolment, scheme.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import case, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from . import ledger, outbox
+from .codes import InvalidCode, normalise_code
+from .errors import N_, Forbidden, InvalidInput, NotFound, Refused
+from .models import Application, Enrolment, Hold, Redemption, Scheme, Voucher, utcnow
+from .runtime import Runtime
+
+__all__ = (
+    "confirm_hold",
+    "create_hold",
+    "effective_status",
+    "end_voucher",
+    "find_voucher",
+    "issue_voucher",
+    "own_contribution",
+    "redeem",
+    "release_hold",
+    "reverse_redemption",
+)
+
+
+def own_contribution(invoice_cents: int, percent: int) -> int:
+    """The entrepreneur's share of an invoice, rounded half up to the cent."""
+    return (invoice_cents * percent + 50) // 100
+
+
+def effective_status(voucher: Voucher, now: dt.datetime | None = None) -> str:
+    """The status a person should see: an active voucher past its date is expired even before
+    the sweep has marked it."""
+    if voucher.status == "active" and voucher.expires_at <= (now or utcnow()):
+        return "expired"
+    return voucher.status
+
+
+async def issue_voucher(session: AsyncSession, rt: Runtime, scheme: Scheme, application: Application) -> Voucher:
+    """Create the voucher for an application whose place and money the caller has just taken
+    from the scheme (see ``applications.take_place``)."""
+    now = utcnow()
+    salt = rt.keys.new_salt()
+    voucher = Voucher(
+        scheme_id=scheme.id,
+        application_id=application.id,
+        kvk_number=application.kvk_number,
+        code_hash=rt.keys.hash_of(rt.keys.code_for(salt)),
+        code_salt=salt,
+        status="active",
+        value_cents=scheme.value_cents,
+        balance_cents=scheme.value_cents,
+        held_cents=0,
+        redeemed_cents=0,
+        returned_cents=0,
+        holds_place=True,
+        issued_at=now,
+        expires_at=now + dt.timedelta(days=scheme.validity_days),
+    )
+    session.add(voucher)
+    await session.flush()
+    ledger.post(
+        session,
+        scheme_id=scheme.id,
+        kind="issue",
+        source=(ledger.BUDGET, scheme.id),
+        target=(ledger.VOUCHER, voucher.id),
+        amount_cents=scheme.value_cents,
+        places=1,
+        voucher_id=voucher.id,
+    )
+    application.status = "granted"
+    application.decided_at = now
+    outbox.enqueue(
+        session,
+        to=application.email,
+        template="voucher_issued",
+        locale=application.locale,
+        voucher_id=voucher.id,
+        scheme_name=scheme.name if application.locale == "nl" else scheme.name_en,
+        value_cents=voucher.value_cents,
+        expires_at=voucher.expires_at.date().isoformat(),
+        contact_name=application.contact_name,
+    )
+    return voucher
+
+
+async def find_voucher(session: AsyncSession, rt: Runtime, code_text: str) -> Voucher:
+    """The voucher a typed or scanned code belongs to.
+
+    A mistyped code is refused by its check symbol before any lookup (``code-mistyped``);
+    callers count ``NotFound`` and ``InvalidInput`` answers against the client's rate limit.
+    """
+    try:
+        code = normalise_code(code_text)
+    except InvalidCode:
+        raise InvalidInput(
+            "code-mistyped", N_("This is not a valid voucher code. Check it for typing errors."), field="code"
+        ) from None
+    voucher = await session.scalar(select(Voucher).where(Voucher.code_hash == rt.keys.hash_of(code)))
+    if voucher is None:
+        raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
+    return voucher
+
+
+async def _approved_enrolment(session: AsyncSession, scheme: Scheme, provider_id: int, category: str) -> Enrolment:
+    enrolment = await session.scalar(
+        select(Enrolment).where(Enrolment.scheme_id == scheme.id, Enrolment.provider_id == provider_id)
+    )
+    if enrolment is None or enrolment.status != "approved":
+        raise Forbidden("provider-not-approved", N_("Your organisation is not approved for this scheme."))
+    if category not in scheme.categories or category not in enrolment.categories:
+        raise Refused(
+            "category-not-allowed", N_("This voucher cannot be used for this kind of service."), field="category"
+        )
+    return enrolment
+
+
+def _refusal(voucher: Voucher, amount_cents: int, now: dt.datetime) -> Refused:
+    """Why a conditional UPDATE on this voucher found nothing to change."""
+    status = effective_status(voucher, now)
+    if status == "revoked":
+        return Refused("voucher-revoked", N_("This voucher has been revoked."))
+    if status == "expired":
+        return Refused("voucher-expired", N_("This voucher has expired."))
+    if status == "used_up" or voucher.balance_cents == 0:
+        return Refused("voucher-used-up", N_("This voucher has been used up."))
+    return Refused(
+        "insufficient-balance",
+        N_("The amount is more than the voucher's balance of %(balance)s."),
+        balance=voucher.balance_cents,
+        field="amount_cents",
+    )
+
+
+def _check_scheme_running(scheme: Scheme) -> None:
+    if scheme.closed_at is not None:
+        raise Refused("scheme-closed", N_("This scheme has been closed; vouchers can no longer be used."))
+
+
+async def _take_from_voucher(
+    session: AsyncSession, voucher: Voucher, amount_cents: int, now: dt.datetime, *, to_held: bool
+) -> None:
+    new_balance = Voucher.balance_cents - amount_cents
+    values = (
+        {"balance_cents": new_balance, "held_cents": Voucher.held_cents + amount_cents}
+        if to_held
+        else {
+            "balance_cents": new_balance,
+            "redeemed_cents": Voucher.redeemed_cents + amount_cents,
+            "status": case((new_balance + Voucher.held_cents == 0, "used_up"), else_="active"),
+        }
+    )
+    result = await session.execute(
+        update(Voucher)
+        .where(
+            Voucher.id == voucher.id,
+            Voucher.status == "active",
+            Voucher.expires_at > now,
+            Voucher.balance_cents >= amount_cents,
+        )
+        .values(**values)
+        .returning(Voucher.balance_cents)
+    )
+    if result.first() is None:
+        await session.refresh(voucher)
+        raise _refusal(voucher, amount_cents, now)
+
+
+async def _pay_provider(session: AsyncSession, scheme: Scheme, enrolment: Enrolment, amount_cents: int) -> None:
+    cap = enrolment.cap_cents if enrolment.cap_cents is not None else scheme.provider_cap_cents
+    query = update(Enrolment).where(Enrolment.id == enrolment.id, Enrolment.status == "approved")
+    if cap is not None:
+        query = query.where(Enrolment.received_cents + amount_cents <= cap)
+    result = await session.execute(
+        query.values(received_cents=Enrolment.received_cents + amount_cents).returning(Enrolment.id)
+    )
+    if result.first() is None:
+        raise Refused(
+            "provider-cap-reached", N_("Your organisation has reached the most this scheme pays one provider.")
+        )
+    result = await session.execute(
+        update(Scheme)
+        .where(Scheme.id == scheme.id, Scheme.closed_at.is_(None))
+        .values(redeemed_cents=Scheme.redeemed_cents + amount_cents)
+        .returning(Scheme.id)
+    )
+    if result.first() is None:
+        raise Refused("scheme-closed", N_("This scheme has been closed; vouchers can no longer be used."))
+
+
+async def _notify_redemption(
+    session: AsyncSession, rt: Runtime, voucher: Voucher, redemption: Redemption, provider_name: str
+) -> None:
+    application = await session.get_one(Application, voucher.application_id)
+    token = rt.sign("report-redemption", str(redemption.id), 60 * 60 * 24 * 90)
+    outbox.enqueue(
+        session,
+        to=application.email,
+        template="redemption_recorded",
+        locale=application.locale,
+        contact_name=application.contact_name,
+        provider_name=provider_name,
+        amount_cents=redemption.amount_cents,
+        invoice_cents=redemption.invoice_cents,
+        own_contribution_cents=redemption.own_contribution_cents,
+        category=redemption.category,
+        report_url=rt.link(f"/report/{token}"),
+    )
+
+
+async def redeem(
+    session: AsyncSession,
+    rt: Runtime,
+    voucher: Voucher,
+    *,
+    provider_id: int,
+    provider_name: str,
+    category: str,
+    invoice_cents: int,
+    reference: str,
+    session_date: dt.date | None,
+    recorded_by: str,
+) -> Redemption:
+    """Record what a coach delivered. The voucher pays the invoice less the own contribution."""
+    if invoice_cents <= 0:
+        raise InvalidInput("amount-not-positive", N_("The amount must be more than zero."), field="amount_cents")
+    now = utcnow()
+    scheme = await session.get_one(Scheme, voucher.scheme_id)
+    _check_scheme_running(scheme)
+    enrolment = await _approved_enrolment(session, scheme, provider_id, category)
+    own = own_contribution(invoice_cents, scheme.own_contribution_percent)
+    amount = invoice_cents - own
+    if amount <= 0:
+        raise InvalidInput("amount-not-positive", N_("The amount must be more than zero."), field="amount_cents")
+    await _take_from_voucher(session, voucher, amount, now, to_held=False)
+    await _pay_provider(session, scheme, enrolment, amount)
+    redemption = Redemption(
+        scheme_id=scheme.id,
+        voucher_id=voucher.id,
+        enrolment_id=enrolment.id,
+        provider_id=provider_id,
+        category=category,
+        invoice_cents=invoice_cents,
+        amount_cents=amount,
+        own_contribution_cents=own,
+        reference=reference,
+        session_date=session_date,
+        recorded_by=recorded_by,
+        created_at=now,
+    )
+    session.add(redemption)
+    await session.flush()
+    ledger.post(
+        session,
+        scheme_id=scheme.id,
+        kind="redeem",
+        source=(ledger.VOUCHER, voucher.id),
+        target=(ledger.PROVIDER, enrolment.id),
+        amount_cents=amount,
+        voucher_id=voucher.id,
+        redemption_id=redemption.id,
+    )
+    await _notify_redemption(session, rt, voucher, redemption, provider_name)
+    return redemption
+
+
+async def create_hold(
+    session: AsyncSession,
+    rt: Runtime,
+    voucher: Voucher,
+    *,
+    provider_id: int,
+    category: str,
+    invoice_cents: int,
+    reference: str,
+    created_by: str,
+    offer_id: int | None = None,
+) -> Hold:
+    """Set money aside for a provider at once; it is spent when the provider confirms."""
+    if invoice_cents <= 0:
+        raise InvalidInput("amount-not-positive", N_("The amount must be more than zero."), field="amount_cents")
+    now = utcnow()
+    scheme = await session.get_one(Scheme, voucher.scheme_id)
+    _check_scheme_running(scheme)
+    enrolment = await _approved_enrolment(session, scheme, provider_id, category)
+    own = own_contribution(invoice_cents, scheme.own_contribution_percent)
+    amount = invoice_cents - own
+    if amount <= 0:
+        raise InvalidInput("amount-not-positive", N_("The amount must be more than zero."), field="amount_cents")
+    await _take_from_voucher(session, voucher, amount, now, to_held=True)
+    hold = Hold(
+        scheme_id=scheme.id,
+        voucher_id=voucher.id,
+        enrolment_id=enrolment.id,
+        provider_id=provider_id,
+        offer_id=offer_id,
+        category=category,
+        invoice_cents=invoice_cents,
+        amount_cents=amount,
+        own_contribution_cents=own,
+        reference=reference,
+        created_by=created_by,
+        status="open",
+        created_at=now,
+        expires_at=now + dt.timedelta(days=scheme.hold_days),
+    )
+    session.add(hold)
+    await session.flush()
+    ledger.post(
+        session,
+        scheme_id=scheme.id,
+        kind="hold",
+        source=(ledger.VOUCHER, voucher.id),
+        target=(ledger.HELD, voucher.id),
+        amount_cents=amount,
+        voucher_id=voucher.id,
+        hold_id=hold.id,
+    )
+    return hold
+
+
+async def _lock_voucher(session: AsyncSession, voucher_id: int) -> Voucher:
+    voucher = await session.scalar(
+        select(Voucher).where(Voucher.id == voucher_id).with_for_update().execution_options(populate_existing=True)
+    )
+    if voucher is None:
+        raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
+    return voucher
+
+
+async def _close_hold(session: AsyncSession, hold: Hold, status: str, reason: str | None, now: dt.datetime) -> None:
+    result = await session.execute(
+        update(Hold)
+        .where(Hold.id == hold.id, Hold.status == "open")
+        .values(status=status, release_reason=reason, decided_at=now)
+        .returning(Hold.id)
+    )
+    if result.first() is None:
+        raise Refused("hold-not-open", N_("This reservation has already been confirmed or released."))
+
+
+async def confirm_hold(session: AsyncSession, rt: Runtime, hold_id: int, *, provider_id: int | None, recorded_by: str,
+                       provider_name: str) -> Redemption:
+    """The provider delivered: the held money becomes a redemption."""
+    hold = await session.get(Hold, hold_id)
+    if hold is None or (provider_id is not None and hold.provider_id != provider_id):
+        raise NotFound("hold-not-found", N_("There is no such reservation."))
+    now = utcnow()
+    voucher = await _lock_voucher(session, hold.voucher_id)
+    await session.refresh(hold)
+    if hold.status != "open":
+        raise Refused("hold-not-open", N_("This reservation has already been confirmed or released."))
+    if effective_status(voucher, now) in ("expired", "revoked"):
+        raise _refusal(voucher, hold.amount_cents, now)
+    scheme = await session.get_one(Scheme, hold.scheme_id)
+    _check_scheme_running(scheme)
+    enrolment = await session.get_one(Enrolment, hold.enrolment_id)
+    await _close_hold(session, hold, "confirmed", None, now)
+    new_held = Voucher.held_cents - hold.amount_cents
+    await session.execute(
+        update(Voucher)
+        .where(Voucher.id == voucher.id)
+        .values(
+            held_cents=new_held,
+            redeemed_cents=Voucher.redeemed_cents + hold.amount_cents,
+            status=case((Voucher.balance_cents + new_held == 0, "used_up"), else_="active"),
+        )
+    )
+    await _pay_provider(session, scheme, enrolment, hold.amount_cents)
+    redemption = Redemption(
+        scheme_id=scheme.id,
+        voucher_id=voucher.id,
+        enrolment_id=enrolment.id,
+        provider_id=hold.provider_id,
+        hold_id=hold.id,
+        category=hold.category,
+        invoice_cents=hold.invoice_cents,
+        amount_cents=hold.amount_cents,
+        own_contribution_cents=hold.own_contribution_cents,
+        reference=hold.reference,
+        session_date=None,
+        recorded_by=recorded_by,
+        created_at=now,
+    )
+    session.add(redemption)
+    await session.flush()
+    ledger.post(
+        session,
+        scheme_id=scheme.id,
+        kind="confirm",
+        source=(ledger.HELD, voucher.id),
+        target=(ledger.PROVIDER, enrolment.id),
+        amount_cents=hold.amount_cents,
+        voucher_id=voucher.id,
+        redemption_id=redemption.id,
+        hold_id=hold.id,
+    )
+    await _notify_redemption(session, rt, voucher, redemption, provider_name)
+    return redemption
+
+
+async def release_hold(session: AsyncSession, hold_id: int, *, reason: str, provider_id: int | None = None,
+                       voucher_id: int | None = None) -> Hold:
+    """Give held money back to the voucher (declined, cancelled or lapsed).
+
+    ``provider_id``/``voucher_id`` restrict who may release: a provider its own holds, an
+    entrepreneur the holds on their voucher.
+    """
+    hold = await session.get(Hold, hold_id)
+    if (
+        hold is None
+        or (provider_id is not None and hold.provider_id != provider_id)
+        or (voucher_id is not None and hold.voucher_id != voucher_id)
+    ):
+        raise NotFound("hold-not-found", N_("There is no such reservation."))
+    now = utcnow()
+    voucher = await _lock_voucher(session, hold.voucher_id)
+    await _close_hold(session, hold, "released", reason, now)
+    await session.execute(
+        update(Voucher)
+        .where(Voucher.id == voucher.id)
+        .values(
+            held_cents=Voucher.held_cents - hold.amount_cents,
+            balance_cents=Voucher.balance_cents + hold.amount_cents,
+            status=case((Voucher.status == "used_up", "active"), else_=Voucher.status),
+        )
+    )
+    ledger.post(
+        session,
+        scheme_id=hold.scheme_id,
+        kind="release",
+        source=(ledger.HELD, voucher.id),
+        target=(ledger.VOUCHER, voucher.id),
+        amount_cents=hold.amount_cents,
+        voucher_id=voucher.id,
+        hold_id=hold.id,
+        memo=reason,
+    )
+    await session.refresh(hold)
+    return hold
+
+
+async def reverse_redemption(
+    session: AsyncSession, redemption_id: int, *, reason: str, provider_id: int | None, now: dt.datetime | None = None
+) -> Redemption:
+    """Undo a redemption with a new entry. A coach (``provider_id`` given) may do so only within
+    the scheme's reversal period; the municipality (``provider_id=None``) at any time.
+
+    The money goes back to the voucher if it can still be used, otherwise to the budget.
+    """
+    now = now or utcnow()
+    redemption = await session.get(Redemption, redemption_id)
+    if redemption is None or (provider_id is not None and redemption.provider_id != provider_id):
+        raise NotFound("redemption-not-found", N_("There is no such redemption."))
+    voucher = await _lock_voucher(session, redemption.voucher_id)
+    scheme = await session.get_one(Scheme, redemption.scheme_id)
+    if provider_id is not None and now > redemption.created_at + dt.timedelta(days=scheme.reversal_days):
+        raise Refused("reversal-period-over", N_("The period for reversing this redemption has ended."))
+    result = await session.execute(
+        update(Redemption)
+        .where(Redemption.id == redemption.id, Redemption.reversed_at.is_(None))
+        .values(reversed_at=now, reversal_reason=reason)
+        .returning(Redemption.id)
+    )
+    if result.first() is None:
+        raise Refused("already-reversed", N_("This redemption has already been reversed."))
+    amount = redemption.amount_cents
+    usable = effective_status(voucher, now) in ("active", "used_up")
+    await session.execute(
+        update(Voucher)
+        .where(Voucher.id == voucher.id)
+        .values(
+            redeemed_cents=Voucher.redeemed_cents - amount,
+            **(
+                {"balance_cents": Voucher.balance_cents + amount, "status": "active"}
+                if usable
+                else {"returned_cents": Voucher.returned_cents + amount}
+            ),
+        )
+    )
+    await session.execute(
+        update(Enrolment)
+        .where(Enrolment.id == redemption.enrolment_id)
+        .values(received_cents=Enrolment.received_cents - amount)
+    )
+    await session.execute(
+        update(Scheme)
+        .where(Scheme.id == scheme.id)
+        .values(
+            redeemed_cents=Scheme.redeemed_cents - amount,
+            **({} if usable else {"committed_cents": Scheme.committed_cents - amount}),
+        )
+    )
+    entry = {"scheme_id": scheme.id, "voucher_id": voucher.id, "redemption_id": redemption.id, "memo": reason}
+    ledger.post(session, kind="reverse", source=(ledger.PROVIDER, redemption.enrolment_id),
+                target=(ledger.VOUCHER, voucher.id), amount_cents=amount, **entry)
+    if not usable:
+        ledger.post(session, kind="return", source=(ledger.VOUCHER, voucher.id),
+                    target=(ledger.BUDGET, scheme.id), amount_cents=amount, **entry)
+    await session.refresh(redemption)
+    return redemption
+
+
+async def end_voucher(session: AsyncSession, rt: Runtime, voucher_id: int, *, status: str, reason: str,
+                      now: dt.datetime | None = None) -> Voucher:
+    """Revoke or expire a voucher: open holds are released, unspent money goes back to the
+    budget, and the place too if the voucher was never used. Then the waiting list moves up."""
+    from .applications import promote_waiting  # applications imports this module
+
+    assert status in ("revoked", "expired")
+    now = now or utcnow()
+    voucher = await _lock_voucher(session, voucher_id)
+    if voucher.status not in ("active", "used_up") or (status == "expired" and voucher.status != "active"):
+        raise Refused("voucher-ended", N_("This voucher has already ended."))
+    if status == "expired" and voucher.expires_at > now:
+        raise Refused("voucher-not-expired", N_("This voucher has not expired yet."))
+    open_holds = list(await session.scalars(select(Hold.id).where(Hold.voucher_id == voucher.id, Hold.status == "open")))
+    for hold_id in open_holds:
+        await release_hold(session, hold_id, reason=status)
+    await session.refresh(voucher)
+    remaining = voucher.balance_cents
+    place_back = voucher.holds_place and voucher.redeemed_cents == 0
+    await session.execute(
+        update(Voucher)
+        .where(Voucher.id == voucher.id)
+        .values(
+            balance_cents=0,
+            returned_cents=Voucher.returned_cents + remaining,
+            status=status,
+            ended_at=now,
+            end_reason=reason,
+            holds_place=voucher.holds_place and not place_back,
+        )
+    )
+    await session.execute(
+        update(Scheme)
+        .where(Scheme.id == voucher.scheme_id)
+        .values(
+            committed_cents=Scheme.committed_cents - remaining,
+            places_used=Scheme.places_used - (1 if place_back else 0),
+        )
+    )
+    ledger.post(
+        session,
+        scheme_id=voucher.scheme_id,
+        kind=status,
+        source=(ledger.VOUCHER, voucher.id),
+        target=(ledger.BUDGET, voucher.scheme_id),
+        amount_cents=remaining,
+        places=-1 if place_back else 0,
+        voucher_id=voucher.id,
+        memo=reason,
+    )
+    application = await session.get_one(Application, voucher.application_id)
+    outbox.enqueue(
+        session,
+        to=application.email,
+        template=f"voucher_{status}",
+        locale=application.locale,
+        contact_name=application.contact_name,
+        reason=reason,
+        returned_cents=remaining,
+    )
+    await promote_waiting(session, rt, voucher.scheme_id)
+    await session.refresh(voucher)
+    return voucher

@@ -1,0 +1,208 @@
+"""Fixtures: a fresh database per test (a temp SQLite file, or a fresh schema in a PostgreSQL
+database made for this run), the real app factory, a loopback SMTP server, live servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from email import message_from_bytes
+from email.message import Message
+from pathlib import Path
+
+import httpx
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from service.app import create_app
+from service.models import Base
+from service.runtime import Runtime
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("VOUCHERS_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+REQUIRE_PG = os.environ.get("VOUCHERS_REQUIRE_POSTGRES") == "1"
+TEST_SECRET = "test-secret-" + "x" * 32
+
+
+# --- PostgreSQL: one database per run, one schema per test ------------------------------------
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """Create a database for this run and drop it afterwards; skip (or fail in CI) without a server."""
+
+    async def admin(sql: str) -> None:
+        engine = create_async_engine(PG_URL, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text(sql))
+        finally:
+            await engine.dispose()
+
+    name = f"vouchers_test_{os.getpid()}_{secrets.token_hex(3)}"
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # unreachable server, refused login, …
+        message = f"PostgreSQL at {PG_URL} is not reachable: {exc.__class__.__name__}: {exc}"
+        if REQUIRE_PG:
+            pytest.fail(message)
+        pytest.skip(message + " (set VOUCHERS_REQUIRE_POSTGRES=1 to make this an error)")
+    yield PG_URL.rsplit("/", 1)[0] + "/" + name
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[str, str | None]:
+    """(database URL, schema) for this test."""
+    if backend == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/vouchers.db", None
+    url = request.getfixturevalue("pg_database")
+    schema = f"t_{secrets.token_hex(6)}"
+
+    async def create() -> None:
+        engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+        async with engine.connect() as conn:
+            await conn.execute(text(f"CREATE SCHEMA {schema}"))
+        await engine.dispose()
+
+    asyncio.run(create())
+    return url, schema
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpSink]:
+    sink = SmtpSink()
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+class SmtpSink:
+    """A real SMTP server on loopback (aiosmtpd) that keeps what it receives."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.messages: list[Message] = []
+        self.port = free_port()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:  # noqa: N802
+        self.messages.append(message_from_bytes(envelope.content))  # type: ignore[attr-defined]
+        return "250 OK"
+
+    def start(self) -> None:
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def to(self, address: str) -> list[Message]:
+        return [m for m in self.messages if m["To"] == address]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def settings(database: tuple[str, str | None], tmp_path: Path, smtp_server: SmtpSink) -> Settings:
+    url, schema = database
+    return Settings(
+        environment="test",
+        database_url=url,
+        database_schema=schema,
+        secret_key=TEST_SECRET,
+        base_url="http://testserver.local",
+        mail_backend="smtp",
+        smtp_host="127.0.0.1",
+        smtp_port=smtp_server.port,
+        mail_dir=str(tmp_path / "mail"),
+        background_tasks=False,
+    )
+
+
+@pytest.fixture
+async def rt(settings: Settings) -> AsyncIterator[Runtime]:
+    runtime = Runtime.create(settings)
+    async with runtime.engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    yield runtime
+    await runtime.engine.dispose()
+
+
+@pytest.fixture
+async def client(rt: Runtime) -> AsyncIterator[AsyncTestClient]:
+    # The app gets its own engine: the test client runs it in another event loop.
+    async with AsyncTestClient(app=create_app(rt.settings), base_url="http://testserver.local") as c:
+        yield c
+
+
+# --- live servers: the real ASGI server in separate processes ----------------------------------
+
+class LiveServer:
+    def __init__(self, settings: Settings, workers: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, **settings_env(settings), "VOUCHERS_BACKGROUND_TASKS": "false"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), "--workers", str(workers)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.process.stderr.read().decode() if self.process.stderr else ''}")
+        raise RuntimeError("server did not start within 30 s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stderr:
+            self.process.stderr.close()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {}
+    for name in settings.__struct_fields__:
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"VOUCHERS_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+@pytest.fixture
+def live_server_factory(rt: Runtime) -> Iterator[object]:
+    servers: list[LiveServer] = []
+
+    def start(workers: int = 1) -> LiveServer:
+        server = LiveServer(rt.settings, workers)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -1,0 +1,118 @@
+"""Helpers for making schemes, providers, tokens and vouchers in tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from typing import Any
+
+import msgspec
+from sqlalchemy import select
+
+from service import applications, providers, schemes
+from service.codes import format_code
+from service.db import run_in_transaction
+from service.models import Provider, Scheme, Voucher, utcnow
+from service.runtime import Runtime
+
+_kvk = itertools.count(10000000)
+
+
+def next_kvk() -> str:
+    return str(next(_kvk))
+
+
+def scheme_spec(**overrides: Any) -> schemes.SchemeFile:
+    now = utcnow()
+    base: dict[str, Any] = {
+        "slug": "test-scheme",
+        "name": "Testregeling",
+        "name_en": "Test scheme",
+        "allocation": "first_come",
+        "budget_cents": 405_000_00,
+        "max_places": 300,
+        "value_cents": 1_350_00,
+        "categories": ["coaching", "retraining", "financial_advice"],
+        "applications_open_at": now - dt.timedelta(days=1),
+        "applications_close_at": now + dt.timedelta(days=30),
+        "validity_days": 90,
+        "eligibility": {"max_employees": 10, "postcodes": ["6811-6846"]},
+    }
+    base.update(overrides)
+    return msgspec.convert(base, schemes.SchemeFile)
+
+
+async def make_scheme(rt: Runtime, **overrides: Any) -> Scheme:
+    spec = scheme_spec(**overrides)
+
+    async def work(session):  # type: ignore[no-untyped-def]
+        scheme, _ = await schemes.load_scheme(session, spec)
+        return scheme
+
+    return await run_in_transaction(rt.sessionmaker, work)
+
+
+def applicant(**overrides: Any) -> applications.ApplicantDetails:
+    base: dict[str, Any] = {
+        "kvk_number": next_kvk(),
+        "company_name": "Bakkerij De Korenbloem",
+        "employees": 3,
+        "postcode": "6811 AB",
+        "contact_name": "Jan Jansen",
+        "email": f"ondernemer{next(_kvk)}@example.org",
+    }
+    base.update(overrides)
+    return msgspec.convert(base, applications.ApplicantDetails)
+
+
+async def make_voucher(rt: Runtime, scheme: Scheme, **overrides: Any) -> tuple[Voucher, str]:
+    """Apply and decide; returns the voucher and its code as a person would type it."""
+    details = applicant(**overrides)
+
+    async def work(session):  # type: ignore[no-untyped-def]
+        fresh = await session.get_one(Scheme, scheme.id)
+        application = await applications.submit(session, fresh, details)
+        await applications.decide(session, rt, fresh, application, employees=details.employees,
+                                  postcode=details.postcode)
+        return await session.scalar(select(Voucher).where(Voucher.application_id == application.id))
+
+    voucher = await run_in_transaction(rt.sessionmaker, work)
+    assert voucher is not None, "no place left for this test voucher"
+    return voucher, format_code(rt.keys.code_for(voucher.code_salt))
+
+
+async def make_provider(rt: Runtime, scheme: Scheme, *, approve: bool = True, categories: list[str] | None = None,
+                        name: str = "Coach & Co") -> tuple[Provider, str]:
+    """A provider enrolled in ``scheme`` and a coach API token for it."""
+
+    async def work(session):  # type: ignore[no-untyped-def]
+        provider = await providers.add_provider(session, providers.ProviderDetails(
+            name=name, kvk_number=next_kvk(), email="coach@example.org", iban="NL91ABNA0417164300"))
+        fresh = await session.get_one(Scheme, scheme.id)
+        enrolment = await providers.enrol(session, fresh, provider, categories or list(fresh.categories))
+        if approve:
+            await providers.decide_enrolment(session, enrolment.id, approve=True)
+        token = await providers.create_token(session, rt, role="coach", name=name, provider_id=provider.id)
+        return provider, token
+
+    return await run_in_transaction(rt.sessionmaker, work)
+
+
+async def admin_token(rt: Runtime) -> str:
+    return await run_in_transaction(
+        rt.sessionmaker, lambda s: providers.create_token(s, rt, role="admin", name="gemeente", provider_id=None)
+    )
+
+
+async def reload(rt: Runtime, model: type, id_: int) -> Any:
+    async with rt.sessionmaker() as session:
+        return await session.get_one(model, id_)
+
+
+async def provider_by_id(rt: Runtime, provider_id: int) -> Provider:
+    async with rt.sessionmaker() as session:
+        return await session.scalar(select(Provider).where(Provider.id == provider_id))
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
