@@ -3,7 +3,7 @@ session cookie (people), and one way of guarding routes by role."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -16,7 +16,7 @@ from .models import ApiToken
 from .providers import authenticate_token
 from .runtime import Runtime
 
-__all__ = ("AuthMiddleware", "Principal", "requires")
+__all__ = ("AuthMiddleware", "Principal", "requires", "sign_in", "sign_out")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +89,13 @@ def requires(*roles: str) -> Any:
 
     guard.__name__ = f"requires_{'_or_'.join(roles)}"
     return guard
+
+
+def sign_in(request: Any, principal: Principal) -> None:
+    """Start a session for ``principal`` (every journey signs in through here)."""
+    request.clear_session()
+    request.set_session({"principal": asdict(principal)})
+
+
+def sign_out(request: Any) -> None:
+    request.clear_session()

@@ -1,6 +1,6 @@
 """One translation mechanism for every page, mail and error: gettext catalogs read with Babel.
 
-Message ids are English; ``locale/nl/LC_MESSAGES/messages.po`` holds the Dutch text, which is
+Message ids are English; ``locale/nl/LC_MESSAGES/*.po`` hold the Dutch text, which is
 the default. The current language lives in a context variable, set per request by the web layer
 and around mail rendering with :func:`use_locale`, so Jinja's i18n extension and Python code read
 the same one.
@@ -46,15 +46,19 @@ _current: ContextVar[str] = ContextVar("locale", default=DEFAULT_LOCALE)
 
 
 def _load(locale: str) -> _gettext.NullTranslations:
-    po = LOCALE_DIR / locale / "LC_MESSAGES" / "messages.po"
-    if not po.exists():
-        return _gettext.NullTranslations()
-    with po.open("rb") as f:
-        catalog = read_po(f, locale=locale)
-    buffer = io.BytesIO()
-    write_mo(buffer, catalog)
-    buffer.seek(0)
-    return _gettext.GNUTranslations(buffer)
+    """Merge every ``*.po`` file of a language: each part of the service keeps its own file
+    (``core.po``, ``coach.po``, …), so parts can be translated without touching each other."""
+    translations: _gettext.NullTranslations = _gettext.NullTranslations()
+    for po in sorted((LOCALE_DIR / locale / "LC_MESSAGES").glob("*.po")):
+        with po.open("rb") as f:
+            catalog = read_po(f, locale=locale)
+        buffer = io.BytesIO()
+        write_mo(buffer, catalog)
+        buffer.seek(0)
+        part = _gettext.GNUTranslations(buffer)
+        part.add_fallback(translations)
+        translations = part
+    return translations
 
 
 _TRANSLATIONS = {locale: _load(locale) for locale in LOCALES}
