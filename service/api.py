@@ -4,12 +4,14 @@ back; the rules live in the domain modules."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, Router, get, post
 from litestar.di import NamedDependency
+from litestar.exceptions import ValidationException
 from litestar.params import FromPath, JSONBody
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -125,17 +127,27 @@ async def _voucher_out(session: AsyncSession, voucher: Voucher) -> VoucherOut:
 
 
 async def find_voucher_limited(rt: Runtime, session: AsyncSession, code: str, client: str) -> Voucher:
-    """Look up a code, refusing clients that have guessed wrong too often (counted in the
-    database, so every server process shares the count)."""
-    key = f"lookup:{client}"
+    """Look up a code, refusing clients that have guessed wrong too often. Wrong guesses are
+    counted by :func:`failed_lookups_counted` around the caller's transaction."""
     window = rt.settings.failed_lookup_window_seconds
-    if await ratelimit.attempts_so_far(session, key, window_seconds=window) >= rt.settings.failed_lookup_limit:
+    attempts = await ratelimit.attempts_so_far(session, f"lookup:{client}", window_seconds=window)
+    if attempts >= rt.settings.failed_lookup_limit:
         raise TooManyAttempts(minutes=max(1, window // 60))
+    return await vouchers.find_voucher(session, rt, code)
+
+
+@asynccontextmanager
+async def failed_lookups_counted(rt: Runtime, client: str) -> AsyncIterator[None]:
+    """Count an unknown or mistyped code against the client, in the database so that every
+    server process shares the count. Counted after the failed transaction has ended, so the
+    count survives its rollback (and SQLite's single writer is free again)."""
     try:
-        return await vouchers.find_voucher(session, rt, code)
-    except (NotFound, InvalidInput):
-        async with rt.sessionmaker() as counting, counting.begin():
-            await ratelimit.count_attempt(counting, key, window_seconds=window)
+        yield
+    except (NotFound, InvalidInput) as exc:
+        if exc.code in ("voucher-not-found", "code-mistyped"):
+            async with rt.sessionmaker() as session, session.begin():
+                await ratelimit.count_attempt(session, f"lookup:{client}",
+                                              window_seconds=rt.settings.failed_lookup_window_seconds)
         raise
 
 
@@ -153,13 +165,21 @@ async def run_idempotent(
     work: Callable[[AsyncSession], Awaitable[msgspec.Struct]],
     *,
     status_code: int = 201,
+    body_type: type[msgspec.Struct] | None = None,
 ) -> Response[bytes]:
-    """Run ``work`` once per ``Idempotency-Key`` and give every retry the first answer."""
+    """Run ``work`` once per ``Idempotency-Key`` and give every retry the first answer.
+
+    ``body_type`` is checked strictly first: Litestar converts leniently ("10" becomes 10),
+    and a wrong type in a money request should be an error, not a guess.
+    """
+    raw = await request.body()
+    if body_type is not None:
+        strict_decode(raw, body_type)
     headers = dict(NO_STORE)
     key = request.headers.get("idempotency-key")
     record_id: int | None = None
     if key is not None:
-        fingerprint = idempotency.request_fingerprint(request.method, request.url.path, await request.body())
+        fingerprint = idempotency.request_fingerprint(request.method, request.url.path, raw)
         claimed = await idempotency.claim(rt.sessionmaker, scope=_principal(request).actor, key=key,
                                           fingerprint=fingerprint)
         if isinstance(claimed, idempotency.StoredAnswer):
@@ -188,6 +208,15 @@ async def run_idempotent(
             await idempotency.release(rt.sessionmaker, record_id)
         raise
     return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+
+
+def strict_decode(raw: bytes, body_type: type[msgspec.Struct]) -> None:
+    try:
+        msgspec.json.decode(raw, type=body_type)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        key = message.rpartition("at `$.")[2].rstrip("`").split(".")[0] if "at `$." in message else "body"
+        raise ValidationException(detail=message, extra=[{"key": key, "message": message, "source": "body"}]) from None
 
 
 async def _provider_name(session: AsyncSession, provider_id: int | None) -> str:
@@ -255,8 +284,9 @@ class VoucherController(Controller):
 
     @get("/{code:str}", response_headers=NO_STORE)
     async def lookup(self, request: Request[Any, Any, Any], code: FromPath[str], rt: NamedDependency[Runtime]) -> VoucherOut:
-        async with rt.sessionmaker() as session:
-            voucher = await find_voucher_limited(rt, session, code, lookup_client(request))
+        client = lookup_client(request)
+        async with failed_lookups_counted(rt, client), rt.sessionmaker() as session:
+            voucher = await find_voucher_limited(rt, session, code, client)
             return await _voucher_out(session, voucher)
 
     @post("/{code:str}/redemptions")
@@ -273,7 +303,8 @@ class VoucherController(Controller):
                 recorded_by=principal.actor)
             return await _redemption_out(session, redemption)
 
-        return await run_idempotent(request, rt, work)
+        async with failed_lookups_counted(rt, principal.actor):
+            return await run_idempotent(request, rt, work, body_type=RedeemIn)
 
     @post("/{code:str}/holds")
     async def hold(self, request: Request[Any, Any, Any], code: FromPath[str], data: JSONBody[HoldIn],
@@ -288,7 +319,8 @@ class VoucherController(Controller):
                                               reference=data.reference, created_by=principal.actor)
             return _hold_out(hold)
 
-        return await run_idempotent(request, rt, work)
+        async with failed_lookups_counted(rt, principal.actor):
+            return await run_idempotent(request, rt, work, body_type=HoldIn)
 
 
 class HoldController(Controller):
@@ -337,7 +369,7 @@ class RedemptionController(Controller):
                                                            provider_id=provider_id)
             return await _redemption_out(session, redemption)
 
-        return await run_idempotent(request, rt, work, status_code=200)
+        return await run_idempotent(request, rt, work, status_code=200, body_type=ReasonIn)
 
 
 class AdminController(Controller):
@@ -359,7 +391,7 @@ class AdminController(Controller):
                                       postcode=data.postcode)
             return await applications.application_state(session, application.public_id)
 
-        return await run_idempotent(request, rt, work)
+        return await run_idempotent(request, rt, work, body_type=applications.ApplicantDetails)
 
     @post("/vouchers/{voucher_id:int}/revocation")
     async def revoke(self, request: Request[Any, Any, Any], voucher_id: FromPath[int], data: JSONBody[ReasonIn],
@@ -375,7 +407,7 @@ class AdminController(Controller):
             return VoucherEnded(voucher_id=ended.id, status=ended.status,
                                 returned_cents=ended.returned_cents - before["returned"])
 
-        return await run_idempotent(request, rt, work, status_code=200)
+        return await run_idempotent(request, rt, work, status_code=200, body_type=ReasonIn)
 
     @post("/schemes/{slug:str}/draw")
     async def draw(self, request: Request[Any, Any, Any], slug: FromPath[str], data: JSONBody[SeedIn],
@@ -384,7 +416,7 @@ class AdminController(Controller):
             scheme = await schemes.get_scheme(session, slug)
             return await applications.draw(session, rt, scheme, data.seed)
 
-        return await run_idempotent(request, rt, work, status_code=200)
+        return await run_idempotent(request, rt, work, status_code=200, body_type=SeedIn)
 
     @post("/enrolments/{enrolment_id:int}/approval")
     async def approve_enrolment(self, request: Request[Any, Any, Any], enrolment_id: FromPath[int],
@@ -401,7 +433,7 @@ class AdminController(Controller):
             return _enrolment_out(await providers.decide_enrolment(session, enrolment_id, approve=False,
                                                                    reason=data.reason))
 
-        return await run_idempotent(request, rt, work, status_code=200)
+        return await run_idempotent(request, rt, work, status_code=200, body_type=ReasonIn)
 
 
 class EnrolmentOut(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,0 +1,216 @@
+"""The JSON API: every bad input gets a clear 4xx problem that names the field, and leaves
+nothing half-written; idempotency keys; roles; rate limits; public figures without personal data."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+from sqlalchemy import update
+
+from service.check import reconcile
+from service.models import Scheme, Voucher, utcnow
+from tests.helpers import admin_token, bearer, make_provider, make_scheme, make_voucher, reload
+
+REDEEM = {"amount_cents": 10000, "category": "coaching", "reference": "F-2026-001"}
+
+
+@pytest.fixture
+async def world(rt):
+    scheme = await make_scheme(rt)
+    voucher, code = await make_voucher(rt, scheme, company_name="Bakkerij De Korenbloem",
+                                       contact_name="Jan Jansen", email="jan@example.org")
+    provider, token = await make_provider(rt, scheme)
+    return {"scheme": scheme, "voucher": voucher, "code": code, "provider": provider, "token": token}
+
+
+def problem(response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status and body["title"]
+    if code:
+        assert body["type"] == f"urn:vouchers:problem:{code}"
+    return body
+
+
+async def test_lookup_shows_what_a_coach_needs_and_no_contact_details(client, world) -> None:
+    r = await client.get(f"/api/v1/vouchers/{world['code'].lower()}", headers=bearer(world["token"]))
+    assert r.status_code == 200
+    body = r.json()
+    assert body["valid"] and body["company_name"] == "Bakkerij De Korenbloem"
+    assert "jan@example.org" not in r.text and "Jan Jansen" not in r.text
+    assert r.headers["cache-control"] == "no-store" and r.headers["referrer-policy"] == "no-referrer"
+
+
+async def test_no_token_no_lookup(client, world) -> None:
+    problem(await client.get(f"/api/v1/vouchers/{world['code']}"), 401)
+    problem(await client.get(f"/api/v1/vouchers/{world['code']}", headers=bearer("vt_forged")), 401)
+
+
+async def test_coach_may_not_use_admin_endpoints(client, world) -> None:
+    r = await client.post(f"/api/v1/admin/vouchers/{world['voucher'].id}/revocation",
+                          headers=bearer(world["token"]), json={"reason": "because"})
+    problem(r, 403)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**REDEEM, "amount_cents": -5}, "amount_cents"),
+        ({**REDEEM, "amount_cents": 0}, "amount_cents"),
+        ({**REDEEM, "amount_cents": "10"}, "amount_cents"),
+        ({**REDEEM, "category": "holiday"}, "category"),
+        ({**REDEEM, "reference": ""}, "reference"),
+        ({**REDEEM, "surprise": 1}, "surprise"),
+        ({"category": "coaching", "reference": "x"}, "amount_cents"),
+    ],
+)
+async def test_bad_redemption_bodies_name_the_field(client, world, rt, body, field) -> None:
+    r = await client.post(f"/api/v1/vouchers/{world['code']}/redemptions", headers=bearer(world["token"]), json=body)
+    assert r.status_code == 400, r.text
+    assert field in r.text
+    assert (await reload(rt, Voucher, world["voucher"].id)).balance_cents == 135000
+
+
+async def test_malformed_json(client, world) -> None:
+    r = await client.post(f"/api/v1/vouchers/{world['code']}/redemptions", headers={
+        **bearer(world["token"]), "content-type": "application/json"}, content=b'{"amount_cents": ')
+    problem(r, 400)
+
+
+async def test_oversized_body_is_refused(client, world) -> None:
+    r = await client.post(f"/api/v1/vouchers/{world['code']}/redemptions", headers=bearer(world["token"]),
+                          json={**REDEEM, "reference": "x" * 200_000})
+    assert r.status_code == 413
+
+
+async def test_amount_past_the_balance(client, world, rt) -> None:
+    r = await client.post(f"/api/v1/vouchers/{world['code']}/redemptions", headers=bearer(world["token"]),
+                          json={**REDEEM, "amount_cents": 135001})
+    body = problem(r, 422, "insufficient-balance")
+    assert body["invalid_params"][0]["name"] == "amount_cents"
+    assert "1.350,00" in body["title"]  # Dutch by default
+
+
+async def test_errors_speak_the_users_language(client, world) -> None:
+    r = await client.post(f"/api/v1/vouchers/{world['code']}/redemptions",
+                          headers={**bearer(world["token"]), "accept-language": "en-GB,en;q=0.9"},
+                          json={**REDEEM, "amount_cents": 135001})
+    assert "balance of €1,350.00" in r.json()["title"]
+
+
+async def test_mistyped_and_unknown_codes(client, world) -> None:
+    code = world["code"]
+    typo = ("B" if code[0] != "B" else "C") + code[1:]
+    problem(await client.get(f"/api/v1/vouchers/{typo}", headers=bearer(world["token"])), 422, "code-mistyped")
+    from service.codes import CodeKeys
+    from service.settings import Settings
+
+    stranger = CodeKeys.from_settings(Settings(environment="test", secret_key="other" * 8))
+    unknown = stranger.code_for(stranger.new_salt())
+    problem(await client.get(f"/api/v1/vouchers/{unknown}", headers=bearer(world["token"])), 404, "voucher-not-found")
+
+
+async def test_failed_lookups_are_rate_limited_in_the_database(client, world, rt) -> None:
+    headers = bearer(world["token"])
+    for _ in range(rt.settings.failed_lookup_limit):
+        assert (await client.get("/api/v1/vouchers/0000-0000", headers=headers)).status_code == 422
+    problem(await client.get(f"/api/v1/vouchers/{world['code']}", headers=headers), 429, "too-many-attempts")
+    # Another client is not affected.
+    _, other = await make_provider(rt, world["scheme"], name="Ander")
+    assert (await client.get(f"/api/v1/vouchers/{world['code']}", headers=bearer(other))).status_code == 200
+
+
+async def test_expired_revoked_and_closed(client, world, rt) -> None:
+    url, headers = f"/api/v1/vouchers/{world['code']}/redemptions", bearer(world["token"])
+    async with rt.sessionmaker() as session, session.begin():
+        await session.execute(update(Voucher).values(expires_at=utcnow() - dt.timedelta(seconds=1)))
+    problem(await client.post(url, headers=headers, json=REDEEM), 422, "voucher-expired")
+    async with rt.sessionmaker() as session, session.begin():
+        await session.execute(update(Voucher).values(expires_at=utcnow() + dt.timedelta(days=1)))
+        await session.execute(update(Scheme).values(closed_at=utcnow()))
+    problem(await client.post(url, headers=headers, json=REDEEM), 422, "scheme-closed")
+    async with rt.sessionmaker() as session, session.begin():
+        await session.execute(update(Scheme).values(closed_at=None))
+    admin = await admin_token(rt)
+    r = await client.post(f"/api/v1/admin/vouchers/{world['voucher'].id}/revocation", headers=bearer(admin),
+                          json={"reason": "misuse reported"})
+    assert r.status_code == 200 and r.json()["returned_cents"] == 135000
+    problem(await client.post(url, headers=headers, json=REDEEM), 422, "voucher-revoked")
+    async with rt.sessionmaker() as session:
+        assert await reconcile(session) == []
+
+
+async def test_idempotency_key_replays_the_first_answer(client, world, rt) -> None:
+    url = f"/api/v1/vouchers/{world['code']}/redemptions"
+    headers = {**bearer(world["token"]), "Idempotency-Key": str(uuid.uuid4())}
+    first = await client.post(url, headers=headers, json=REDEEM)
+    second = await client.post(url, headers=headers, json=REDEEM)
+    assert first.status_code == second.status_code == 201
+    assert first.json() == second.json()
+    assert second.headers["idempotent-replayed"] == "true"
+    assert (await reload(rt, Voucher, world["voucher"].id)).balance_cents == 125000
+    problem(await client.post(url, headers=headers, json={**REDEEM, "amount_cents": 20000}), 422,
+            "idempotency-key-reused")
+
+
+async def test_idempotency_key_replays_refusals_too(client, world, rt) -> None:
+    url = f"/api/v1/vouchers/{world['code']}/redemptions"
+    headers = {**bearer(world["token"]), "Idempotency-Key": "k-1"}
+    first = await client.post(url, headers=headers, json={**REDEEM, "amount_cents": 999999})
+    second = await client.post(url, headers=headers, json={**REDEEM, "amount_cents": 999999})
+    assert first.status_code == second.status_code == 422
+    assert first.json() == second.json()
+
+
+async def test_key_in_flight_gets_409(client, world, rt) -> None:
+    from service import idempotency
+
+    url = f"/api/v1/vouchers/{world['code']}/redemptions"
+    body = b'{"amount_cents":10000,"category":"coaching","reference":"F-2026-001"}'
+    fingerprint = idempotency.request_fingerprint("POST", url, body)
+    await idempotency.claim(rt.sessionmaker, scope=f"token:{await _token_id(rt, world['token'])}", key="busy",
+                            fingerprint=fingerprint)
+    r = await client.post(url, headers={**bearer(world["token"]), "Idempotency-Key": "busy",
+                                        "content-type": "application/json"}, content=body)
+    problem(r, 409, "request-in-flight")
+
+
+async def _token_id(rt, token: str) -> int:
+    from service.providers import authenticate_token
+
+    async with rt.sessionmaker() as session:
+        return (await authenticate_token(session, rt, token)).id
+
+
+async def test_public_summary_has_figures_and_no_personal_data(client, world) -> None:
+    r = await client.get("/api/v1/schemes/test-scheme")
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["places_used"], body["committed_cents"], body["places_left"]) == (1, 135000, 299)
+    for private in ("Korenbloem", "Jansen", "jan@example.org", world["voucher"].kvk_number):
+        assert private not in r.text
+
+
+async def test_apply_through_the_admin_api(client, rt, world) -> None:
+    admin = await admin_token(rt)
+    application = {"kvk_number": "87654321", "company_name": "Fietsmaker", "employees": 2, "postcode": "6822 AB",
+                   "contact_name": "Sara de Vries", "email": "sara@example.org"}
+    r = await client.post("/api/v1/admin/schemes/test-scheme/applications", headers=bearer(admin), json=application)
+    assert r.status_code == 201, r.text
+    assert r.json()["status"] == "granted"
+    again = await client.post("/api/v1/admin/schemes/test-scheme/applications", headers=bearer(admin), json=application)
+    problem(again, 409, "already-applied")
+    bad = await client.post("/api/v1/admin/schemes/test-scheme/applications", headers=bearer(admin),
+                            json={**application, "kvk_number": "1234"})
+    assert bad.status_code == 400 and "kvk_number" in bad.text
+    status = await client.get(f"/api/v1/applications/{r.json()['application_id']}")
+    assert status.json()["status"] == "granted" and "Sara" not in status.text
+
+
+async def test_openapi_schema_documents_the_api(client) -> None:
+    r = await client.get("/api/schema/openapi.json")
+    assert r.status_code == 200
+    assert "/api/v1/vouchers/{code}/redemptions" in r.json()["paths"]
