@@ -1,0 +1,53 @@
+"""Mail is never lost while the mail server is down, and never sent twice by two senders."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import msgspec
+from sqlalchemy import select
+
+from service import outbox
+from service.models import OutboxMessage, utcnow
+from service.runtime import Runtime
+from tests.conftest import free_port
+from tests.helpers import make_scheme, make_voucher
+
+
+async def test_mail_waits_for_the_server_and_is_retried(rt: Runtime, smtp_server) -> None:
+    scheme = await make_scheme(rt)
+    await make_voucher(rt, scheme, email="wacht@example.org")
+    down = Runtime(msgspec.structs.replace(rt.settings, smtp_port=free_port()), rt.engine, rt.sessionmaker, rt.keys)
+    assert await outbox.send_due(down) == 0
+    async with rt.sessionmaker() as session:
+        [message] = await session.scalars(select(OutboxMessage))
+    assert (message.status, message.attempts) == ("pending", 1) and message.last_error
+    assert message.next_attempt_at > utcnow()
+    assert await outbox.send_due(rt) == 0  # not due yet: back-off
+    assert await outbox.send_due(rt, now=utcnow() + dt.timedelta(minutes=5)) == 1
+    assert len(smtp_server.to("wacht@example.org")) == 1
+
+
+async def test_two_senders_deliver_each_message_once(rt: Runtime, smtp_server) -> None:
+    scheme = await make_scheme(rt)
+    for n in range(12):
+        await make_voucher(rt, scheme, email=f"een{n}@example.org")
+    other = Runtime.create(rt.settings)
+    try:
+        sent = await asyncio.gather(outbox.send_due(rt), outbox.send_due(other))
+    finally:
+        await other.engine.dispose()
+    assert sum(sent) == 12
+    assert sorted(m["To"] for m in smtp_server.messages) == sorted(f"een{n}@example.org" for n in range(12))
+    assert len({m["Message-ID"] for m in smtp_server.messages}) == 12
+
+
+async def test_file_backend_writes_readable_mail(rt: Runtime, tmp_path) -> None:
+    scheme = await make_scheme(rt)
+    _, code = await make_voucher(rt, scheme, email="lezen@example.org", locale="en")
+    files = Runtime(msgspec.structs.replace(rt.settings, mail_backend="file"), rt.engine, rt.sessionmaker, rt.keys)
+    assert await outbox.send_due(files) == 1
+    [eml] = list((tmp_path / "mail").glob("*.eml"))
+    text = eml.read_text()
+    assert "Subject: Your voucher for Test scheme" in text and code in text
