@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from . import applications, idempotency, providers, ratelimit, schemes, vouchers
 from .auth import Principal, requires
 from .db import run_in_transaction
-from .errors import N_, DomainError, Forbidden, InvalidInput, NotFound, TooManyAttempts
+from .errors import N_, DomainError, Forbidden, InvalidInput, NotFound
 from .models import Application, Enrolment, Provider, Scheme, Voucher
 from .problems import problem_body
 from .runtime import Runtime
@@ -129,11 +129,7 @@ async def _voucher_out(session: AsyncSession, voucher: Voucher) -> VoucherOut:
 async def find_voucher_limited(rt: Runtime, session: AsyncSession, code: str, client: str) -> Voucher:
     """Look up a code, refusing clients that have guessed wrong too often. Wrong guesses are
     counted by :func:`failed_lookups_counted` around the caller's transaction."""
-    window = rt.settings.failed_lookup_window_seconds
-    attempts = await ratelimit.attempts_so_far(session, f"lookup:{client}", window_seconds=window)
-    if attempts >= rt.settings.failed_lookup_limit:
-        raise TooManyAttempts(minutes=max(1, window // 60))
-    return await vouchers.find_voucher(session, rt, code)
+    return await vouchers.find_voucher(session, rt, code, attempts_key=f"lookup:{client}")
 
 
 @asynccontextmanager
@@ -226,7 +222,8 @@ async def _provider_name(session: AsyncSession, provider_id: int | None) -> str:
 
 
 async def _redemption_out(session: AsyncSession, redemption: Any) -> RedemptionOut:
-    balance = await session.scalar(select(Voucher.balance_cents).where(Voucher.id == redemption.voucher_id))
+    voucher = await session.get(Voucher, redemption.voucher_id)  # already in the session: no query
+    balance = voucher.balance_cents if voucher is not None else 0
     return RedemptionOut(
         redemption_id=redemption.id,
         voucher_id=redemption.voucher_id,
@@ -237,7 +234,7 @@ async def _redemption_out(session: AsyncSession, redemption: Any) -> RedemptionO
         reference=redemption.reference,
         created_at=redemption.created_at,
         reversed_at=redemption.reversed_at,
-        voucher_balance_cents=balance or 0,
+        voucher_balance_cents=balance,
     )
 
 
@@ -254,24 +251,24 @@ class PublicController(Controller):
 
     @get("/schemes")
     async def list_schemes(self, rt: NamedDependency[Runtime]) -> list[schemes.SchemeSummary]:
-        async with rt.sessionmaker() as session:
+        async with rt.reader() as session:
             return [await schemes.summary(session, s) for s in await session.scalars(select(Scheme).order_by(Scheme.id))]
 
     @get("/schemes/{slug:str}")
     async def scheme_summary(self, slug: FromPath[str], rt: NamedDependency[Runtime]) -> schemes.SchemeSummary:
-        async with rt.sessionmaker() as session:
+        async with rt.reader() as session:
             return await schemes.summary(session, await schemes.get_scheme(session, slug))
 
     @get("/schemes/{slug:str}/draw")
     async def scheme_draw(self, slug: FromPath[str], rt: NamedDependency[Runtime]) -> applications.DrawResult:
-        async with rt.sessionmaker() as session:
+        async with rt.reader() as session:
             return await applications.published_draw(session, await schemes.get_scheme(session, slug))
 
     @get("/applications/{application_id:str}")
     async def application_state(
         self, application_id: FromPath[str], rt: NamedDependency[Runtime]
     ) -> applications.ApplicationState:
-        async with rt.sessionmaker() as session:
+        async with rt.reader() as session:
             return await applications.application_state(session, application_id)
 
 
@@ -285,7 +282,7 @@ class VoucherController(Controller):
     @get("/{code:str}", response_headers=NO_STORE)
     async def lookup(self, request: Request[Any, Any, Any], code: FromPath[str], rt: NamedDependency[Runtime]) -> VoucherOut:
         client = lookup_client(request)
-        async with failed_lookups_counted(rt, client), rt.sessionmaker() as session:
+        async with failed_lookups_counted(rt, client), rt.reader() as session:
             voucher = await find_voucher_limited(rt, session, code, client)
             return await _voucher_out(session, voucher)
 
@@ -449,7 +446,125 @@ def _enrolment_out(enrolment: Enrolment) -> EnrolmentOut:
                         status=enrolment.status, categories=list(enrolment.categories))
 
 
+# --- coach issue: provider applications, offers, statements, flagged redemptions -------------
+# Imported here so that this block stays in one place; these modules do not import api.
+from litestar.params import FromQuery  # noqa: E402
+
+from . import offers as offers_domain  # noqa: E402
+from . import payouts, staff  # noqa: E402
+
+
+class FlaggedOut(msgspec.Struct, frozen=True, kw_only=True):
+    redemption_id: int
+    provider_id: int
+    voucher_id: int
+    amount_cents: int
+    created_at: dt.datetime
+    flagged_at: dt.datetime
+    note: str | None
+    reversed: bool
+
+
+class ProviderApplicationController(Controller):
+    """A provider applies to take part in a scheme; the municipality decides (admin API, CLI)."""
+
+    path = "/provider-applications"
+    tags = ["provider"]
+
+    @post("/")
+    async def apply(self, request: Request[Any, Any, Any], data: JSONBody[staff.ProviderApplication],
+                    rt: NamedDependency[Runtime]) -> Response[bytes]:
+        client = request.client.host if request.client else "unknown"
+        async with rt.sessionmaker() as session, session.begin():
+            await ratelimit.check_limit(session, f"provider-apply:{client}", limit=rt.settings.limit_per_ip,
+                                        window_seconds=rt.settings.limit_window_seconds)
+
+        async def work(session: AsyncSession) -> EnrolmentOut:
+            return _enrolment_out(await staff.apply(session, data))
+
+        body = await run_in_transaction(rt.sessionmaker, lambda s: work(s))
+        return Response(msgspec.json.encode(body), status_code=201, media_type="application/json")
+
+
+class ProviderController(Controller):
+    """A provider's own offers, reservations and statements, for systems with a coach token."""
+
+    path = "/provider"
+    tags = ["provider"]
+    guards = [requires("coach")]
+
+    @get("/statement", response_headers=NO_STORE)
+    async def statement(self, request: Request[Any, Any, Any], rt: NamedDependency[Runtime],
+                        month: FromQuery[str | None] = None) -> payouts.Statement:
+        start, end = payouts.month_period(month)
+        async with rt.sessionmaker() as session:
+            return await payouts.statement(session, _principal(request).provider_id or 0, start, end)
+
+    @get("/offers")
+    async def my_offers(self, request: Request[Any, Any, Any],
+                        rt: NamedDependency[Runtime]) -> list[offers_domain.OfferOut]:
+        async with rt.sessionmaker() as session:
+            mine = await offers_domain.provider_offers(session, _principal(request).provider_id or 0)
+            return [await offers_domain.offer_out(session, o) for o in mine]
+
+    @post("/offers")
+    async def publish(self, request: Request[Any, Any, Any], data: JSONBody[offers_domain.OfferIn],
+                      rt: NamedDependency[Runtime]) -> Response[bytes]:
+        principal = _principal(request)
+
+        async def work(session: AsyncSession) -> offers_domain.OfferOut:
+            offer = await offers_domain.publish_offer(session, principal.provider_id or 0, data)
+            return await offers_domain.offer_out(session, offer)
+
+        return await run_idempotent(request, rt, work, body_type=offers_domain.OfferIn)
+
+    @get("/holds", response_headers=NO_STORE)
+    async def holds(self, request: Request[Any, Any, Any], rt: NamedDependency[Runtime]) -> list[HoldOut]:
+        async with rt.sessionmaker() as session:
+            rows = await offers_domain.provider_holds(session, _principal(request).provider_id or 0)
+            return [_hold_out(hold) for hold, _company in rows]
+
+
+class OfferListController(Controller):
+    path = "/offers"
+    tags = ["public"]
+
+    @get("/")
+    async def visible(self, rt: NamedDependency[Runtime],
+                      scheme: FromQuery[str | None] = None) -> list[offers_domain.OfferOut]:
+        async with rt.sessionmaker() as session:
+            return [await offers_domain.offer_out(session, o)
+                    for o in await offers_domain.visible_offers(session, scheme)]
+
+
+class AdminCoachController(Controller):
+    path = "/admin"
+    tags = ["admin"]
+    guards = [requires("admin")]
+
+    @post("/offers/{offer_id:int}/hidden")
+    async def hide_offer(self, request: Request[Any, Any, Any], offer_id: FromPath[int], data: JSONBody[ReasonIn],
+                         rt: NamedDependency[Runtime]) -> Response[bytes]:
+        async def work(session: AsyncSession) -> offers_domain.OfferOut:
+            offer = await offers_domain.hide_offer(session, offer_id, by="municipality", reason=data.reason)
+            return await offers_domain.offer_out(session, offer)
+
+        return await run_idempotent(request, rt, work, status_code=200, body_type=ReasonIn)
+
+    @get("/redemptions/flagged", response_headers=NO_STORE)
+    async def flagged(self, rt: NamedDependency[Runtime]) -> list[FlaggedOut]:
+        from .models import Redemption
+
+        async with rt.sessionmaker() as session:
+            rows = await session.scalars(
+                select(Redemption).where(Redemption.flagged_at.is_not(None)).order_by(Redemption.flagged_at))
+            return [FlaggedOut(redemption_id=r.id, provider_id=r.provider_id, voucher_id=r.voucher_id,
+                               amount_cents=r.amount_cents, created_at=r.created_at, flagged_at=r.flagged_at,
+                               note=r.flag_note, reversed=r.reversed_at is not None) for r in rows]
+
+
 api_router = Router(
     path="/api/v1",
-    route_handlers=[PublicController, VoucherController, HoldController, RedemptionController, AdminController],
+    route_handlers=[PublicController, VoucherController, HoldController, RedemptionController, AdminController,
+                    ProviderApplicationController, ProviderController, OfferListController, AdminCoachController],
 )

@@ -28,6 +28,8 @@ from sqlalchemy import select
 from . import __version__, i18n, outbox, schemes, sweep
 from .api import api_router
 from .auth import AuthMiddleware
+from .coach import coach_router
+from .entrepreneur import entrepreneur_router
 from .errors import DomainError
 from .models import Scheme
 from .problems import domain_error_handler, http_error_handler
@@ -150,6 +152,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             home,
             health,
             api_router,
+            entrepreneur_router,
+            coach_router,
             create_static_files_router("/static", [HERE / "static"], include_in_schema=False),
         ],
         dependencies={"rt": Provide(provide_runtime, use_cache=True)},

@@ -33,6 +33,7 @@ __all__ = (
     "draw",
     "draw_order",
     "promote_waiting",
+    "reject",
     "submit",
     "take_place",
 )
@@ -161,12 +162,7 @@ async def decide(session: AsyncSession, rt: Runtime, scheme: Scheme, application
     reject with reasons, enter the lottery, issue a voucher, or put it on the waiting list."""
     reasons = eligibility_reasons(scheme, employees=employees, postcode=postcode)
     if reasons:
-        application.status = "rejected"
-        application.reasons = reasons
-        application.decided_at = utcnow()
-        outbox.enqueue(session, to=application.email, template="application_rejected", locale=application.locale,
-                       contact_name=application.contact_name, reasons=reasons,
-                       scheme_name=_scheme_name(scheme, application.locale))
+        reject(session, scheme, application, reasons)
     elif scheme.allocation == "lottery":
         application.status = "entered"
         outbox.enqueue(session, to=application.email, template="application_entered", locale=application.locale,
@@ -182,6 +178,16 @@ async def decide(session: AsyncSession, rt: Runtime, scheme: Scheme, application
                        scheme_name=_scheme_name(scheme, application.locale))
     await session.flush()
     return application
+
+
+def reject(session: AsyncSession, scheme: Scheme, application: Application, reasons: list[str]) -> None:
+    """Reject with reason codes (``errors.REJECTION_REASONS``) and tell the applicant why."""
+    application.status = "rejected"
+    application.reasons = reasons
+    application.decided_at = utcnow()
+    outbox.enqueue(session, to=application.email, template="application_rejected", locale=application.locale,
+                   contact_name=application.contact_name, reasons=reasons,
+                   scheme_name=_scheme_name(scheme, application.locale))
 
 
 def _scheme_name(scheme: Scheme, locale: str) -> str:

@@ -252,6 +252,20 @@ def sweep_command() -> None:
     click.echo(json.dumps(msgspec.to_builtins(report)))
 
 
+@main.group("registry")
+def registry_group() -> None:
+    """The trade register (KvK)."""
+
+
+@registry_group.command("retry")
+def registry_retry() -> None:
+    """Decide the applications that are waiting for the trade register (also runs in the sweep)."""
+    from . import registry
+
+    report = _run(lambda rt: registry.retry_pending(rt))
+    click.echo(f"decided {report.decided}, still waiting {report.still_pending}")
+
+
 @main.group("outbox")
 def outbox_group() -> None:
     """Mail."""
@@ -263,6 +277,41 @@ def outbox_send() -> None:
     click.echo(f"sent {_run(lambda rt: outbox.send_due(rt, batch=500))}")
 
 
+@main.group()
+def site() -> None:
+    """The public information site (mkdocs)."""
+
+
+@site.command("build")
+@click.option("--out", "out_dir", default="build/site", show_default=True, type=click.Path(path_type=Path))
+@click.option("--site-url", help="Where the site will be served, e.g. https://www.arnhem.nl/ondernemersvoucher/")
+def site_build(out_dir: Path, site_url: str | None) -> None:
+    """Take a public snapshot of the figures and providers and build the static site."""
+    from .sitegen import build_site
+    from .sitegen.collect import collect_snapshot
+
+    async def work(rt: Runtime) -> Any:
+        async with rt.sessionmaker() as session:
+            return await collect_snapshot(session, service_url=rt.settings.base_url)
+
+    snapshot = _run(work)
+    built = build_site(snapshot, out_dir, work_dir=Path("build/site-src"), site_url=site_url)
+    click.echo(f"site built in {built}")
+
+
+@site.command("serve")
+@click.option("--dir", "site_dir", default="build/site", show_default=True, type=click.Path(path_type=Path))
+@click.option("--port", default=8001, show_default=True, type=int)
+def site_serve(site_dir: Path, port: int) -> None:
+    """Preview the built site on 127.0.0.1."""
+    from .sitegen import serve_site
+
+    if not (site_dir / "index.html").exists():
+        raise click.ClickException(f"no site in {site_dir}; run `vouchers site build` first")
+    click.echo(f"serving {site_dir} on http://127.0.0.1:{port}/")
+    serve_site(site_dir, port=port)
+
+
 @main.command("demo")
 def demo_command() -> None:
     """Development only: a demo provider, a coach token and sample vouchers to try."""
@@ -272,6 +321,136 @@ def demo_command() -> None:
     if rt.settings.environment != "development":
         raise click.ClickException("demo data only in development (VOUCHERS_ENVIRONMENT=development)")
     click.echo(_run(create_demo))
+
+
+
+# --- coach issue: staff accounts, payouts, offers ---------------------------------------------
+
+@provider.command("user-add")
+@click.option("--provider", "provider_slug", required=True, help="Provider slug.")
+@click.option("--email", required=True)
+@click.option("--name", required=True, help="The staff member's name.")
+def provider_user_add(provider_slug: str, email: str, name: str) -> None:
+    """Create a staff account for a provider and print its first password once."""
+    from . import staff
+
+    password = staff.new_password()
+
+    async def work(args: Any) -> str:
+        _rt, session = args
+        provider_id = await session.scalar(select(Provider.id).where(Provider.slug == provider_slug))
+        if provider_id is None:
+            raise click.ClickException(f"no provider {provider_slug!r}")
+        user = await staff.create_user(session, provider_id=provider_id, email=email, name=name, password=password)
+        return f"account {user.id} for {user.email}; password (shown once): {password}"
+
+    click.echo(_in_transaction(work))
+
+
+@main.group("payout")
+def payout_group() -> None:
+    """Paying providers."""
+
+
+def _period(start: str | None, end: str | None, month: str | None) -> tuple[Any, Any]:
+    import datetime as dt
+
+    from . import payouts
+
+    if month:
+        return payouts.month_period(month)
+    if not (start and end):
+        raise click.UsageError("give --month, or --from and --to")
+    return dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+
+
+@payout_group.command("batch")
+@click.option("--from", "start", help="First day (YYYY-MM-DD).")
+@click.option("--to", "end", help="Day after the last day (YYYY-MM-DD), exclusive.")
+@click.option("--month", help="Instead of --from/--to: a month, YYYY-MM.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--debtor-name", envvar="VOUCHERS_PAYOUT_DEBTOR_NAME", default="Gemeente Arnhem", show_default=True)
+@click.option("--debtor-iban", envvar="VOUCHERS_PAYOUT_DEBTOR_IBAN", required=True)
+@click.option("--debtor-bic", envvar="VOUCHERS_PAYOUT_DEBTOR_BIC")
+def payout_batch(start: str | None, end: str | None, month: str | None, out: Path, debtor_name: str,
+                 debtor_iban: str, debtor_bic: str | None) -> None:
+    """Pay every provider what is due for a finished period; write the SEPA pain.001 file."""
+    from . import payouts
+
+    period_start, period_end = _period(start, end, month)
+    debtor = payouts.Debtor(name=debtor_name, iban=debtor_iban, bic=debtor_bic)
+
+    async def work(args: Any) -> Any:
+        _rt, session = args
+        return await payouts.create_batch(session, start=period_start, end=period_end, debtor=debtor,
+                                          created_by="cli")
+
+    batch = _in_transaction(work)
+    out.write_bytes(batch.sepa_xml)
+    click.echo(msgspec.json.format(msgspec.json.encode(payouts.batch_summary(batch))).decode())
+
+
+@payout_group.command("export")
+@click.argument("batch_id", type=int)
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def payout_export(batch_id: int, out: Path) -> None:
+    """Write a batch's stored SEPA file again, byte for byte (a batch never changes)."""
+    from .models import PayoutBatch
+
+    async def work(rt: Runtime) -> bytes:
+        async with rt.sessionmaker() as session:
+            batch = await session.get(PayoutBatch, batch_id)
+            if batch is None:
+                raise click.ClickException(f"no batch {batch_id}")
+            return batch.sepa_xml
+
+    out.write_bytes(_run(work))
+    click.echo(f"wrote {out}")
+
+
+@payout_group.command("statement")
+@click.option("--provider", "provider_slug", required=True)
+@click.option("--month", help="YYYY-MM; the current month when left out.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV instead of JSON.")
+def payout_statement(provider_slug: str, month: str | None, as_csv: bool) -> None:
+    """Print a provider's monthly statement."""
+    from . import payouts
+
+    start, end = payouts.month_period(month)
+
+    async def work(rt: Runtime) -> Any:
+        async with rt.sessionmaker() as session:
+            provider_id = await session.scalar(select(Provider.id).where(Provider.slug == provider_slug))
+            if provider_id is None:
+                raise click.ClickException(f"no provider {provider_slug!r}")
+            return await payouts.statement(session, provider_id, start, end)
+
+    st = _run(work)
+    if as_csv:
+        headers = ["date", "kind", "redemption", "scheme", "category", "reference", "invoice", "paid", "batch"]
+        click.echo(payouts.statement_csv(st, headers=headers, labels={}, locale="en"), nl=False)
+    else:
+        click.echo(msgspec.json.format(msgspec.json.encode(st)).decode())
+
+
+@main.group("offer")
+def offer_group() -> None:
+    """Providers' offers."""
+
+
+@offer_group.command("hide")
+@click.argument("offer_id", type=int)
+@click.option("--reason", required=True)
+def offer_hide(offer_id: int, reason: str) -> None:
+    """Hide an offer from entrepreneurs and the public site (the municipality's decision)."""
+    from . import offers
+
+    async def work(args: Any) -> str:
+        _rt, session = args
+        offer = await offers.hide_offer(session, offer_id, by="municipality", reason=reason)
+        return f"offer {offer.id} hidden"
+
+    click.echo(_in_transaction(work))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Engine, sessions and the one way to run a transaction.
 
-SQLite: every transaction starts with ``BEGIN IMMEDIATE``, so writers queue on the database lock
-instead of failing half-way; WAL lets readers go on meanwhile. PostgreSQL: READ COMMITTED with
+SQLite: every writing transaction starts with ``BEGIN IMMEDIATE``, so writers queue on the database
+lock instead of failing half-way; sessions from the *reader* (``Runtime.reader``) start a plain
+``BEGIN`` and, thanks to WAL, read a consistent snapshot without waiting for writers. PostgreSQL: READ COMMITTED with
 conditional UPDATEs and row locks; a deadlock or serialization failure is retried.
 """
 
@@ -62,10 +63,16 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
-def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+READ_ONLY = "vouchers_read_only"
+
+
+def make_sessionmaker(engine: AsyncEngine, *, read_only: bool = False) -> async_sessionmaker[AsyncSession]:
+    """Sessions for work that writes, or (``read_only``) for lookups that never write."""
+    if read_only:
+        engine = engine.execution_options(**{READ_ONLY: True})
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 

@@ -43,6 +43,10 @@ __all__ = (
     "Redemption",
     "Scheme",
     "Voucher",
+    "ProviderUser",
+    "Offer",
+    "PayoutBatch",
+    "PayoutLine",
 )
 
 Id = BigInteger().with_variant(Integer, "sqlite")
@@ -159,6 +163,14 @@ class Application(Base):
     lottery_rank: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     decided_at: Mapped[dt.datetime | None]
+    # Online applications (service.entrepreneur_pages): status ``unconfirmed`` until the mailed
+    # link is followed, then ``registry_pending`` until the trade register has answered.
+    email_confirmed_at: Mapped[dt.datetime | None]
+    registry_checked_at: Mapped[dt.datetime | None]
+    registry_employees: Mapped[int | None] = mapped_column(Integer)
+    """People working at the firm according to the register (the figure the decision used)."""
+    registry_postcode: Mapped[str | None] = mapped_column(String(7))
+    registry_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Voucher(Base):
@@ -281,6 +293,11 @@ class Redemption(Base):
     reversal_reason: Mapped[str | None] = mapped_column(Text)
     flagged_at: Mapped[dt.datetime | None]
     payout_batch_id: Mapped[int | None] = mapped_column(BigInteger)
+    # Added by migration 0002 (coach issue).
+    flag_note: Mapped[str | None] = mapped_column(Text)
+    """What the entrepreneur wrote when reporting this redemption."""
+    clawback_batch_id: Mapped[int | None] = mapped_column(BigInteger)
+    """The payout batch that took back this redemption's money after it was paid and then reversed."""
 
 
 class Hold(Base):
@@ -389,3 +406,105 @@ class RateLimitCounter(Base):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     window_start: Mapped[dt.datetime]
     count: Mapped[int] = mapped_column(Integer)
+
+
+# --- Coach issue (migration 0002) -------------------------------------------------------------
+
+
+class ProviderUser(Base):
+    """A provider's staff account for the coach pages. Failed sign-ins are counted here, not in
+    memory, so a lock-out holds in every server process."""
+
+    __tablename__ = "provider_user"
+    __table_args__ = (CheckConstraint("failed_attempts >= 0", name="failed_attempts_not_negative"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    provider_id: Mapped[int] = mapped_column(ForeignKey("provider.id"), index=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    password_hash: Mapped[str] = mapped_column(String(200))
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[dt.datetime | None]
+    last_sign_in_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    disabled_at: Mapped[dt.datetime | None]
+
+
+class Offer(Base):
+    """What a provider offers in a scheme. Hidden offers (by the provider or the municipality)
+    are kept for the record but no longer shown."""
+
+    __tablename__ = "offer"
+    __table_args__ = (
+        CheckConstraint("price_cents > 0", name="offer_price_positive"),
+        CheckConstraint("hidden_by IS NULL OR hidden_by IN ('provider', 'municipality')", name="offer_hidden_by_known"),
+        Index("offers_of_scheme", "scheme_id", "hidden_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    provider_id: Mapped[int] = mapped_column(ForeignKey("provider.id"))
+    scheme_id: Mapped[int] = mapped_column(ForeignKey("scheme.id"))
+    title: Mapped[str] = mapped_column(String(120))
+    category: Mapped[str] = mapped_column(String(32))
+    price_cents: Mapped[int] = mapped_column(BigInteger)
+    duration: Mapped[str] = mapped_column(String(120))
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    hidden_at: Mapped[dt.datetime | None]
+    hidden_by: Mapped[str | None] = mapped_column(String(16))
+    hidden_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class PayoutBatch(Base):
+    """One payment run for all providers. Written once, with its SEPA file, and never changed."""
+
+    __tablename__ = "payout_batch"
+    __table_args__ = (CheckConstraint("total_cents > 0", name="payout_total_positive"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    period_start: Mapped[dt.date] = mapped_column(Date)
+    period_end: Mapped[dt.date] = mapped_column(Date)
+    """Exclusive: the batch pays what was recorded before this day."""
+    message_id: Mapped[str] = mapped_column(String(35), unique=True)
+    total_cents: Mapped[int] = mapped_column(BigInteger)
+    transaction_count: Mapped[int] = mapped_column(Integer)
+    sepa_xml: Mapped[bytes] = mapped_column(LargeBinary)
+    sepa_sha256: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class PayoutLine(Base):
+    """One credit transfer in a batch: what one enrolment (provider in a scheme) is paid."""
+
+    __tablename__ = "payout_line"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "enrolment_id", name="one_line_per_enrolment"),
+        CheckConstraint("amount_cents > 0", name="payout_line_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("payout_batch.id"))
+    enrolment_id: Mapped[int] = mapped_column(ForeignKey("enrolment.id"))
+    provider_id: Mapped[int] = mapped_column(ForeignKey("provider.id"))
+    scheme_id: Mapped[int] = mapped_column(ForeignKey("scheme.id"))
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    clawback_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    iban: Mapped[str] = mapped_column(String(34))
+    creditor_name: Mapped[str] = mapped_column(String(200))
+    end_to_end_id: Mapped[str] = mapped_column(String(35), unique=True)
+
+
+class SignInToken(Base):
+    """A one-time "my voucher" sign-in link. Only a keyed hash of the token is stored; using
+    it stamps ``used_at``, so it works once, and only until ``expires_at``."""
+
+    __tablename__ = "sign_in_token"
+    __table_args__ = (Index("sign_in_tokens_of_voucher", "voucher_id"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    voucher_id: Mapped[int] = mapped_column(ForeignKey("voucher.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    used_at: Mapped[dt.datetime | None]

@@ -23,12 +23,16 @@ class Runtime:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+    """Sessions for work that changes something."""
     keys: CodeKeys
+    reader: async_sessionmaker[AsyncSession]
+    """Sessions for lookups only: on SQLite they do not queue behind writers."""
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
         engine = create_engine(settings)
-        return cls(settings, engine, make_sessionmaker(engine), CodeKeys.from_settings(settings))
+        return cls(settings, engine, make_sessionmaker(engine), CodeKeys.from_settings(settings),
+                   make_sessionmaker(engine, read_only=True))
 
     def link(self, path: str) -> str:
         return self.settings.base_url.rstrip("/") + path

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
@@ -16,6 +17,9 @@ __all__ = ("ConfigError", "Settings", "DEV_SECRET")
 
 #: The secret used when none is configured. Refused outside development and tests.
 DEV_SECRET = "development-secret-change-me"
+
+#: The demo extract of the trade register used by ``make run``.
+DEMO_EXTRACT = Path(__file__).parent / "demo" / "kvk-extract.csv"
 
 Environment = Literal["development", "test", "production"]
 
@@ -80,6 +84,37 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
     """Larger request bodies are refused with 413 before they are read into memory."""
 
+    registry: Literal["file", "kvk"] = "file"
+    """Where applications are checked: ``file`` reads a CSV extract of the trade register
+    (``registry_file``; the demo extract by default), ``kvk`` asks the KvK basisprofiel API."""
+
+    registry_file: str = str(DEMO_EXTRACT)
+    """CSV extract for the ``file`` registry: kvk_number,name,employees,postcode,active."""
+
+    kvk_api_url: str = "https://api.kvk.nl/api/v1"
+    """Base URL of the KvK API (``/basisprofielen/{kvk}`` is appended)."""
+
+    kvk_api_key: str | None = None
+    """API key for the KvK API, sent in the ``apikey`` header."""
+
+    registry_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    """A register that has not answered by then counts as down; the application waits."""
+
+    confirm_link_hours: Annotated[int, msgspec.Meta(ge=1)] = 48
+    """How long the link that confirms an applicant's e-mail address works."""
+
+    sign_in_link_minutes: Annotated[int, msgspec.Meta(ge=1)] = 15
+    """How long a mailed "my voucher" sign-in link works (once)."""
+
+    limit_window_seconds: Annotated[int, msgspec.Meta(ge=1)] = 3600
+    """Window of the per-address and per-IP limits on applying and sign-in links."""
+
+    limit_per_address: Annotated[int, msgspec.Meta(ge=1)] = 5
+    """Applications or sign-in links one e-mail address may ask for per window."""
+
+    limit_per_ip: Annotated[int, msgspec.Meta(ge=1)] = 30
+    """Applications or sign-in links one IP address may ask for per window."""
+
     def __post_init__(self) -> None:
         if self.environment == "production" and self.secret_key == DEV_SECRET:
             raise ConfigError("VOUCHERS_SECRET_KEY must be set to a long random value in production")
@@ -87,6 +122,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(
                 "VOUCHERS_DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
             )
+        if self.registry == "kvk" and not self.kvk_api_key:
+            raise ConfigError("VOUCHERS_KVK_API_KEY must be set when VOUCHERS_REGISTRY is kvk")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:

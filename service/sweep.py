@@ -11,7 +11,7 @@ import datetime as dt
 import msgspec
 from sqlalchemy import select
 
-from . import outbox
+from . import outbox, registry
 from .applications import promote_waiting
 from .db import run_in_transaction
 from .errors import DomainError
@@ -26,6 +26,9 @@ class SweepReport(msgspec.Struct, kw_only=True):
     holds_lapsed: int = 0
     vouchers_expired: int = 0
     promoted: int = 0
+    registry_decided: int = 0
+    """Applications that waited for the trade register and are now decided."""
+    unconfirmed_withdrawn: int = 0
 
 
 async def sweep(rt: Runtime, *, now: dt.datetime | None = None, batch: int = 500) -> SweepReport:
@@ -59,6 +62,9 @@ async def sweep(rt: Runtime, *, now: dt.datetime | None = None, batch: int = 500
         async def promote(session, scheme_id=scheme_id):  # type: ignore[no-untyped-def]
             return await promote_waiting(session, rt, scheme_id)
         report.promoted += await run_in_transaction(rt.sessionmaker, promote)
+
+    report.registry_decided = (await registry.retry_pending(rt)).decided
+    report.unconfirmed_withdrawn = await registry.withdraw_unconfirmed(rt, now=now)
     return report
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from . import ledger, outbox
 from .codes import InvalidCode, normalise_code
-from .errors import N_, Forbidden, InvalidInput, NotFound, Refused
-from .models import Application, Enrolment, Hold, Redemption, Scheme, Voucher, utcnow
+from .errors import N_, Forbidden, InvalidInput, NotFound, Refused, TooManyAttempts
+from .models import Application, Enrolment, Hold, RateLimitCounter, Redemption, Scheme, Voucher, utcnow
 from .runtime import Runtime
 
 __all__ = (
@@ -97,11 +98,15 @@ async def issue_voucher(session: AsyncSession, rt: Runtime, scheme: Scheme, appl
     return voucher
 
 
-async def find_voucher(session: AsyncSession, rt: Runtime, code_text: str) -> Voucher:
+async def find_voucher(
+    session: AsyncSession, rt: Runtime, code_text: str, *, attempts_key: str | None = None
+) -> Voucher:
     """The voucher a typed or scanned code belongs to.
 
-    A mistyped code is refused by its check symbol before any lookup (``code-mistyped``);
-    callers count ``NotFound`` and ``InvalidInput`` answers against the client's rate limit.
+    A mistyped code is refused by its check symbol before any lookup (``code-mistyped``). With
+    ``attempts_key``, a client that has guessed wrong too often is refused (``too-many-attempts``)
+    even for a right code; the count is read in the same round trip as the voucher, its scheme and
+    its application, which land in the session so that later ``session.get`` calls cost nothing.
     """
     try:
         code = normalise_code(code_text)
@@ -109,10 +114,32 @@ async def find_voucher(session: AsyncSession, rt: Runtime, code_text: str) -> Vo
         raise InvalidInput(
             "code-mistyped", N_("This is not a valid voucher code. Check it for typing errors."), field="code"
         ) from None
-    voucher = await session.scalar(select(Voucher).where(Voucher.code_hash == rt.keys.hash_of(code)))
-    if voucher is None:
+    settings = rt.settings
+    one = select(literal(1).label("one")).subquery()
+    query = (
+        select(Voucher, Scheme, Application)
+        .select_from(one)
+        .outerjoin(Voucher, Voucher.code_hash == rt.keys.hash_of(code))
+        .outerjoin(Scheme, Scheme.id == Voucher.scheme_id)
+        .outerjoin(Application, Application.id == Voucher.application_id)
+    )
+    if attempts_key is not None:
+        window_start = utcnow() - dt.timedelta(seconds=settings.failed_lookup_window_seconds)
+        attempts = (
+            select(RateLimitCounter.count)
+            .where(RateLimitCounter.key == attempts_key, RateLimitCounter.window_start >= window_start)
+            .scalar_subquery()
+        )
+        query = query.add_columns(attempts)
+    row = (await session.execute(query)).one()
+    if attempts_key is not None and (row[3] or 0) >= settings.failed_lookup_limit:
+        raise TooManyAttempts(minutes=max(1, settings.failed_lookup_window_seconds // 60))
+    if row[0] is None:
         raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
-    return voucher
+    # The identity map holds objects weakly: keep the scheme and application alive for the rest
+    # of this session so that the domain's ``session.get`` finds them without a query.
+    session.info.setdefault("loaded_with_voucher", []).extend(row[1:3])
+    return row[0]
 
 
 async def _approved_enrolment(session: AsyncSession, scheme: Scheme, provider_id: int, category: str) -> Enrolment:
@@ -172,11 +199,15 @@ async def _take_from_voucher(
             Voucher.balance_cents >= amount_cents,
         )
         .values(**values)
-        .returning(Voucher.balance_cents)
+        .returning(Voucher.balance_cents, Voucher.held_cents, Voucher.redeemed_cents, Voucher.status)
     )
-    if result.first() is None:
+    row = result.first()
+    if row is None:
         await session.refresh(voucher)
         raise _refusal(voucher, amount_cents, now)
+    # Keep the loaded voucher in step without another round trip.
+    for name, value in zip(("balance_cents", "held_cents", "redeemed_cents", "status"), row, strict=True):
+        set_committed_value(voucher, name, value)
 
 
 async def _pay_provider(session: AsyncSession, scheme: Scheme, enrolment: Enrolment, amount_cents: int) -> None:
@@ -191,6 +222,12 @@ async def _pay_provider(session: AsyncSession, scheme: Scheme, enrolment: Enrolm
         raise Refused(
             "provider-cap-reached", N_("Your organisation has reached the most this scheme pays one provider.")
         )
+
+
+async def _count_redeemed(session: AsyncSession, scheme: Scheme, amount_cents: int) -> None:
+    """Add to the scheme's redeemed figure. Called last, just before commit: every redemption
+    in a scheme updates this one row, so its lock should be held as briefly as possible."""
+    await session.flush()
     result = await session.execute(
         update(Scheme)
         .where(Scheme.id == scheme.id, Scheme.closed_at.is_(None))
@@ -274,6 +311,7 @@ async def redeem(
         redemption_id=redemption.id,
     )
     await _notify_redemption(session, rt, voucher, redemption, provider_name)
+    await _count_redeemed(session, scheme, amount)
     return redemption
 
 
@@ -409,6 +447,7 @@ async def confirm_hold(session: AsyncSession, rt: Runtime, hold_id: int, *, prov
         hold_id=hold.id,
     )
     await _notify_redemption(session, rt, voucher, redemption, provider_name)
+    await _count_redeemed(session, scheme, hold.amount_cents)
     return redemption
 
 
@@ -511,6 +550,7 @@ async def reverse_redemption(
         ledger.post(session, kind="return", source=(ledger.VOUCHER, voucher.id),
                     target=(ledger.BUDGET, scheme.id), amount_cents=amount, **entry)
     await session.refresh(redemption)
+    await session.refresh(voucher)
     return redemption
 
 

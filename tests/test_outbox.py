@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 
 import msgspec
@@ -18,7 +19,7 @@ from tests.helpers import make_scheme, make_voucher
 async def test_mail_waits_for_the_server_and_is_retried(rt: Runtime, smtp_server) -> None:
     scheme = await make_scheme(rt)
     await make_voucher(rt, scheme, email="wacht@example.org")
-    down = Runtime(msgspec.structs.replace(rt.settings, smtp_port=free_port()), rt.engine, rt.sessionmaker, rt.keys)
+    down = dataclasses.replace(rt, settings=msgspec.structs.replace(rt.settings, smtp_port=free_port()))
     assert await outbox.send_due(down) == 0
     async with rt.sessionmaker() as session:
         [message] = await session.scalars(select(OutboxMessage))
@@ -46,7 +47,7 @@ async def test_two_senders_deliver_each_message_once(rt: Runtime, smtp_server) -
 async def test_file_backend_writes_readable_mail(rt: Runtime, tmp_path) -> None:
     scheme = await make_scheme(rt)
     _, code = await make_voucher(rt, scheme, email="lezen@example.org", locale="en")
-    files = Runtime(msgspec.structs.replace(rt.settings, mail_backend="file"), rt.engine, rt.sessionmaker, rt.keys)
+    files = dataclasses.replace(rt, settings=msgspec.structs.replace(rt.settings, mail_backend="file"))
     assert await outbox.send_due(files) == 1
     [eml] = list((tmp_path / "mail").glob("*.eml"))
     text = eml.read_text()

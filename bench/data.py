@@ -1,0 +1,236 @@
+"""Databases and data for the benchmark: a fresh database per run, the schemes, a provider with
+a coach token, an admin token and vouchers, all made through the service's own domain functions
+(as tests/helpers.py does), and the checks run after each scenario."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from service import applications, check, providers, schemes
+from service.codes import format_code
+from service.db import run_in_transaction
+from service.models import Application, Enrolment, Redemption, Scheme, Voucher, utcnow
+from service.runtime import Runtime
+from service.settings import Settings
+
+__all__ = ("Fixture", "prepare_database", "server_env", "setup_data", "RUSH_BODY", "REDEEM_BODY",
+           "REDEEM_AMOUNT", "rush_check", "money_snapshot", "reconcile", "database_version")
+
+PG_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+PG_DATABASE = os.environ.get("BENCH_POSTGRES_DATABASE", "vouchers_bench")
+BIN = Path(sys.executable).parent
+
+VALUE_CENTS = 1_350_00
+REDEEM_AMOUNT = 100  # cents per redemption; the schemes have no own contribution, so the voucher pays all of it
+RUSH_KVK_BASE = 20_000_000
+RUSH_BODY = ('{"kvk_number":"{item}","company_name":"Bench BV {item}","employees":3,"postcode":"6811 AB",'
+             '"contact_name":"Jan Bench","email":"b{item}@example.org"}')
+REDEEM_BODY = '{"amount_cents":%d,"category":"coaching","reference":"bench-{n}"}' % REDEEM_AMOUNT
+
+
+def prepare_database(db: str, workdir: Path) -> str:
+    """A new, empty database for this run; returns its URL."""
+    if db == "sqlite":
+        path = workdir / "vouchers-bench.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        return f"sqlite+aiosqlite:///{path}"
+
+    async def recreate() -> None:
+        engine = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)'))
+                await conn.execute(text(f'CREATE DATABASE "{PG_DATABASE}"'))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(recreate())
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + PG_DATABASE
+
+
+def server_env(url: str, workdir: Path) -> dict[str, str]:
+    """Production settings: a random secret, mail to files, background tasks on (as deployed)."""
+    return {
+        **os.environ,
+        "VOUCHERS_ENVIRONMENT": "production",
+        "VOUCHERS_SECRET_KEY": secrets.token_hex(32),
+        "VOUCHERS_DATABASE_URL": url,
+        "VOUCHERS_MAIL_BACKEND": "file",
+        "VOUCHERS_MAIL_DIR": str(workdir / "mail"),
+    }
+
+
+def migrate(env: dict[str, str]) -> None:
+    root = str(Path(__file__).resolve().parent.parent)
+    done = subprocess.run([str(BIN / "vouchers"), "db", "upgrade"], env={**env, "PYTHONPATH": root},
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"vouchers db upgrade failed:\n{done.stderr[-3000:]}")
+
+
+def settings_from(env: dict[str, str]) -> Settings:
+    return Settings.from_env(environ=env)
+
+
+def scheme_spec(slug: str, *, places: int, budget_places: int | None = None) -> schemes.SchemeFile:
+    now = utcnow()
+    return msgspec.convert({
+        "slug": slug, "name": f"Bench {slug}", "name_en": f"Bench {slug}", "allocation": "first_come",
+        "budget_cents": VALUE_CENTS * (budget_places or places), "max_places": places, "value_cents": VALUE_CENTS,
+        "categories": ["coaching", "retraining", "financial_advice"],
+        "applications_open_at": (now - dt.timedelta(days=1)).isoformat(),
+        "applications_close_at": (now + dt.timedelta(days=30)).isoformat(),
+        "validity_days": 365, "eligibility": {"max_employees": 10, "postcodes": ["6811-6846"]},
+    }, schemes.SchemeFile)
+
+
+@dataclass
+class Fixture:
+    admin_token: str
+    coach_token: str
+    provider_id: int
+    rush_slug: str
+    pool_slug: str
+    spread_ids: list[int]
+    hot_ids: list[int]
+    spread_codes: Path
+    hot_codes: Path
+    rush_kvks: Path
+
+
+async def _make_vouchers(rt: Runtime, slug: str, count: int, kvk_start: int, progress: str = "") -> list[tuple[int, str]]:
+    made: list[tuple[int, str]] = []
+    batch = 100
+    for start in range(0, count, batch):
+        async def work(session: Any, start: int = start) -> list[tuple[int, str]]:
+            scheme = await schemes.get_scheme(session, slug)
+            out = []
+            for i in range(start, min(start + batch, count)):
+                details = applications.ApplicantDetails(
+                    kvk_number=str(kvk_start + i), company_name=f"Bakkerij {i}", employees=3, postcode="6811 AB",
+                    contact_name="Jan Jansen", email=f"v{kvk_start + i}@example.org")
+                application = await applications.submit(session, scheme, details)
+                await applications.decide(session, rt, scheme, application, employees=3, postcode="6811 AB")
+                voucher = await session.scalar(select(Voucher).where(Voucher.application_id == application.id))
+                assert voucher is not None, "no place left for a bench voucher"
+                out.append((voucher.id, format_code(rt.keys.code_for(voucher.code_salt))))
+            return out
+
+        made += await run_in_transaction(rt.sessionmaker, work)
+        if progress:
+            print(f"\r  {progress}: {len(made)}/{count} vouchers", end="", flush=True)
+    if progress:
+        print()
+    return made
+
+
+async def setup_data(env: dict[str, str], workdir: Path, *, pool: int, hot: int, rush_cap: int,
+                     rush_applicants: int) -> Fixture:
+    rt = Runtime.create(settings_from(env))
+    try:
+        async def base(session: Any) -> tuple[str, str, int]:
+            await schemes.load_scheme(session, scheme_spec("bench-rush", places=rush_cap))
+            pool_scheme, _ = await schemes.load_scheme(session, scheme_spec("bench-pool", places=pool + hot))
+            provider = await providers.add_provider(session, providers.ProviderDetails(
+                name="Bench Coaching", kvk_number="19999999", email="coach@example.org", iban="NL91ABNA0417164300"))
+            enrolment = await providers.enrol(session, pool_scheme, provider, list(pool_scheme.categories))
+            await providers.decide_enrolment(session, enrolment.id, approve=True)
+            coach = await providers.create_token(session, rt, role="coach", name="bench coach", provider_id=provider.id)
+            admin = await providers.create_token(session, rt, role="admin", name="bench intake", provider_id=None)
+            return admin, coach, provider.id
+
+        admin, coach, provider_id = await run_in_transaction(rt.sessionmaker, base)
+        made = await _make_vouchers(rt, "bench-pool", pool + hot, 10_000_000, progress="setup")
+    finally:
+        await rt.engine.dispose()
+    spread, hot_made = made[:pool], made[pool:]
+    files = {}
+    for name, rows in (("spread-codes.txt", spread), ("hot-codes.txt", hot_made)):
+        files[name] = workdir / name
+        files[name].write_text("".join(code + "\n" for _, code in rows))
+    kvks = workdir / "rush-kvk.txt"
+    kvks.write_text("".join(f"{RUSH_KVK_BASE + i}\n" for i in range(rush_applicants)))
+    return Fixture(admin_token=admin, coach_token=coach, provider_id=provider_id, rush_slug="bench-rush",
+                   pool_slug="bench-pool", spread_ids=[i for i, _ in spread], hot_ids=[i for i, _ in hot_made],
+                   spread_codes=files["spread-codes.txt"], hot_codes=files["hot-codes.txt"], rush_kvks=kvks)
+
+
+def _run(env: dict[str, str], work: Any) -> Any:
+    async def main() -> Any:
+        rt = Runtime.create(settings_from(env))
+        try:
+            async with rt.sessionmaker() as session:
+                return await work(session)
+        finally:
+            await rt.engine.dispose()
+
+    return asyncio.run(main())
+
+
+def reconcile(env: dict[str, str]) -> list[str]:
+    """``service.check.reconcile``: what ``vouchers check`` runs."""
+    return _run(env, check.reconcile)
+
+
+def rush_check(env: dict[str, str], slug: str, *, cap: int, applicants: int) -> list[str]:
+    """Exactly ``cap`` vouchers, everyone else on the waiting list, counters agree."""
+
+    async def work(session: Any) -> list[str]:
+        scheme = await schemes.get_scheme(session, slug)
+        vouchers = await session.scalar(select(func.count()).select_from(Voucher).where(Voucher.scheme_id == scheme.id))
+        by_status = dict((await session.execute(
+            select(Application.status, func.count()).where(Application.scheme_id == scheme.id).group_by(Application.status)
+        )).all())
+        problems = []
+        if vouchers != cap:
+            problems.append(f"{vouchers} vouchers, expected {cap}")
+        if by_status.get("waiting", 0) != applicants - cap:
+            problems.append(f"{by_status.get('waiting', 0)} waiting, expected {applicants - cap}")
+        if sum(by_status.values()) != applicants:
+            problems.append(f"{sum(by_status.values())} applications stored, expected {applicants}")
+        if scheme.places_used != cap or scheme.waiting_count != applicants - cap:
+            problems.append(f"scheme counters: {scheme.places_used} places used, {scheme.waiting_count} waiting")
+        return problems
+
+    return _run(env, work)
+
+
+def money_snapshot(env: dict[str, str], voucher_ids: list[int], provider_id: int) -> dict[str, int]:
+    """Balances of the given vouchers, their redemptions, and what the provider has received."""
+
+    async def work(session: Any) -> dict[str, int]:
+        balance, redeemed = (await session.execute(
+            select(func.coalesce(func.sum(Voucher.balance_cents), 0), func.coalesce(func.sum(Voucher.redeemed_cents), 0))
+            .where(Voucher.id.in_(voucher_ids)))).one()
+        count = await session.scalar(select(func.count()).select_from(Redemption).where(Redemption.voucher_id.in_(voucher_ids)))
+        received = await session.scalar(select(func.coalesce(func.sum(Enrolment.received_cents), 0))
+                                        .where(Enrolment.provider_id == provider_id))
+        return {"balance": int(balance), "redeemed": int(redeemed), "redemptions": int(count), "provider": int(received)}
+
+    return _run(env, work)
+
+
+def database_version(env: dict[str, str]) -> str:
+    async def work(session: Any) -> str:
+        if session.bind.dialect.name == "sqlite":
+            return "SQLite " + str(await session.scalar(text("select sqlite_version()")))
+        return str(await session.scalar(text("select version()"))).split(" on ")[0]
+
+    return _run(env, work)
+
+
+def scheme_row(env: dict[str, str], slug: str) -> Scheme:
+    return _run(env, lambda session: schemes.get_scheme(session, slug))

@@ -1,0 +1,237 @@
+"""The voucher as a coach meets it: the QR code's URL ``/v/{code}``, a typed code, and the form
+that records what was delivered. Plus the page where an entrepreneur reports a redemption."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import NotAuthorizedException
+from litestar.params import Body, FromPath, FromQuery
+from litestar.response import Redirect, Template
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .. import idempotency, vouchers
+from ..api import failed_lookups_counted, find_voucher_limited
+from ..auth import requires
+from ..codes import format_code, normalise_code
+from ..db import run_in_transaction
+from ..errors import N_, Conflict, DomainError, InvalidInput, NotFound
+from ..models import Application, Enrolment, Provider, Redemption, Scheme, Voucher, utcnow
+from ..runtime import Runtime
+from .common import CATEGORY_LABELS, NO_STORE, errors_of, page, parse_euros, principal, status, to_login
+
+__all__ = ("CoachVoucherPages", "PublicVoucherPages")
+
+Short = Annotated[str, msgspec.Meta(max_length=300)]
+Form = Body(media_type=RequestEncodingType.URL_ENCODED)
+
+
+class CodeForm(msgspec.Struct, frozen=True, kw_only=True):
+    code: Short = ""
+
+
+class RedeemForm(msgspec.Struct, frozen=True, kw_only=True):
+    amount: Short = ""
+    category: Short = ""
+    session_date: Short = ""
+    reference: Short = ""
+    idempotency_key: Short = ""
+
+
+class ReportForm(msgspec.Struct, frozen=True, kw_only=True):
+    note: Annotated[str, msgspec.Meta(max_length=1000)] = ""
+
+
+def _new_key() -> str:
+    return secrets.token_urlsafe(18)
+
+
+async def _voucher_context(session: AsyncSession, voucher: Voucher, provider_id: int) -> dict[str, Any]:
+    """What the coach sees: validity, money, expiry, the company. No contact details."""
+    scheme = await session.get_one(Scheme, voucher.scheme_id)
+    application = await session.get_one(Application, voucher.application_id)
+    enrolment = await session.scalar(
+        select(Enrolment).where(Enrolment.scheme_id == scheme.id, Enrolment.provider_id == provider_id))
+    effective = vouchers.effective_status(voucher)
+    if scheme.closed_at is not None:
+        effective = "scheme_closed"
+    elif effective == "active" and voucher.balance_cents == 0:
+        effective = "used_up"
+    allowed = [c for c in scheme.categories if enrolment is not None and c in enrolment.categories]
+    return {
+        "voucher": voucher, "state": effective, "valid": effective == "active", "scheme": scheme,
+        "company_name": application.company_name, "approved": enrolment is not None and enrolment.status == "approved",
+        "allowed": allowed, "categories": CATEGORY_LABELS, "own_percent": scheme.own_contribution_percent,
+    }
+
+
+class PublicVoucherPages(Controller):
+    """Pages reached without signing in: the QR code's landing page and the report link."""
+
+    path = "/"
+    include_in_schema = False
+
+    @get("/v/{code:str}")
+    async def voucher_page(self, request: Request[Any, Any, Any], code: FromPath[str], rt: NamedDependency[Runtime],
+                           done: FromQuery[int | None] = None) -> Template:
+        who = request.scope.get("user")
+        if who is None or who.role != "coach" or who.provider_id is None:
+            # Nothing is looked up: a stranger with the code learns only that this is a voucher.
+            return page("coach/voucher_public.html", next=request.url.path)
+        return await _coach_view(rt, who, code, done=done)
+
+    @get("/report/{token:str}")
+    async def report_page(self, token: FromPath[str], rt: NamedDependency[Runtime]) -> Template:
+        async with rt.sessionmaker() as session:
+            redemption, provider = await _reported(session, rt, token)
+        return page("coach/report.html", redemption=redemption, provider=provider, token=token,
+                    categories=CATEGORY_LABELS, errors={}, values={})
+
+    @post("/report/{token:str}")
+    async def report(self, token: FromPath[str], data: Annotated[ReportForm, Form],
+                     rt: NamedDependency[Runtime]) -> Template:
+        async def work(session: AsyncSession) -> tuple[Redemption, Provider]:
+            redemption, provider = await _reported(session, rt, token)
+            # Only the first report sets the time and note: reloading the page changes nothing.
+            await session.execute(
+                update(Redemption).where(Redemption.id == redemption.id, Redemption.flagged_at.is_(None))
+                .values(flagged_at=utcnow(), flag_note=data.note.strip() or None))
+            await session.refresh(redemption)
+            return redemption, provider
+
+        redemption, provider = await run_in_transaction(rt.sessionmaker, work)
+        return page("coach/report.html", redemption=redemption, provider=provider, token=token,
+                    categories=CATEGORY_LABELS, reported=True, errors={}, values={})
+
+
+async def _reported(session: AsyncSession, rt: Runtime, token: str) -> tuple[Redemption, Provider]:
+    value = rt.unsign("report-redemption", token)
+    redemption = await session.get(Redemption, int(value)) if value and value.isdigit() else None
+    if redemption is None:
+        raise NotFound("report-link-invalid", N_("This link is not valid or has expired. "
+                                                 "Please call the municipality to report a redemption."))
+    return redemption, await session.get_one(Provider, redemption.provider_id)
+
+
+async def _coach_view(rt: Runtime, who: Any, code: str, *, done: int | None = None, values: dict[str, str] | None = None,
+                      errors: dict[str, str] | None = None, status_code: int = 200) -> Template:
+    context: dict[str, Any] = {"code": code, "values": values or {"session_date": dt.date.today().isoformat()},
+                               "errors": errors or {}, "key": _new_key()}
+    try:
+        async with failed_lookups_counted(rt, who.actor), rt.sessionmaker() as session:
+            voucher = await find_voucher_limited(rt, session, code, who.actor)
+            context.update(await _voucher_context(session, voucher, who.provider_id))
+            if done is not None:
+                redemption = await session.get(Redemption, done)
+                if redemption is not None and redemption.provider_id == who.provider_id \
+                        and redemption.voucher_id == voucher.id:
+                    context["done"] = redemption
+    except DomainError as exc:
+        return page("coach/voucher.html", status=status(exc), code=code, lookup_error=errors_of(exc),
+                    values={"code": code}, errors={}, key="", who=who)
+    return page("coach/voucher.html", status=status_code, who=who, **context)
+
+
+class CoachVoucherPages(Controller):
+    path = "/"
+    include_in_schema = False
+    guards = [requires("coach")]
+    exception_handlers = {NotAuthorizedException: to_login}
+
+    @get("/coach")
+    async def home(self, request: Request[Any, Any, Any], rt: NamedDependency[Runtime]) -> Template:
+        return page("coach/home.html", values={}, errors={}, who=principal(request))
+
+    @post("/coach/code")
+    async def typed_code(self, request: Request[Any, Any, Any], data: Annotated[CodeForm, Form],
+                         rt: NamedDependency[Runtime]) -> Template | Redirect:
+        who = principal(request)
+        try:
+            async with failed_lookups_counted(rt, who.actor), rt.sessionmaker() as session:
+                await find_voucher_limited(rt, session, data.code, who.actor)
+        except DomainError as exc:
+            errors = errors_of(exc)
+            return page("coach/home.html", status=status(exc), values={"code": data.code}, who=who,
+                        errors={"code": next(iter(errors.values()))})
+        return Redirect(f"/v/{format_code(normalise_code(data.code))}", status_code=303, headers=NO_STORE)
+
+    @post("/v/{code:str}")
+    async def redeem(self, request: Request[Any, Any, Any], code: FromPath[str], data: Annotated[RedeemForm, Form],
+                     rt: NamedDependency[Runtime]) -> Template | Redirect:
+        who = principal(request)
+        values = {"amount": data.amount, "category": data.category, "session_date": data.session_date,
+                  "reference": data.reference}
+        try:
+            fields = _checked(data)
+        except DomainError as exc:
+            return await _coach_view(rt, who, code, values=values, errors=errors_of(exc), status_code=status(exc))
+        # The key was made when the form was shown, so a double tap or a reload of the POST
+        # claims the same key and gets the first answer instead of a second debit.
+        fingerprint = idempotency.request_fingerprint("POST", request.url.path, msgspec.json.encode(fields))
+        try:
+            claimed = await idempotency.claim(rt.sessionmaker, scope=who.actor, key=f"form:{data.idempotency_key}",
+                                              fingerprint=fingerprint)
+        except (Conflict, InvalidInput):
+            errors = {"form": _ALREADY_SENT}
+            return await _coach_view(rt, who, code, values=values, errors=errors, status_code=409)
+        if isinstance(claimed, idempotency.StoredAnswer):
+            redemption_id = msgspec.json.decode(claimed.body)["redemption_id"]
+            return Redirect(f"/v/{code}?done={redemption_id}", status_code=303, headers=NO_STORE)
+
+        async def work(session: AsyncSession) -> int:
+            voucher = await find_voucher_limited(rt, session, code, who.actor)
+            provider = await session.get_one(Provider, who.provider_id)
+            redemption = await vouchers.redeem(
+                session, rt, voucher, provider_id=provider.id, provider_name=provider.name,
+                category=fields["category"], invoice_cents=fields["amount_cents"], reference=fields["reference"],
+                session_date=dt.date.fromisoformat(fields["session_date"]) if fields["session_date"] else None,
+                recorded_by=who.actor)
+            await idempotency.complete(session, claimed, status_code=201,
+                                       body=msgspec.json.encode({"redemption_id": redemption.id}))
+            return redemption.id
+
+        try:
+            async with failed_lookups_counted(rt, who.actor):
+                redemption_id = await run_in_transaction(rt.sessionmaker, work)
+        except DomainError as exc:
+            # Nothing was recorded: forget the key, the form is shown again with a fresh one.
+            await idempotency.release(rt.sessionmaker, claimed)
+            return await _coach_view(rt, who, code, values=values, errors=errors_of(exc), status_code=status(exc))
+        except BaseException:
+            await idempotency.release(rt.sessionmaker, claimed)
+            raise
+        return Redirect(f"/v/{code}?done={redemption_id}", status_code=303, headers=NO_STORE)
+
+
+_ALREADY_SENT = N_("This form was already sent. Check the list of redemptions before you try again.")
+
+
+def _checked(data: RedeemForm) -> dict[str, Any]:
+    """The form's fields as the domain needs them; the first mistake is shown next to its field."""
+    amount = parse_euros(data.amount)
+    if data.category not in CATEGORY_LABELS:
+        raise InvalidInput("category-missing", N_("Choose what you delivered."), field="category")
+    day = data.session_date.strip()
+    if day:
+        try:
+            parsed = dt.date.fromisoformat(day)
+        except ValueError:
+            raise InvalidInput("date-invalid", N_("Type the date as year-month-day, for example 2026-11-23."),
+                               field="session_date") from None
+        if parsed > dt.date.today() + dt.timedelta(days=1):
+            raise InvalidInput("date-in-future", N_("The date of the session cannot be in the future."),
+                               field="session_date")
+    reference = data.reference.strip()
+    if not reference or len(reference) > 100:
+        raise InvalidInput("reference-missing", N_("Fill in your invoice number or reference (at most 100 characters)."),
+                           field="reference")
+    if not 1 <= len(data.idempotency_key) <= 100:
+        raise InvalidInput("form-expired", N_("This form is no longer valid. Please fill it in again."))
+    return {"amount_cents": amount, "category": data.category, "session_date": day, "reference": reference}

@@ -1,0 +1,369 @@
+"""Pages for entrepreneurs: a scheme's start page, the application form, confirming the e-mail
+address, the application's status and "my voucher" (passwordless sign-in by a mailed link).
+
+Handlers turn forms into calls of the domain functions (``applications``, ``registry``,
+``signin``, ``vouchers``); the rules live there. No page sends a script.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.exceptions import NotAuthorizedException
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, FromPath
+from litestar.response import Redirect, Template
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from .. import applications, i18n, outbox, qr, ratelimit, registry, schemes, signin
+from ..auth import Principal, requires, sign_in, sign_out
+from ..codes import format_code
+from ..db import run_in_transaction
+from ..errors import N_, REJECTION_REASONS, Conflict, NotFound, TooManyAttempts
+from ..models import Application, Enrolment, Hold, Provider, Redemption, Scheme, Voucher
+from ..runtime import Runtime
+from ..vouchers import effective_status
+
+__all__ = ("ROUTES", "entrepreneur_page", "signed_in_voucher", "validate_application", "voucher_view")
+
+NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
+
+CATEGORY_LABELS = {
+    "coaching": N_("Coaching"),
+    "retraining": N_("Retraining or further training"),
+    "financial_advice": N_("Financial advice"),
+}
+FIELDS = ("kvk_number", "company_name", "employees", "postcode", "contact_name", "email", "purpose")
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+
+
+def validate_application(form: dict[str, str], *, locale: str) -> tuple[dict[str, str], dict[str, str],
+                                                                         applications.ApplicantDetails | None]:
+    """``(what was typed, errors by field as msgids, details)``; details only when valid."""
+    values = {name: (form.get(name) or "").strip() for name in FIELDS}
+    errors: dict[str, str] = {}
+    kvk = re.sub(r"[\s.]", "", values["kvk_number"])
+    if not kvk:
+        errors["kvk_number"] = N_("Enter your KvK number.")
+    elif not re.fullmatch(r"\d{8}", kvk):
+        errors["kvk_number"] = N_("A KvK number has 8 digits, for example 12345678.")
+    if not values["company_name"]:
+        errors["company_name"] = N_("Enter the name of your company.")
+    elif len(values["company_name"]) > 200:
+        errors["company_name"] = N_("Use at most 200 characters.")
+    if not values["employees"]:
+        errors["employees"] = N_("Enter how many people work at your company.")
+    elif not values["employees"].isdigit() or int(values["employees"]) > 100_000:
+        errors["employees"] = N_("Enter the number of people as a whole number, for example 3.")
+    postcode = ""
+    if not values["postcode"]:
+        errors["postcode"] = N_("Enter the postcode of your business, for example 6811 AB.")
+    else:
+        postcode = registry.normalise_postcode(values["postcode"]) or ""
+        if not postcode:
+            errors["postcode"] = N_("This is not a Dutch postcode. Write it like 6811 AB.")
+    if not values["contact_name"]:
+        errors["contact_name"] = N_("Enter your name.")
+    elif len(values["contact_name"]) > 200:
+        errors["contact_name"] = N_("Use at most 200 characters.")
+    if not values["email"]:
+        errors["email"] = N_("Enter your e-mail address.")
+    elif not _EMAIL.match(values["email"]) or len(values["email"]) > 254:
+        errors["email"] = N_("Enter an e-mail address like name@example.nl.")
+    if not values["purpose"]:
+        errors["purpose"] = N_("Tell us in a few words what you want to use the voucher for.")
+    elif len(values["purpose"]) > 2000:
+        errors["purpose"] = N_("Use at most 2000 characters.")
+    if errors:
+        return values, errors, None
+    details = msgspec.convert({
+        "kvk_number": kvk, "company_name": values["company_name"], "employees": int(values["employees"]),
+        "postcode": postcode, "contact_name": values["contact_name"], "email": values["email"],
+        "purpose": values["purpose"], "locale": locale,
+    }, applications.ApplicantDetails)
+    return values, errors, details
+
+
+def _client(request: Request[Any, Any, Any]) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def _limit(rt: Runtime, *checks: tuple[str, int]) -> None:
+    """Count one attempt per key in its own transaction (so a refusal still counts) and
+    refuse when any key is over its limit."""
+    window = rt.settings.limit_window_seconds
+    async with rt.sessionmaker() as session, session.begin():
+        counts = [await ratelimit.count_attempt(session, key, window_seconds=window) for key, _ in checks]
+    if any(count > limit for count, (_, limit) in zip(counts, checks, strict=True)):
+        raise TooManyAttempts(minutes=max(1, window // 60))
+
+
+def entrepreneur_page(name: str, status_code: int = 200, headers: dict[str, str] | None = None, **context: Any) -> Template:
+    context.setdefault("locale", i18n.current_locale())
+    context.setdefault("category_labels", CATEGORY_LABELS)
+    context.setdefault("reason_texts", REJECTION_REASONS)
+    return Template(f"entrepreneur/{name}.html", context=context, status_code=status_code, headers=headers or {})
+
+
+def _principal(request: Request[Any, Any, Any]) -> Principal | None:
+    principal = request.scope.get("user")
+    return principal if principal is not None and principal.role == "entrepreneur" else None
+
+
+def signed_in_voucher(request: Request[Any, Any, Any]) -> int:
+    """The signed-in entrepreneur's voucher: the only one their requests can touch."""
+    principal = _principal(request)
+    if principal is None or principal.voucher_id is None:
+        raise NotAuthorizedException("sign in first")
+    return principal.voucher_id
+
+
+# --- start page and application --------------------------------------------------------------
+
+@get("/regelingen/{slug:str}", name="entrepreneur:start")
+async def start(slug: FromPath[str], rt: NamedDependency[Runtime]) -> Template:
+    async with rt.sessionmaker() as session:
+        scheme = await schemes.get_scheme(session, slug)
+        summary = await schemes.summary(session, scheme)
+    return entrepreneur_page("start", scheme=scheme, summary=summary)
+
+
+@get("/regelingen/{slug:str}/aanvragen")
+async def apply_form(slug: FromPath[str], rt: NamedDependency[Runtime]) -> Template:
+    async with rt.sessionmaker() as session:
+        scheme = await schemes.get_scheme(session, slug)
+    return entrepreneur_page("apply", scheme=scheme, values={}, errors={}, is_open=schemes.scheme_status(scheme) == "open")
+
+
+@post("/regelingen/{slug:str}/aanvragen")
+async def apply_submit(request: Request[Any, Any, Any], slug: FromPath[str], data: Form,
+                       rt: NamedDependency[Runtime]) -> Response[Any]:
+    locale = i18n.current_locale()
+    await _limit(rt, (f"apply:ip:{_client(request)}", rt.settings.limit_per_ip))
+    values, errors, details = validate_application(data, locale=locale)
+    async with rt.sessionmaker() as session:
+        scheme = await schemes.get_scheme(session, slug)
+    if details is not None:
+        await _limit(rt, (f"apply:email:{details.email.lower()}", rt.settings.limit_per_address))
+
+        async def work(session: AsyncSession) -> str:
+            fresh = await session.get_one(Scheme, scheme.id)
+            # An earlier application that was never confirmed (a mistyped address, say) gives way.
+            await session.execute(
+                update(Application)
+                .where(Application.scheme_id == fresh.id, Application.kvk_number == details.kvk_number,
+                       Application.status == "unconfirmed")
+                .values(status="withdrawn")
+            )
+            application = await applications.submit(session, fresh, details)
+            application.status = "unconfirmed"
+            await session.flush()
+            outbox.enqueue(session, to=application.email, template="application_confirm", locale=locale,
+                           contact_name=application.contact_name, application_id=application.public_id,
+                           scheme_name=fresh.name if locale == "nl" else fresh.name_en,
+                           confirm_url=signin.confirm_link(rt, application.public_id),
+                           hours=rt.settings.confirm_link_hours)
+            return application.public_id
+
+        try:
+            public_id = await run_in_transaction(rt.sessionmaker, work)
+        except Conflict as exc:
+            errors[exc.field or "kvk_number"] = exc.message
+        else:
+            return Redirect(f"/aanvraag/{public_id}", status_code=303)
+    return entrepreneur_page("apply", status_code=422, scheme=scheme, values=values, errors=errors,
+                             is_open=schemes.scheme_status(scheme) == "open")
+
+
+# --- confirming the address, and the application's status ------------------------------------
+
+@get("/aanvraag/bevestigen/{token:str}", response_headers=NO_STORE)
+async def confirm_form(token: FromPath[str], rt: NamedDependency[Runtime]) -> Template:
+    # A mail scanner may open links: only the button (a POST) confirms.
+    valid = signin.confirm_token_valid(rt, token)
+    return entrepreneur_page("confirm", status_code=200 if valid else 400, token=token, valid=valid)
+
+
+@post("/aanvraag/bevestigen/{token:str}")
+async def confirm(request: Request[Any, Any, Any], token: FromPath[str], rt: NamedDependency[Runtime]) -> Response[Any]:
+    application, confirmed_now = await run_in_transaction(
+        rt.sessionmaker, lambda session: signin.confirm_email(session, rt, token))
+    if application is None:
+        return entrepreneur_page("confirm", status_code=400, token=token, valid=False)
+    status = application.status
+    if confirmed_now:
+        status = await registry.check_application(rt, application.id)
+        if status == "granted":
+            async with rt.sessionmaker() as session:
+                voucher = await session.scalar(select(Voucher).where(Voucher.application_id == application.id))
+            if voucher is not None:
+                sign_in(request, Principal(kind="entrepreneur", role="entrepreneur", subject_id=voucher.id,
+                                           name=application.contact_name, voucher_id=voucher.id))
+                return Redirect("/mijn-voucher", status_code=303)
+    return Redirect(f"/aanvraag/{application.public_id}", status_code=303)
+
+
+@get("/aanvraag/{public_id:str}", response_headers=NO_STORE)
+async def status_page(request: Request[Any, Any, Any], public_id: FromPath[str], rt: NamedDependency[Runtime]) -> Template:
+    key = f"status:ip:{_client(request)}"
+    window = rt.settings.failed_lookup_window_seconds
+    # One session at a time: on SQLite every transaction holds the write lock.
+    async with rt.sessionmaker() as session:
+        if await ratelimit.attempts_so_far(session, key, window_seconds=window) >= rt.settings.failed_lookup_limit:
+            raise TooManyAttempts(minutes=max(1, window // 60))
+        try:
+            state = await applications.application_state(session, public_id.strip().upper())
+            scheme = await schemes.get_scheme(session, state.scheme)
+        except NotFound as exc:
+            missing: NotFound | None = exc
+        else:
+            missing = None
+    if missing is not None:
+        async with rt.sessionmaker() as counting, counting.begin():
+            await ratelimit.count_attempt(counting, key, window_seconds=window)
+        raise missing
+    principal = _principal(request)
+    return entrepreneur_page("status", state=state, scheme=scheme, signed_in=principal is not None)
+
+
+# --- my voucher ---------------------------------------------------------------------------------
+
+@get("/mijn-voucher", response_headers=NO_STORE)
+async def my_voucher(request: Request[Any, Any, Any], rt: NamedDependency[Runtime]) -> Template:
+    principal = _principal(request)
+    if principal is None or principal.voucher_id is None:
+        return entrepreneur_page("signin", values={}, errors={})
+    async with rt.sessionmaker() as session:
+        view = await voucher_view(session, rt, principal.voucher_id)
+    return entrepreneur_page("voucher", **view)
+
+
+@post("/mijn-voucher/inloggen")
+async def request_link(request: Request[Any, Any, Any], data: Form, rt: NamedDependency[Runtime]) -> Template:
+    email = (data.get("email") or "").strip()
+    if not _EMAIL.match(email) or len(email) > 254:
+        return entrepreneur_page("signin", status_code=422, values={"email": email},
+                     errors={"email": N_("Enter an e-mail address like name@example.nl.")})
+    await _limit(rt, (f"signin:ip:{_client(request)}", rt.settings.limit_per_ip),
+                 (f"signin:email:{email.lower()}", rt.settings.limit_per_address))
+    locale = i18n.current_locale()
+    await run_in_transaction(rt.sessionmaker, lambda s: signin.request_sign_in(s, rt, email, locale=locale))
+    # The same answer whether or not the address is known.
+    return entrepreneur_page("signin_sent", email=email, minutes=rt.settings.sign_in_link_minutes)
+
+
+@get("/mijn-voucher/inloggen/{token:str}", response_headers=NO_STORE)
+async def sign_in_form(token: FromPath[str]) -> Template:
+    return entrepreneur_page("signin_link", token=token)
+
+
+@post("/mijn-voucher/inloggen/{token:str}")
+async def sign_in_with_link(request: Request[Any, Any, Any], token: FromPath[str],
+                            rt: NamedDependency[Runtime]) -> Response[Any]:
+    await _limit(rt, (f"signin-link:ip:{_client(request)}", rt.settings.failed_lookup_limit))
+    voucher_id = await run_in_transaction(rt.sessionmaker, lambda s: signin.use_sign_in_token(s, rt, token))
+    if voucher_id is None:
+        return entrepreneur_page("signin", status_code=400, values={}, errors={}, link_failed=True)
+    async with rt.sessionmaker() as session:
+        voucher = await session.get_one(Voucher, voucher_id)
+        application = await session.get_one(Application, voucher.application_id)
+    sign_in(request, Principal(kind="entrepreneur", role="entrepreneur", subject_id=voucher.id,
+                               name=application.contact_name, voucher_id=voucher.id))
+    return Redirect("/mijn-voucher", status_code=303)
+
+
+@post("/mijn-voucher/uitloggen")
+async def sign_out_page(request: Request[Any, Any, Any]) -> Response[Any]:
+    sign_out(request)
+    return Redirect("/mijn-voucher", status_code=303)
+
+
+async def _code_of(rt: Runtime, voucher_id: int) -> str:
+    async with rt.sessionmaker() as session:
+        salt = await session.scalar(select(Voucher.code_salt).where(Voucher.id == voucher_id))
+    if salt is None:
+        raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
+    return format_code(rt.keys.code_for(salt))
+
+
+@get("/mijn-voucher/qr.png", guards=[requires("entrepreneur")])
+async def qr_png(request: Request[Any, Any, Any], rt: NamedDependency[Runtime]) -> Response[bytes]:
+    code = await _code_of(rt, request.scope["user"].voucher_id)
+    return Response(qr.qr_png(rt.link(f"/v/{code}")), media_type="image/png", headers={
+        **NO_STORE, **_download(request, "voucher-qr.png")})
+
+
+@get("/mijn-voucher/qr.svg", guards=[requires("entrepreneur")])
+async def qr_svg(request: Request[Any, Any, Any], rt: NamedDependency[Runtime]) -> Response[bytes]:
+    code = await _code_of(rt, request.scope["user"].voucher_id)
+    return Response(qr.qr_svg(rt.link(f"/v/{code}")), media_type="image/svg+xml", headers={
+        **NO_STORE, **_download(request, "voucher-qr.svg")})
+
+
+def _download(request: Request[Any, Any, Any], filename: str) -> dict[str, str]:
+    if request.query_params.get("download"):
+        return {"Content-Disposition": f'attachment; filename="{filename}"'}
+    return {}
+
+
+@get("/mijn-voucher/afdrukken", guards=[requires("entrepreneur")], response_headers=NO_STORE)
+async def print_page(request: Request[Any, Any, Any], rt: NamedDependency[Runtime]) -> Template:
+    async with rt.sessionmaker() as session:
+        view = await voucher_view(session, rt, request.scope["user"].voucher_id)
+    return entrepreneur_page("print", **view)
+
+
+async def voucher_view(session: AsyncSession, rt: Runtime, voucher_id: int) -> dict[str, Any]:
+    """Everything "my voucher" shows: money, code, history, the coaches that take part."""
+    voucher = await session.get(Voucher, voucher_id)
+    if voucher is None:
+        raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
+    application = await session.get_one(Application, voucher.application_id)
+    scheme = await session.get_one(Scheme, voucher.scheme_id)
+    events: list[dict[str, Any]] = []
+    holds = (await session.execute(
+        select(Hold, Provider.name).join(Provider, Provider.id == Hold.provider_id)
+        .where(Hold.voucher_id == voucher.id).order_by(Hold.id))).all()
+    for hold, provider_name in holds:
+        events.append({"when": hold.created_at, "kind": "hold", "provider": provider_name,
+                       "amount": -hold.amount_cents, "status": hold.status, "hold_id": hold.id})
+        if hold.status == "released" and hold.decided_at is not None:
+            events.append({"when": hold.decided_at, "kind": f"released-{hold.release_reason}",
+                           "provider": provider_name, "amount": hold.amount_cents})
+    redemptions = (await session.execute(
+        select(Redemption, Provider.name).join(Provider, Provider.id == Redemption.provider_id)
+        .where(Redemption.voucher_id == voucher.id).order_by(Redemption.id))).all()
+    for redemption, provider_name in redemptions:
+        events.append({"when": redemption.created_at, "kind": "redemption", "provider": provider_name,
+                       "amount": -redemption.amount_cents, "invoice": redemption.invoice_cents,
+                       "own": redemption.own_contribution_cents})
+        if redemption.reversed_at is not None:
+            events.append({"when": redemption.reversed_at, "kind": "reversal", "provider": provider_name,
+                           "amount": redemption.amount_cents})
+    events.sort(key=lambda e: e["when"], reverse=True)
+    enrolment = aliased(Enrolment)
+    coaches = (await session.execute(
+        select(Provider, enrolment.categories).join(enrolment, enrolment.provider_id == Provider.id)
+        .where(enrolment.scheme_id == scheme.id, enrolment.status == "approved").order_by(Provider.name))).all()
+    return {
+        "voucher": voucher,
+        "status": effective_status(voucher),
+        "application": application,
+        "scheme": scheme,
+        "scheme_name": scheme.name if i18n.current_locale() == "nl" else scheme.name_en,
+        "code": format_code(rt.keys.code_for(voucher.code_salt)),
+        "events": events,
+        "open_holds": [(h, name) for h, name in holds if h.status == "open"],
+        "coaches": coaches,
+    }
+
+
+ROUTES = [start, apply_form, apply_submit, confirm_form, confirm, status_page, my_voucher, request_link,
+          sign_in_form, sign_in_with_link, sign_out_page, qr_png, qr_svg, print_page]

@@ -1,0 +1,103 @@
+"""Take the public snapshot from the database: figures, approved providers and their visible
+offers. Only public fields are read; nothing about an entrepreneur can reach the site."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..models import Enrolment, LedgerEntry, Offer, Provider, Scheme, utcnow
+from ..schemes import scheme_status
+from .snapshot import ContactFacts, FiguresPoint, OfferFacts, ProviderFacts, PublicSnapshot, SchemeFacts
+
+__all__ = ("ARNHEM_CONTACT", "collect_snapshot")
+
+ARNHEM_CONTACT = ContactFacts(
+    organisation="Gemeente Arnhem",
+    phone="14 026",
+    postal_address="Postbus 9029\n6800 EL Arnhem",
+    visiting_address="Koningstraat 38\n6811 DG Arnhem",
+    email="ondernemersvoucher@arnhem.nl",
+    objection_address="Gemeente Arnhem\nt.a.v. Bezwaarschriftencommissie\nPostbus 9029\n6800 EL Arnhem",
+    privacy_officer_email="fg@arnhem.nl",
+)
+
+# How each kind of ledger entry moves the public figures.
+_COMMITS = {"issue": 1, "revoked": -1, "expired": -1, "return": -1}
+_REDEEMS = {"redeem": 1, "confirm": 1, "reverse": -1}
+
+
+async def _history(session: AsyncSession, scheme_id: int) -> tuple[FiguresPoint, ...]:
+    """Figures at the end of each day with activity, summed per day in the database."""
+    day = func.date(LedgerEntry.created_at)
+    rows = await session.execute(
+        select(day, LedgerEntry.kind, func.sum(LedgerEntry.amount_cents), func.sum(LedgerEntry.places))
+        .where(LedgerEntry.scheme_id == scheme_id)
+        .group_by(day, LedgerEntry.kind)
+        .order_by(day)
+    )
+    per_day: dict[dt.date, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for when, kind, amount, places in rows:
+        key = when if isinstance(when, dt.date) else dt.date.fromisoformat(str(when))
+        per_day[key][0] += int(places or 0)
+        per_day[key][1] += _COMMITS.get(kind, 0) * int(amount or 0)
+        per_day[key][2] += _REDEEMS.get(kind, 0) * int(amount or 0)
+    points, totals = [], [0, 0, 0]
+    for key in sorted(per_day):
+        totals = [a + b for a, b in zip(totals, per_day[key], strict=True)]
+        points.append(FiguresPoint(day=key, places_used=totals[0], committed_cents=totals[1], redeemed_cents=totals[2]))
+    return tuple(points)
+
+
+async def collect_snapshot(session: AsyncSession, *, service_url: str,
+                           contact: ContactFacts = ARNHEM_CONTACT) -> PublicSnapshot:
+    now = utcnow()
+    schemes = list(await session.scalars(select(Scheme).order_by(Scheme.applications_open_at, Scheme.id)))
+    scheme_facts = []
+    for scheme in schemes:
+        status = scheme_status(scheme, now)
+        scheme_facts.append(SchemeFacts(
+            slug=scheme.slug, name=scheme.name, name_en=scheme.name_en, summary=scheme.summary,
+            summary_en=scheme.summary_en, allocation=scheme.allocation, categories=tuple(scheme.categories),
+            value_cents=scheme.value_cents, own_contribution_percent=scheme.own_contribution_percent,
+            max_employees=scheme.max_employees, postcodes=tuple(scheme.postcodes),
+            applications_open_at=scheme.applications_open_at, applications_close_at=scheme.applications_close_at,
+            validity_days=scheme.validity_days, max_places=scheme.max_places, places_used=scheme.places_used,
+            waiting_list_length=scheme.waiting_count, budget_cents=scheme.budget_cents,
+            committed_cents=scheme.committed_cents, redeemed_cents=scheme.redeemed_cents,
+            # The site knows upcoming, open and closed; vouchers in use after the window count as closed.
+            status="open" if status == "open" else "upcoming" if status == "upcoming" else "closed",
+            apply_url=f"{service_url.rstrip('/')}/regeling/{scheme.slug}",
+            lottery_seed_hash=scheme.lottery_seed_hash, history=await _history(session, scheme.id),
+        ))
+    slugs = {scheme.id: scheme.slug for scheme in schemes}
+
+    approved = await session.execute(
+        select(Provider, Enrolment).join(Enrolment, Enrolment.provider_id == Provider.id)
+        .where(Enrolment.status == "approved").order_by(Provider.name)
+    )
+    enrolled: dict[int, tuple[Provider, set[str], set[int]]] = {}
+    for provider, enrolment in approved:
+        entry = enrolled.setdefault(provider.id, (provider, set(), set()))
+        entry[1].update(enrolment.categories)
+        entry[2].add(enrolment.scheme_id)
+    offers: dict[int, list[OfferFacts]] = defaultdict(list)
+    for offer in await session.scalars(select(Offer).where(Offer.hidden_at.is_(None)).order_by(Offer.title)):
+        provider_entry = enrolled.get(offer.provider_id)
+        if provider_entry is not None and offer.scheme_id in provider_entry[2]:
+            offers[offer.provider_id].append(OfferFacts(
+                title=offer.title, category=offer.category, price_cents=offer.price_cents, duration=offer.duration,
+                description=offer.description, scheme_slug=slugs[offer.scheme_id]))
+    providers = tuple(
+        ProviderFacts(slug=provider.slug, name=provider.name, website=provider.website,
+                      description=provider.description, categories=tuple(sorted(categories)),
+                      scheme_slugs=tuple(sorted(slugs[s] for s in scheme_ids)),
+                      offers=tuple(offers[provider.id]))
+        for provider, categories, scheme_ids in enrolled.values()
+    )
+    return PublicSnapshot(taken_at=now, service_url=service_url, contact=contact, schemes=tuple(scheme_facts),
+                          providers=providers)
+

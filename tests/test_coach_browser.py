@@ -1,0 +1,84 @@
+"""A coach on a phone: signs in, opens the voucher's URL as the camera would, redeems, and sees
+the new balance; axe-core checks every coach page (WCAG 2.1 A/AA).
+
+TODO(entrepreneur issue): also check the new balance on the entrepreneur's own voucher page once
+it exists; for now the balance is checked on the coach's voucher page and through the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from service.runtime import Runtime
+from service.settings import Settings
+from tests.browser import PHONE, assert_accessible, chromium, guarded_page, require_browser
+from tests.coach_helpers import PASSWORD, make_staff
+from tests.helpers import make_provider, make_scheme, make_voucher
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def backend() -> str:
+    """One database is enough to test the browser side; the page tests cover both."""
+    return "sqlite"
+
+
+def _prepare(settings: Settings) -> tuple[str, str, str]:
+    async def main() -> tuple[str, str, str]:
+        rt = Runtime.create(settings)
+        try:
+            scheme = await make_scheme(rt)
+            _voucher, code = await make_voucher(rt, scheme, company_name="Fietsenmaker Velp")
+            provider, token = await make_provider(rt, scheme)
+            email = await make_staff(rt, provider.id)
+            return code, token, email
+        finally:
+            await rt.engine.dispose()
+
+    return asyncio.run(main())
+
+
+def test_coach_redeems_on_a_phone(rt, live_server_factory) -> None:
+    require_browser()
+    code, token, email = _prepare(rt.settings)
+    server = live_server_factory()
+    with chromium() as context, guarded_page(context, viewport=PHONE) as page:
+        # The camera opens the QR code's URL: not signed in, nothing about the holder.
+        page.set_default_timeout(10_000)
+        page.goto(f"{server.url}/v/{code}?lang=nl")  # Dutch first; the cookie keeps it
+        assert "Fietsenmaker" not in page.content()
+        assert_accessible(page, "coach/voucher-public-phone")
+        page.get_by_role("link", name="Log in om deze voucher te controleren").click()
+        assert_accessible(page, "coach/login-phone")
+        page.get_by_label("E-mailadres").fill(email)
+        page.get_by_label("Wachtwoord").fill(PASSWORD)
+        page.get_by_role("button", name="Inloggen").click()
+        # Back on the voucher, signed in.
+        page.wait_for_url(f"**/v/{code}")
+        assert "Fietsenmaker Velp" in page.content()
+        assert_accessible(page, "coach/voucher-phone")
+        page.get_by_label("Bedrag van de factuur").fill("125,50")
+        page.get_by_label("Wat hebt u geleverd?").select_option("coaching")
+        page.get_by_label("Factuurnummer of kenmerk").fill("F-2026-001")
+        page.get_by_role("button", name="Vastleggen en betalen met voucher").click()
+        page.wait_for_url("**done=*")
+        assert page.locator("#balance").inner_text().replace("\u00a0", " ") == "€ 1.224,50"
+        assert_accessible(page, "coach/voucher-done-phone")
+        # A refusal is shown next to its field.
+        page.get_by_label("Bedrag van de factuur").fill("9999")
+        page.get_by_label("Wat hebt u geleverd?").select_option("coaching")
+        page.get_by_label("Factuurnummer of kenmerk").fill("F-2026-002")
+        page.get_by_role("button", name="Vastleggen en betalen met voucher").click()
+        page.locator("#amount-error").wait_for()  # the POST answers with the form and the error
+        assert_accessible(page, "coach/voucher-refused-phone")
+        for path, name in [("/coach", "home"), ("/coach/redemptions", "redemptions"),
+                           ("/coach/reservations", "reservations"), ("/coach/offers", "offers"),
+                           ("/coach/statement", "statement"), ("/coach/apply", "apply")]:
+            page.goto(server.url + path)
+            assert_accessible(page, f"coach/{name}-phone")
+    balance = httpx.get(f"{server.url}/api/v1/vouchers/{code}", headers={"Authorization": f"Bearer {token}"})
+    assert balance.json()["balance_cents"] == 135000 - 12550

@@ -1,0 +1,233 @@
+"""The coach pages: sign-in and lock-out, the voucher page behind the QR code, redeeming with a
+form (every refusal shown next to its field), reversal, authorisation, CSRF, the report link."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select, update
+
+from service import outbox, vouchers
+from service.check import reconcile
+from service.db import run_in_transaction
+from service.models import Enrolment, Redemption, Scheme, Voucher
+from tests.coach_helpers import csrf, form_key, make_staff, post_form, sign_in
+from tests.helpers import make_provider, make_scheme, make_voucher, reload
+
+
+async def _setup(rt, **scheme_overrides):  # type: ignore[no-untyped-def]
+    scheme = await make_scheme(rt, **scheme_overrides)
+    voucher, code = await make_voucher(rt, scheme, company_name="Bakkerij Zon")
+    provider, _token = await make_provider(rt, scheme)
+    email = await make_staff(rt, provider.id)
+    return scheme, voucher, code, provider, email
+
+
+async def test_anonymous_sees_only_that_it_is_a_voucher(client, rt) -> None:
+    _scheme, _voucher, code, _provider, _email = await _setup(rt)
+    r = await client.get(f"/v/{code}")
+    assert r.status_code == 200
+    assert "Bakkerij Zon" not in r.text and "1.350" not in r.text and "1,350" not in r.text
+    assert f"/coach/login?next=/v/{code}" in r.text.replace("%2F", "/")
+    assert r.headers["cache-control"] == "no-store"
+    assert r.headers["referrer-policy"] == "no-referrer"
+    # The coach-only pages send a stranger to the sign-in page.
+    r = await client.get("/coach/redemptions", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/coach/login?next=")
+
+
+async def test_coach_signs_in_redeems_once_and_sees_balance(client, rt) -> None:
+    _scheme, voucher, code, provider, email = await _setup(rt)
+    r = await sign_in(client, email.upper(), next_=f"/v/{code}")
+    assert r.status_code == 200, r.text  # followed the redirect to the voucher
+    assert "Bakkerij Zon" in r.text and "1.350,00" in r.text and r.headers["cache-control"] == "no-store"
+    key = form_key(r.text)
+    form = {"amount": "125,50", "category": "coaching", "session_date": dt.date.today().isoformat(),
+            "reference": "F-2026-1", "idempotency_key": key}
+    first = await post_form(client, f"/v/{code}", form, follow_redirects=False)
+    assert first.status_code == 303, first.text
+    # A double tap or a reload sends the same key: the same answer, no second debit.
+    second = await post_form(client, f"/v/{code}", form, follow_redirects=False)
+    assert second.status_code == 303 and second.headers["location"] == first.headers["location"]
+    page = await client.get(first.headers["location"])
+    assert "1.224,50" in page.text and "125,50" in page.text
+    assert (await reload(rt, Voucher, voucher.id)).balance_cents == 135000 - 12550
+    async with rt.sessionmaker() as session:
+        assert len(list(await session.scalars(select(Redemption)))) == 1
+        assert await reconcile(session) == []
+    # The entrepreneur is mailed with a link to report it.
+    assert await outbox.send_due(rt) >= 1
+
+
+async def test_every_refusal_is_shown_next_to_its_field(client, rt) -> None:
+    scheme, voucher, code, provider, email = await _setup(rt)
+    await sign_in(client, email)
+
+    async def attempt(**fields: str):  # type: ignore[no-untyped-def]
+        page = await client.get(f"/v/{code}")
+        form = {"amount": "100", "category": "coaching", "session_date": "", "reference": "R1",
+                "idempotency_key": form_key(page.text) if "idempotency_key" in page.text else "k-" + str(fields)}
+        form.update(fields)
+        return await post_form(client, f"/v/{code}", form, follow_redirects=False)
+
+    r = await attempt(amount="12,3,4")
+    assert r.status_code == 422 and 'id="amount-error"' in r.text and "12,3,4" in r.text  # kept what was typed
+    r = await attempt(amount="2000,00")
+    assert r.status_code == 422 and 'id="amount-error"' in r.text and "1.350,00" in r.text
+    r = await attempt(reference="")
+    assert r.status_code == 422 and 'id="reference-error"' in r.text
+    r = await attempt(category="retraining_x")
+    assert r.status_code == 422 and 'id="category-error"' in r.text
+    # Category the provider is not approved for.
+    async with rt.sessionmaker() as session, session.begin():
+        await session.execute(update(Enrolment).where(Enrolment.provider_id == provider.id)
+                              .values(categories=["coaching"]))
+    r = await attempt(category="financial_advice")
+    assert r.status_code == 422 and 'id="category-error"' in r.text
+    # Provider cap.
+    async with rt.sessionmaker() as session, session.begin():
+        await session.execute(update(Enrolment).where(Enrolment.provider_id == provider.id).values(cap_cents=50_00))
+    r = await attempt(amount="60")
+    assert r.status_code == 422 and "hoogste bedrag bereikt" in r.text
+    async with rt.sessionmaker() as session, session.begin():
+        await session.execute(update(Enrolment).where(Enrolment.provider_id == provider.id).values(cap_cents=None))
+    # Used up, expired, revoked, scheme closed: the page says so and shows no form.
+    async with rt.sessionmaker() as session, session.begin():
+        await session.execute(update(Voucher).where(Voucher.id == voucher.id).values(
+            expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)))
+    page = await client.get(f"/v/{code}")
+    assert "verlopen" in page.text and "idempotency_key" not in page.text
+    r = await attempt()
+    assert r.status_code == 422 and "verlopen" in r.text
+    async with rt.sessionmaker() as session, session.begin():
+        await session.execute(update(Voucher).where(Voucher.id == voucher.id).values(
+            expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=5)))
+        await session.execute(update(Scheme).where(Scheme.id == scheme.id).values(closed_at=dt.datetime.now(dt.UTC)))
+    r = await attempt()
+    assert r.status_code == 422 and "gesloten" in r.text
+    async with rt.sessionmaker() as session, session.begin():
+        await session.execute(update(Scheme).where(Scheme.id == scheme.id).values(closed_at=None))
+    await run_in_transaction(rt.sessionmaker, lambda s: vouchers.end_voucher(s, rt, voucher.id, status="revoked",
+                                                                             reason="test"))
+    r = await attempt()
+    assert r.status_code == 422 and "ingetrokken" in r.text
+    # Mistyped and unknown codes, typed or scanned.
+    bad = code[:-1] + ("0" if code[-1] != "0" else "1")
+    r = await post_form(client, "/coach/code", {"code": bad})
+    assert r.status_code == 422 and 'id="code-error"' in r.text and bad in r.text
+    r = await client.get(f"/v/{bad}")
+    assert r.status_code == 422 and "vergist" in r.text
+    async with rt.sessionmaker() as session:
+        assert await reconcile(session) == []
+
+
+async def test_used_up_and_too_many_attempts(client, rt) -> None:
+    _scheme, voucher, code, provider, email = await _setup(rt)
+    await sign_in(client, email)
+    page = await client.get(f"/v/{code}")
+    r = await post_form(client, f"/v/{code}", {"amount": "1.350", "category": "coaching", "reference": "all",
+                                               "idempotency_key": form_key(page.text)}, follow_redirects=False)
+    assert r.status_code == 303
+    page = await client.get(f"/v/{code}")
+    assert "gebruikt" in page.text and "idempotency_key" not in page.text
+    r = await post_form(client, f"/v/{code}", {"amount": "1", "category": "coaching", "reference": "x",
+                                               "idempotency_key": "again"})
+    assert r.status_code == 422 and "helemaal gebruikt" in r.text
+    bad = code[:-1] + ("0" if code[-1] != "0" else "1")
+    for _ in range(rt.settings.failed_lookup_limit):
+        await post_form(client, "/coach/code", {"code": bad})
+    r = await post_form(client, "/coach/code", {"code": code})
+    assert r.status_code == 429 and 'id="code-error"' in r.text
+
+
+async def test_lock_out_after_five_failures(client, rt) -> None:
+    _scheme, _voucher, _code, _provider, email = await _setup(rt)
+    for _ in range(4):
+        r = await sign_in(client, email, password="wrong password!")
+        assert r.status_code == 422 and 'id="password-error"' in r.text and email in r.text
+    r = await sign_in(client, email, password="wrong password!")
+    assert r.status_code == 422 and "15" in r.text
+    r = await sign_in(client, email)  # the right password is refused while locked
+    assert r.status_code == 422 and "15" in r.text
+    assert "vouchers_session" not in r.headers.get("set-cookie", "") or "null" in r.headers.get("set-cookie", "")
+    r = await sign_in(client, "nobody@example.org", password="whatever it is")
+    assert r.status_code == 422 and 'id="password-error"' in r.text
+
+
+async def test_csrf_is_required(client, rt) -> None:
+    _scheme, _voucher, code, _provider, email = await _setup(rt)
+    await csrf(client)
+    r = await client.post("/coach/login", data={"email": email, "password": "x" * 20})
+    assert r.status_code == 403
+    await sign_in(client, email)
+    r = await client.post(f"/v/{code}", data={"amount": "10", "category": "coaching", "reference": "x",
+                                              "idempotency_key": "k"})
+    assert r.status_code == 403
+    assert (await reload(rt, Voucher, _voucher.id)).balance_cents == 135000
+
+
+async def test_coach_of_other_provider_cannot_see_or_reverse(client, rt) -> None:
+    scheme, voucher, code, provider_a, email_a = await _setup(rt)
+    provider_b, _ = await make_provider(rt, scheme, name="Andere Coach")
+    email_b = await make_staff(rt, provider_b.id)
+    await sign_in(client, email_a)
+    page = await client.get(f"/v/{code}")
+    await post_form(client, f"/v/{code}", {"amount": "100", "category": "coaching", "reference": "A-1",
+                                           "idempotency_key": form_key(page.text)})
+    async with rt.sessionmaker() as session:
+        redemption = await session.scalar(select(Redemption))
+    await post_form(client, "/coach/logout", {})
+    await sign_in(client, email_b)
+    listing = await client.get("/coach/redemptions")
+    assert "A-1" not in listing.text
+    r = await post_form(client, f"/coach/redemptions/{redemption.id}/reversal", {"reason": "not mine"})
+    assert r.status_code == 404
+    done = await client.get(f"/v/{code}?done={redemption.id}")
+    assert "A-1" not in done.text
+    assert (await reload(rt, Redemption, redemption.id)).reversed_at is None
+    # Provider A reverses its own, within the period; a second time is refused.
+    await post_form(client, "/coach/logout", {})
+    await sign_in(client, email_a)
+    r = await post_form(client, f"/coach/redemptions/{redemption.id}/reversal", {"reason": "x"})
+    assert r.status_code == 422 and f'id="reason-{redemption.id}-error"' in r.text
+    r = await post_form(client, f"/coach/redemptions/{redemption.id}/reversal", {"reason": "wrong amount"},
+                        follow_redirects=False)
+    assert r.status_code == 303
+    assert (await reload(rt, Voucher, voucher.id)).balance_cents == 135000
+    r = await post_form(client, f"/coach/redemptions/{redemption.id}/reversal", {"reason": "again"})
+    assert r.status_code == 422  # already reversed
+    async with rt.sessionmaker() as session:
+        assert await reconcile(session) == []
+
+
+async def test_reversal_period_over(client, rt) -> None:
+    _scheme, voucher, code, provider, email = await _setup(rt)
+    await sign_in(client, email)
+    page = await client.get(f"/v/{code}")
+    await post_form(client, f"/v/{code}", {"amount": "100", "category": "coaching", "reference": "old",
+                                           "idempotency_key": form_key(page.text)})
+    async with rt.sessionmaker() as session, session.begin():
+        await session.execute(update(Redemption).values(created_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=60)))
+        redemption_id = await session.scalar(select(Redemption.id))
+    r = await post_form(client, f"/coach/redemptions/{redemption_id}/reversal", {"reason": "too late"})
+    assert r.status_code == 422 and "voorbij" in r.text
+
+
+async def test_report_link_flags_redemption(client, rt) -> None:
+    _scheme, voucher, code, provider, email = await _setup(rt)
+    await sign_in(client, email)
+    page = await client.get(f"/v/{code}")
+    await post_form(client, f"/v/{code}", {"amount": "100", "category": "coaching", "reference": "rep",
+                                           "idempotency_key": form_key(page.text)})
+    await post_form(client, "/coach/logout", {})
+    async with rt.sessionmaker() as session:
+        redemption = await session.scalar(select(Redemption))
+    token = rt.sign("report-redemption", str(redemption.id), 3600)
+    r = await client.get(f"/report/{token}")
+    assert r.status_code == 200 and "Coach &amp; Co" in r.text and r.headers["cache-control"] == "no-store"
+    await post_form(client, f"/report/{token}", {"note": "Ken ik niet"})
+    await post_form(client, f"/report/{token}", {"note": "tweede keer"})
+    flagged = await reload(rt, Redemption, redemption.id)
+    assert flagged.flagged_at is not None and flagged.flag_note == "Ken ik niet"
+    r = await client.get(f"/report/{token[:-3]}xyz")
+    assert r.status_code == 404

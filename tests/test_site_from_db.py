@@ -1,0 +1,66 @@
+"""The site built from a database full of personal data carries none of it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from service.db import run_in_transaction
+from service.models import Offer
+from service.sitegen import build_site
+from service.sitegen.collect import collect_snapshot
+from tests.helpers import make_provider, make_scheme, make_voucher, reload
+from service.models import Voucher
+from service import vouchers
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_site_from_the_database_has_figures_and_no_personal_data(rt, tmp_path: Path) -> None:
+    scheme = await make_scheme(rt)
+    personal: list[str] = []
+    codes = []
+    for n in range(5):
+        voucher, code = await make_voucher(rt, scheme, company_name=f"Geheimbedrijf{n} BV", contact_name=f"Persoon{n} Achternaam",
+                                           email=f"geheim{n}@voorbeeld.nl")
+        personal += [f"Geheimbedrijf{n}", f"Persoon{n}", f"geheim{n}@voorbeeld.nl", voucher.kvk_number]
+        codes.append((voucher, code))
+    provider, _ = await make_provider(rt, scheme, name="Zichtbare Coach")
+    hidden, _ = await make_provider(rt, scheme, name="Nog Niet Goedgekeurd", approve=False)
+
+    async def add_offers(session):
+        session.add(Offer(provider_id=provider.id, scheme_id=scheme.id, title="Loopbaantraject", category="coaching",
+                          price_cents=95000, duration="5 sessies", description="Vijf gesprekken"))
+        session.add(Offer(provider_id=provider.id, scheme_id=scheme.id, title="Verborgen aanbod", category="coaching",
+                          price_cents=100, duration="-", description="-", hidden_at=dt.datetime.now(dt.UTC),
+                          hidden_by="municipality"))
+
+    await run_in_transaction(rt.sessionmaker, add_offers)
+    voucher, code = codes[0]
+
+    async def redeem(session):
+        fresh = await session.get_one(Voucher, voucher.id)
+        await vouchers.redeem(session, rt, fresh, provider_id=provider.id, provider_name="Zichtbare Coach",
+                              category="coaching", invoice_cents=25000, reference="F-PRIVATE-REF",
+                              session_date=None, recorded_by="t")
+
+    await run_in_transaction(rt.sessionmaker, redeem)
+    assert (await reload(rt, Voucher, voucher.id)).redeemed_cents == 25000
+    personal += [c for _, c in codes] + [c.replace("-", "") for _, c in codes] + ["F-PRIVATE-REF"]
+
+    async with rt.sessionmaker() as session:
+        snapshot = await collect_snapshot(session, service_url="https://vouchers.example")
+    [facts] = snapshot.schemes
+    assert (facts.places_used, facts.committed_cents, facts.redeemed_cents) == (5, 675000, 25000)
+    assert facts.history[-1].places_used == 5 and facts.history[-1].redeemed_cents == 25000
+    assert [p.name for p in snapshot.providers] == ["Zichtbare Coach"]
+    assert [o.title for o in snapshot.providers[0].offers] == ["Loopbaantraject"]
+
+    out = build_site(snapshot, tmp_path / "site")
+    text = "\n".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file()
+                     and p.suffix in (".html", ".json", ".xml", ".txt", ".svg", ".js"))
+    assert "Zichtbare Coach" in text and "Loopbaantraject" in text
+    assert "Nog Niet Goedgekeurd" not in text and "Verborgen aanbod" not in text
+    leaked = [item for item in personal if item in text]
+    assert leaked == []
