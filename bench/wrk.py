@@ -76,7 +76,6 @@ def run_wrk(base_url: str, *, path: str, body: str = "", items_file: Path | None
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     out = bytearray()
-    done_threads = 0
     interrupted = False
     fd = proc.stdout.fileno()
     selector = selectors.DefaultSelector()

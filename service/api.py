@@ -12,11 +12,13 @@ import msgspec
 from litestar import Controller, Request, Response, Router, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import ValidationException
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import applications, idempotency, providers, ratelimit, schemes, vouchers
+from . import offers as offers_domain
+from . import payouts, staff
 from .auth import Principal, requires
 from .db import run_in_transaction
 from .errors import N_, DomainError, Forbidden, InvalidInput, NotFound
@@ -331,9 +333,9 @@ class HoldController(Controller):
         principal = _principal(request)
 
         async def work(session: AsyncSession) -> RedemptionOut:
-            name = await _provider_name(session, principal.provider_id)
-            redemption = await vouchers.confirm_hold(session, rt, hold_id, provider_id=principal.provider_id,
-                                                     recorded_by=principal.actor, provider_name=name)
+            await _provider_name(session, principal.provider_id)  # only a provider delivers
+            redemption = await offers_domain.confirm_reservation(
+                session, rt, hold_id, provider_id=principal.provider_id or 0, recorded_by=principal.actor)
             return await _redemption_out(session, redemption)
 
         return await run_idempotent(request, rt, work, status_code=200)
@@ -345,7 +347,9 @@ class HoldController(Controller):
         provider_id = principal.provider_id if principal.role == "coach" else None
 
         async def work(session: AsyncSession) -> HoldOut:
-            return _hold_out(await vouchers.release_hold(session, hold_id, reason="declined", provider_id=provider_id))
+            if provider_id is not None:  # the provider declines: both sides are mailed
+                return _hold_out(await offers_domain.decline_reservation(session, hold_id, provider_id=provider_id))
+            return _hold_out(await vouchers.release_hold(session, hold_id, reason="municipality"))
 
         return await run_idempotent(request, rt, work, status_code=200)
 
@@ -386,7 +390,7 @@ class AdminController(Controller):
             application = await applications.submit(session, scheme, data)
             await applications.decide(session, rt, scheme, application, employees=data.employees,
                                       postcode=data.postcode)
-            return await applications.application_state(session, application.public_id)
+            return await applications.state_after_decision(session, scheme, application)
 
         return await run_idempotent(request, rt, work, body_type=applications.ApplicantDetails)
 
@@ -446,12 +450,7 @@ def _enrolment_out(enrolment: Enrolment) -> EnrolmentOut:
                         status=enrolment.status, categories=list(enrolment.categories))
 
 
-# --- coach issue: provider applications, offers, statements, flagged redemptions -------------
-# Imported here so that this block stays in one place; these modules do not import api.
-from litestar.params import FromQuery  # noqa: E402
-
-from . import offers as offers_domain  # noqa: E402
-from . import payouts, staff  # noqa: E402
+# --- provider applications, offers, statements, flagged redemptions --------------------------
 
 
 class FlaggedOut(msgspec.Struct, frozen=True, kw_only=True):

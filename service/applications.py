@@ -34,6 +34,7 @@ __all__ = (
     "draw_order",
     "promote_waiting",
     "reject",
+    "state_after_decision",
     "submit",
     "take_place",
 )
@@ -235,6 +236,17 @@ async def application_state(session: AsyncSession, public_id: str) -> Applicatio
         waiting_list_position=position,
         reasons=list(application.reasons),
     )
+
+
+async def state_after_decision(session: AsyncSession, scheme: Scheme, application: Application) -> ApplicationState:
+    """The state of an application this transaction has just decided, without counting the
+    waiting list: the newest entry is last in line, and while this transaction holds the
+    scheme's row (or SQLite's write lock) the stored length is exactly its position."""
+    position = None
+    if application.status == "waiting":
+        position = await session.scalar(select(Scheme.waiting_count).where(Scheme.id == scheme.id))
+    return ApplicationState(application_id=application.public_id, scheme=scheme.slug, status=application.status,
+                            waiting_list_position=position, reasons=list(application.reasons))
 
 
 def draw_order(seed: str, public_ids: list[str]) -> list[str]:
