@@ -19,7 +19,7 @@ __all__ = ("ConfigError", "Settings", "DEV_SECRET")
 DEV_SECRET = "development-secret-change-me"
 
 #: The demo extract of the trade register used by ``make run``.
-DEMO_EXTRACT = Path(__file__).parent / "demo" / "kvk-extract.csv"
+DEMO_EXTRACT = Path(__file__).parent / "data" / "kvk-demo-extract.csv"
 
 Environment = Literal["development", "test", "production"]
 
