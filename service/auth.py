@@ -12,8 +12,9 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
+from sqlalchemy import select
 
-from .models import ApiToken
+from .models import ApiToken, ProviderUser
 from .providers import authenticate_token
 from .runtime import Runtime
 
@@ -75,11 +76,28 @@ class AuthMiddleware(ASGIMiddleware):
         session_data = scope.get("session") or {}
         principal = session_data.get("principal") if isinstance(session_data, dict) else None
         if isinstance(principal, dict):
-            try:
-                return Principal(**principal)
-            except TypeError:
-                return None
+            return await self._session_principal(principal)
         return None
+
+    async def _session_principal(self, data: dict[str, Any]) -> Principal | None:
+        """The person in the session cookie, if their account may still be used: a disabled
+        staff account loses access at its next request, not when the cookie expires."""
+        try:
+            principal = Principal(**data)
+        except TypeError:
+            return None
+        if principal.kind == "provider-staff":
+            async with self.rt.reader() as session:
+                row = (
+                    await session.execute(
+                        select(ProviderUser.provider_id, ProviderUser.disabled_at).where(
+                            ProviderUser.id == principal.subject_id
+                        )
+                    )
+                ).first()
+            if row is None or row.disabled_at is not None or row.provider_id != principal.provider_id:
+                return None
+        return principal
 
     async def _token_principal(self, token: str) -> Principal:
         key = self.rt.token_hash(token)
