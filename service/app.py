@@ -26,6 +26,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import select
 
 from . import __version__, i18n, outbox, schemes, sweep
+from .admin import AuditContextMiddleware, admin_router
 from .api import api_router
 from .auth import AuthMiddleware
 from .coach import coach_router
@@ -154,10 +155,11 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             api_router,
             entrepreneur_router,
             coach_router,
+            admin_router,
             create_static_files_router("/static", [HERE / "static"], include_in_schema=False),
         ],
         dependencies={"rt": Provide(provide_runtime, use_cache=True)},
-        middleware=[LocaleAndHeadersMiddleware(), session_config.middleware, AuthMiddleware(rt)],
+        middleware=[LocaleAndHeadersMiddleware(), session_config.middleware, AuthMiddleware(rt), AuditContextMiddleware()],
         exception_handlers={DomainError: domain_error_handler, HTTPException: http_error_handler},
         csrf_config=CSRFConfig(
             secret=settings.derive_key("csrf").hex(),

@@ -15,6 +15,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy import select
 
 from .models import ApiToken, ProviderUser
+from .models_admin import StaffUser
 from .providers import authenticate_token
 from .runtime import Runtime
 
@@ -96,6 +97,16 @@ class AuthMiddleware(ASGIMiddleware):
                     )
                 ).first()
             if row is None or row.disabled_at is not None or row.provider_id != principal.provider_id:
+                return None
+        elif principal.kind == "staff":
+            async with self.rt.reader() as session:
+                row = (
+                    await session.execute(
+                        select(StaffUser.role, StaffUser.disabled_at).where(StaffUser.id == principal.subject_id)
+                    )
+                ).first()
+            # A changed role takes effect at once too: sign in again for the new one.
+            if row is None or row.disabled_at is not None or row.role != principal.role:
                 return None
         return principal
 

@@ -25,6 +25,7 @@ T = TypeVar("T")
 
 
 def _runtime() -> Runtime:
+    _audit_as_cli()
     try:
         return Runtime.create(Settings.from_env())
     except ConfigError as exc:
@@ -449,6 +450,275 @@ def offer_hide(offer_id: int, reason: str) -> None:
         _rt, session = args
         offer = await offers.hide_offer(session, offer_id, by="municipality", reason=reason)
         return f"offer {offer.id} hidden"
+
+    click.echo(_in_transaction(work))
+
+
+# --- municipality issue: staff accounts, audit log, privacy, interventions, reports ----------
+
+def _audit_as_cli() -> None:
+    """Everything a command changes is recorded in the audit log as done by ``cli:<user>``."""
+    import getpass
+
+    from . import audit
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    audit.set_context(f"cli:{user}", "local")
+
+
+@main.group("staff")
+def staff_group() -> None:
+    """Municipality staff accounts (roles beheerder, beoordelaar, financieel, lezer)."""
+
+
+@staff_group.command("add")
+@click.option("--email", required=True)
+@click.option("--role", required=True, type=click.Choice(["beheerder", "beoordelaar", "financieel", "lezer"]))
+@click.option("--name", default="", help="The staff member's name.")
+def staff_add(email: str, role: str, name: str) -> None:
+    """Create an account and print its one-time setup link (password and authenticator app)."""
+    from . import municipality
+
+    async def work(args: Any) -> str:
+        rt, session = args
+        user = await municipality.create_staff(session, rt, email=email, name=name, role=role)
+        return (f"account {user.id} for {user.email} ({user.role})\n"
+                f"setup link (works once, for {municipality.SETUP_HOURS} hours): {municipality.setup_link(rt, user)}")
+
+    click.echo(_in_transaction(work))
+
+
+@staff_group.command("reset")
+@click.option("--email", required=True)
+def staff_reset(email: str) -> None:
+    """A lost phone or password: new authenticator key and setup link; the old password stops working."""
+    from . import municipality
+
+    async def work(args: Any) -> str:
+        rt, session = args
+        user = await municipality.reset_setup(session, rt, email)
+        return f"setup link for {user.email}: {municipality.setup_link(rt, user)}"
+
+    click.echo(_in_transaction(work))
+
+
+@staff_group.command("disable")
+@click.option("--email", required=True)
+@click.option("--enable", is_flag=True, help="Enable the account again instead.")
+def staff_disable(email: str, enable: bool) -> None:
+    """Stop (or allow again) an account from signing in."""
+    from . import municipality
+
+    async def work(args: Any) -> str:
+        _rt, session = args
+        user = await municipality.set_disabled(session, email, not enable)
+        return f"{user.email}: {'enabled' if enable else 'disabled'}"
+
+    click.echo(_in_transaction(work))
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """The tamper-evident audit log."""
+
+
+@audit_group.command("verify")
+def audit_verify() -> None:
+    """Check the hash chain; exit 1 if any entry was changed, inserted or removed."""
+    from . import audit
+
+    async def work(rt: Runtime) -> Any:
+        async with rt.sessionmaker() as session:
+            return await audit.verify(session)
+
+    result = _run(work)
+    for problem in result.problems:
+        click.echo(problem)
+    if not result.ok:
+        sys.exit(1)
+    click.echo(f"audit log intact: {result.entries} entries, head {result.head_hash}")
+
+
+@audit_group.command("head")
+def audit_head() -> None:
+    """Print the last entry's number and hash; keep it outside the database to anchor the chain."""
+    from .models_admin import AuditHead
+
+    async def work(rt: Runtime) -> str:
+        async with rt.sessionmaker() as session:
+            head = await session.get(AuditHead, 1)
+            return f"{head.seq} {head.hash}" if head else "0 " + "0" * 64
+
+    click.echo(_run(work))
+
+
+@main.group("privacy")
+def privacy_group() -> None:
+    """Personal data under the AVG."""
+
+
+@privacy_group.command("purge")
+@click.option("--after-days", type=click.IntRange(0), envvar="VOUCHERS_PRIVACY_RETENTION_DAYS", default=730,
+              show_default=True, help="Days after a scheme ends that applicants' personal data is kept.")
+def privacy_purge(after_days: int) -> None:
+    """Erase or pseudonymise applicants' personal data of schemes that ended long enough ago."""
+    from . import privacy
+
+    async def work(args: Any) -> Any:
+        rt, session = args
+        return await privacy.purge(session, rt, after_days=after_days)
+
+    click.echo(msgspec.json.encode(_in_transaction(work)).decode())
+
+
+@privacy_group.command("export")
+@click.argument("kvk_number")
+def privacy_export(kvk_number: str) -> None:
+    """Print, as JSON, everything held about one KvK number (a data-subject request)."""
+    from . import privacy
+
+    async def work(args: Any) -> Any:
+        rt, session = args
+        return await privacy.export_subject(session, rt, kvk_number)
+
+    click.echo(msgspec.json.format(msgspec.json.encode(_in_transaction(work))).decode())
+
+
+@main.group("voucher")
+def voucher_group() -> None:
+    """The municipality's interventions on vouchers."""
+
+
+@voucher_group.command("revoke")
+@click.argument("voucher_id", type=int)
+@click.option("--reason", required=True)
+def voucher_revoke(voucher_id: int, reason: str) -> None:
+    """Revoke a voucher: unspent money and an unused place go back; the holder is mailed."""
+    from .admin import interventions
+
+    async def work(args: Any) -> str:
+        rt, session = args
+        voucher = await interventions.revoke(session, rt, voucher_id, reason=reason)
+        return f"voucher {voucher.id}: {voucher.status}"
+
+    click.echo(_in_transaction(work))
+
+
+@voucher_group.command("extend")
+@click.argument("voucher_id", type=int)
+@click.option("--until", required=True, help="Last day it can be used, YYYY-MM-DD.")
+@click.option("--reason", required=True)
+def voucher_extend(voucher_id: int, until: str, reason: str) -> None:
+    """Let a voucher be used longer; the holder is mailed."""
+    import datetime as dt
+
+    from .admin import interventions
+
+    try:
+        day = dt.date.fromisoformat(until)
+    except ValueError:
+        raise click.BadParameter("use YYYY-MM-DD", param_hint="--until") from None
+
+    async def work(args: Any) -> str:
+        _rt, session = args
+        voucher = await interventions.extend_voucher(session, voucher_id, until=day, reason=reason)
+        return f"voucher {voucher.id}: valid until {voucher.expires_at.isoformat()}"
+
+    click.echo(_in_transaction(work))
+
+
+@voucher_group.command("reverse-redemption")
+@click.argument("redemption_id", type=int)
+@click.option("--reason", required=True)
+def voucher_reverse(redemption_id: int, reason: str) -> None:
+    """Reverse any redemption (the municipality may at any time); the provider is mailed."""
+    from .admin import interventions
+
+    async def work(args: Any) -> str:
+        _rt, session = args
+        redemption = await interventions.reverse(session, redemption_id, reason=reason)
+        return f"redemption {redemption.id} reversed"
+
+    click.echo(_in_transaction(work))
+
+
+@scheme.command("close")
+@click.argument("slug")
+@click.option("--reason", required=True)
+def scheme_close(slug: str, reason: str) -> None:
+    """Close a scheme early: no more applications, redemptions or vouchers."""
+    from .admin import interventions
+
+    async def work(args: Any) -> str:
+        _rt, session = args
+        found = await schemes.get_scheme(session, slug)
+        closed = await interventions.close_scheme(session, found.id, reason=reason)
+        return f"scheme {closed.slug} closed at {closed.closed_at.isoformat() if closed.closed_at else ''}"
+
+    click.echo(_in_transaction(work))
+
+
+@scheme.command("reserve")
+@click.argument("slug")
+@click.option("--amount-cents", required=True, type=click.IntRange(1))
+@click.option("--to-budget", is_flag=True, help="Move from the reserve to the budget (default: to the reserve).")
+@click.option("--memo", required=True, help="Why.")
+def scheme_reserve(slug: str, amount_cents: int, to_budget: bool, memo: str) -> None:
+    """Move money between a scheme's budget and its reserve."""
+    from .admin import interventions
+
+    async def work(args: Any) -> str:
+        _rt, session = args
+        found = await schemes.get_scheme(session, slug)
+        moved = await interventions.move_money(session, found.id, amount_cents, to_reserve=not to_budget, memo=memo)
+        return f"budget {moved.budget_cents}, reserve {moved.reserve_cents}"
+
+    click.echo(_in_transaction(work))
+
+
+@scheme.command("report")
+@click.argument("slug")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV instead of JSON.")
+def scheme_report(slug: str, as_csv: bool) -> None:
+    """The report for the council (no personal data)."""
+    from .admin import reports
+
+    async def work(rt: Runtime) -> Any:
+        async with rt.sessionmaker() as session:
+            return await reports.council_report(session, await schemes.get_scheme(session, slug))
+
+    report = _run(work)
+    if as_csv:
+        labels = {"section": "section", "item": "item", "euros": "amount_euros", "count": "count"}
+        click.echo(reports.report_csv(report, labels), nl=False)
+    else:
+        click.echo(msgspec.json.format(msgspec.json.encode(report)).decode())
+
+
+@main.group("application")
+def application_group() -> None:
+    """Applications the trade register could not decide."""
+
+
+@application_group.command("decide")
+@click.argument("public_id")
+@click.option("--approve/--refuse", required=True)
+@click.option("--reason", default="", help="Required when refusing; mailed to the applicant.")
+def application_decide(public_id: str, approve: bool, reason: str) -> None:
+    """Approve (the figures were checked) or refuse an undecided application."""
+    from .admin import interventions
+    from .models import Application
+
+    async def work(args: Any) -> str:
+        rt, session = args
+        application_id = await session.scalar(select(Application.id).where(Application.public_id == public_id))
+        if application_id is None:
+            raise click.ClickException(f"no application {public_id!r}")
+        decided = await interventions.decide_application(session, rt, application_id, approve=approve, reason=reason)
+        return f"application {decided.public_id}: {decided.status}"
 
     click.echo(_in_transaction(work))
 

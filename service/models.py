@@ -508,3 +508,9 @@ class SignInToken(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime]
     used_at: Mapped[dt.datetime | None]
+
+
+# --- Municipality issue (migration 0004): the tables live in models_admin; imported here so that
+# Base.metadata and Alembic see them, and so that the audit log's session events are always on.
+from .models_admin import AuditEntry, AuditHead, FlagReview, StaffUser  # noqa: E402, F401
+from . import audit as _audit  # noqa: E402, F401

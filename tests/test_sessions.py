@@ -27,3 +27,15 @@ async def test_a_forged_session_principal_gets_nothing(client, rt) -> None:
     client.cookies.set("vouchers_session", "bm90IGEgcmVhbCBzZXNzaW9u")
     answer = await client.get("/coach/redemptions", follow_redirects=False)
     assert answer.status_code in (302, 303)
+
+
+async def test_a_staff_members_changed_role_needs_a_new_sign_in(client, rt) -> None:
+    from service.models_admin import StaffUser
+    from tests.admin_helpers import staff_client_sign_in
+
+    email, _ = await staff_client_sign_in(client, rt, "beheerder")
+    assert (await client.get("/beheer", follow_redirects=False)).status_code == 200
+    async with rt.sessionmaker() as session, session.begin():
+        await session.execute(update(StaffUser).where(StaffUser.email == email).values(role="lezer"))
+    answer = await client.get("/beheer", follow_redirects=False)
+    assert answer.status_code in (302, 303) and "/beheer/inloggen" in answer.headers["location"]

@@ -1,0 +1,208 @@
+"""The municipality's decisions and interventions, as plain domain functions (no web imports).
+
+Each goes through the same domain functions as everything else (``vouchers.end_voucher``,
+``vouchers.reverse_redemption``, ``schemes.move_to_reserve``, ``applications.decide``,
+``providers.decide_enrolment``), leaves a ledger entry, and mails whom it concerns through the
+one outbox. The audit log records every row it changes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .. import applications, ledger, outbox, providers, schemes, vouchers
+from ..errors import N_, InvalidInput, NotFound, Refused
+from ..models import Application, Enrolment, Provider, Redemption, Scheme, Voucher, utcnow
+from ..models_admin import FlagReview
+from ..runtime import Runtime
+
+__all__ = (
+    "UNDECIDED",
+    "close_scheme",
+    "decide_application",
+    "decide_provider",
+    "extend_voucher",
+    "move_money",
+    "review_report",
+    "reverse",
+    "revoke",
+)
+
+#: Application statuses the trade register (or intake) left undecided: staff decide them.
+UNDECIDED = ("registry_pending", "received")
+_ZONE = ZoneInfo("Europe/Amsterdam")
+
+
+def _reason(reason: str) -> str:
+    reason = reason.strip()
+    if len(reason) < 3:
+        raise InvalidInput("reason-required", N_("Give a reason (at least 3 characters)."), field="reason")
+    if len(reason) > 1000:
+        raise InvalidInput("reason-too-long", N_("The reason can be at most 1000 characters."), field="reason")
+    return reason
+
+
+def _name(scheme: Scheme, locale: str) -> str:
+    return scheme.name if locale == "nl" else scheme.name_en
+
+
+async def revoke(session: AsyncSession, rt: Runtime, voucher_id: int, *, reason: str) -> Voucher:
+    """Revoke a voucher: unspent money and an unused place go back (``vouchers.end_voucher``,
+    which also mails the holder and moves the waiting list up)."""
+    return await vouchers.end_voucher(session, rt, voucher_id, status="revoked", reason=_reason(reason))
+
+
+async def reverse(session: AsyncSession, redemption_id: int, *, reason: str) -> Redemption:
+    """Reverse any redemption at any time (the municipality's right) and tell the provider."""
+    redemption = await vouchers.reverse_redemption(session, redemption_id, reason=_reason(reason), provider_id=None)
+    provider = await session.get_one(Provider, redemption.provider_id)
+    outbox.enqueue(session, to=provider.email, template="admin_redemption_reversed", locale="nl",
+                   provider_name=provider.name, amount_cents=redemption.amount_cents,
+                   reference=redemption.reference, reason=redemption.reversal_reason or "")
+    return redemption
+
+
+async def extend_voucher(session: AsyncSession, voucher_id: int, *, until: dt.date, reason: str,
+                         now: dt.datetime | None = None) -> Voucher:
+    """Let a voucher be used until the end of ``until`` (Dutch time). Only a voucher that has not
+    ended can be extended, and only to a later date; a zero-amount ledger entry records it."""
+    reason = _reason(reason)
+    now = now or utcnow()
+    new_expiry = dt.datetime.combine(until + dt.timedelta(days=1), dt.time(), _ZONE).astimezone(dt.UTC)
+    if new_expiry <= now:
+        raise InvalidInput("date-in-past", N_("Choose a date in the future."), field="until")
+    voucher = await session.get(Voucher, voucher_id)
+    if voucher is None:
+        raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
+    scheme = await session.get_one(Scheme, voucher.scheme_id)
+    if scheme.closed_at is not None:
+        raise Refused("scheme-closed", N_("This scheme has been closed; vouchers can no longer be used."))
+    old_expiry = voucher.expires_at
+    result = await session.execute(
+        update(Voucher)
+        .where(Voucher.id == voucher_id, Voucher.status.in_(("active", "used_up")), Voucher.expires_at > now,
+               Voucher.expires_at < new_expiry)
+        .values(expires_at=new_expiry)
+        .returning(Voucher.id)
+    )
+    if result.first() is None:
+        await session.refresh(voucher)
+        if voucher.status not in ("active", "used_up") or voucher.expires_at <= now:
+            raise Refused("voucher-ended", N_("This voucher has already ended."))
+        raise InvalidInput("date-not-later", N_("Choose a date after the current expiry date."), field="until")
+    ledger.post(session, scheme_id=voucher.scheme_id, kind="extend", source=(ledger.VOUCHER, voucher.id),
+                target=(ledger.VOUCHER, voucher.id), amount_cents=0, voucher_id=voucher.id,
+                memo=f"expiry {old_expiry.date().isoformat()} -> {until.isoformat()}: {reason}")
+    await session.refresh(voucher)
+    application = await session.get_one(Application, voucher.application_id)
+    outbox.enqueue(session, to=application.email, template="admin_voucher_extended", locale=application.locale,
+                   contact_name=application.contact_name, until=until.isoformat(), reason=reason)
+    return voucher
+
+
+async def close_scheme(session: AsyncSession, scheme_id: int, *, reason: str, now: dt.datetime | None = None) -> Scheme:
+    """Close a scheme early: no applications, no redemptions, no new vouchers from here on.
+    Vouchers keep their money until they expire (the sweep returns it to the budget)."""
+    reason = _reason(reason)
+    now = now or utcnow()
+    result = await session.execute(
+        update(Scheme).where(Scheme.id == scheme_id, Scheme.closed_at.is_(None)).values(closed_at=now)
+        .returning(Scheme.id)
+    )
+    if result.first() is None:
+        if await session.get(Scheme, scheme_id) is None:
+            raise NotFound("scheme-not-found", N_("There is no scheme with this name."))
+        raise Refused("scheme-already-closed", N_("This scheme has already been closed."))
+    ledger.post(session, scheme_id=scheme_id, kind="close", source=(ledger.BUDGET, scheme_id),
+                target=(ledger.BUDGET, scheme_id), amount_cents=0, memo=f"closed early: {reason}")
+    scheme = await session.get_one(Scheme, scheme_id)
+    await session.refresh(scheme)
+    return scheme
+
+
+async def move_money(session: AsyncSession, scheme_id: int, amount_cents: int, *, to_reserve: bool,
+                     memo: str) -> Scheme:
+    """Move money between the budget and the reserve (``schemes.move_to_reserve``)."""
+    memo = _reason(memo)
+    if amount_cents <= 0:
+        raise InvalidInput("amount-not-positive", N_("The amount must be more than zero."), field="amount")
+    scheme = await session.get(Scheme, scheme_id)
+    if scheme is None:
+        raise NotFound("scheme-not-found", N_("There is no scheme with this name."))
+    await schemes.move_to_reserve(session, scheme, amount_cents if to_reserve else -amount_cents, memo=memo)
+    await session.refresh(scheme)
+    return scheme
+
+
+async def decide_application(session: AsyncSession, rt: Runtime, application_id: int, *, approve: bool,
+                             reason: str = "") -> Application:
+    """Decide an application the register could not decide.
+
+    Approving means staff have checked the firm's figures themselves: the scheme's own rules
+    then decide as for any application (a voucher, the lottery or the waiting list, each with
+    its mail). Refusing mails the applicant the reason given.
+    """
+    query = select(Application).where(Application.id == application_id).execution_options(populate_existing=True)
+    if not rt.settings.is_sqlite:
+        query = query.with_for_update()
+    application = await session.scalar(query)
+    if application is None:
+        raise NotFound("application-not-found", N_("There is no application with this number."))
+    if application.status not in UNDECIDED:
+        raise Refused("application-decided", N_("This application has already been decided."))
+    scheme = await session.get_one(Scheme, application.scheme_id)
+    if approve:
+        await applications.decide(
+            session, rt, scheme, application,
+            employees=application.registry_employees if application.registry_employees is not None
+            else application.employees,
+            postcode=application.registry_postcode or application.postcode)
+    else:
+        applications.reject(session, scheme, application, [_reason(reason)])
+        await session.flush()
+    return application
+
+
+async def decide_provider(session: AsyncSession, enrolment_id: int, *, approve: bool, reason: str = "") -> Enrolment:
+    """Approve or refuse a provider's request to take part, and mail the provider the decision."""
+    enrolment = await session.get(Enrolment, enrolment_id)
+    if enrolment is None:
+        raise NotFound("enrolment-not-found", N_("There is no such provider application."))
+    if enrolment.status != "pending":
+        raise Refused("enrolment-decided", N_("This provider application has already been decided."))
+    reason = reason.strip() if approve else _reason(reason)
+    enrolment = await providers.decide_enrolment(session, enrolment_id, approve=approve, reason=reason)
+    provider = await session.get_one(Provider, enrolment.provider_id)
+    scheme = await session.get_one(Scheme, enrolment.scheme_id)
+    outbox.enqueue(session, to=provider.email, template="admin_enrolment_decided", locale="nl",
+                   provider_name=provider.name, scheme_name=scheme.name, approved=approve, reason=reason)
+    return enrolment
+
+
+async def review_report(session: AsyncSession, redemption_id: int, *, reverse_it: bool, reason: str,
+                        decided_by: str) -> FlagReview:
+    """Decide on a redemption an entrepreneur reported: reverse it, or keep it. The entrepreneur
+    is told the decision and the reason."""
+    reason = _reason(reason)
+    redemption = await session.get(Redemption, redemption_id)
+    if redemption is None or redemption.flagged_at is None:
+        raise NotFound("redemption-not-found", N_("There is no such redemption."))
+    if await session.get(FlagReview, redemption_id) is not None:
+        raise Refused("report-decided", N_("This report has already been decided."))
+    if reverse_it:
+        redemption = await reverse(session, redemption_id, reason=reason)
+    review = FlagReview(redemption_id=redemption_id, decision="reversed" if reverse_it else "kept", reason=reason,
+                        decided_by=decided_by, decided_at=utcnow())
+    session.add(review)
+    await session.flush()
+    voucher = await session.get_one(Voucher, redemption.voucher_id)
+    application = await session.get_one(Application, voucher.application_id)
+    provider = await session.get_one(Provider, redemption.provider_id)
+    outbox.enqueue(session, to=application.email, template="admin_report_decided", locale=application.locale,
+                   contact_name=application.contact_name, provider_name=provider.name,
+                   amount_cents=redemption.amount_cents, reversed=reverse_it, reason=reason)
+    return review

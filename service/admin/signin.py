@@ -1,0 +1,160 @@
+"""Signing in as municipality staff: password, then a TOTP code; and setting up an account
+through its one-time link."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, FromPath, QueryParameter
+from litestar.response import Redirect, Template
+
+from .. import audit, municipality, ratelimit
+from ..auth import Principal, sign_in, sign_out
+from ..db import transaction
+from ..errors import DomainError
+from ..models_admin import StaffUser
+from ..runtime import Runtime
+from .web import NO_STORE, client_ip, errors_of, page, qr_data_uri, safe_next, status
+
+__all__ = ("AdminSignInPages", "SIGN_IN_LIMIT", "SIGN_IN_WINDOW")
+
+SIGN_IN_LIMIT = 30
+"""Sign-in steps one IP address may try per window, on top of the per-account lock-out."""
+SIGN_IN_WINDOW = 15 * 60
+CODE_STEP_SECONDS = 300
+"""How long the code step waits after a right password."""
+
+Short = Annotated[str, msgspec.Meta(max_length=300)]
+Form = Body(media_type=RequestEncodingType.URL_ENCODED)
+
+
+class LoginForm(msgspec.Struct, frozen=True, kw_only=True):
+    email: Short = ""
+    password: Short = ""
+    next: Short = ""
+
+
+class CodeForm(msgspec.Struct, frozen=True, kw_only=True):
+    code: Short = ""
+
+
+class SetupForm(msgspec.Struct, frozen=True, kw_only=True):
+    password: Short = ""
+    repeat: Short = ""
+    code: Short = ""
+
+
+def _pending(request: Request[Any, Any, Any]) -> dict[str, Any] | None:
+    data = request.session.get("staff_pending") if isinstance(request.session, dict) else None
+    if not isinstance(data, dict) or data.get("until", 0) < time.time():
+        return None
+    return data
+
+
+async def _limit(rt: Runtime, request: Request[Any, Any, Any]) -> None:
+    async with transaction(rt.sessionmaker) as session:
+        await ratelimit.check_limit(session, f"staff-sign-in:{client_ip(request)}", limit=SIGN_IN_LIMIT,
+                                    window_seconds=SIGN_IN_WINDOW)
+
+
+class AdminSignInPages(Controller):
+    path = "/beheer"
+    include_in_schema = False
+
+    @get("/inloggen")
+    async def login_form(self, request: Request[Any, Any, Any],
+                         next_: Annotated[str | None, QueryParameter(name="next")] = None,
+                         done: Annotated[str | None, QueryParameter(name="klaar")] = None) -> Template:
+        return page(request, "admin/login.html", values={"next": safe_next(next_)}, done=done)
+
+    @post("/inloggen")
+    async def login(self, request: Request[Any, Any, Any], data: Annotated[LoginForm, Form],
+                    rt: NamedDependency[Runtime]) -> Template | Redirect:
+        values = {"email": data.email, "next": safe_next(data.next)}
+        try:
+            await _limit(rt, request)
+        except DomainError as exc:
+            return page(request, "admin/login.html", status=status(exc), values=values, errors=errors_of(exc))
+        async with transaction(rt.sessionmaker) as session:  # committed whatever the outcome
+            result = await municipality.check_password(session, data.email, data.password)
+        if not isinstance(result, StaffUser):
+            return page(request, "admin/login.html", status=status(result), values=values, errors=errors_of(result))
+        request.clear_session()
+        request.set_session({"staff_pending": {"id": result.id, "until": time.time() + CODE_STEP_SECONDS,
+                                               "next": values["next"]}})
+        return Redirect("/beheer/inloggen/code", status_code=303, headers=NO_STORE)
+
+    @get("/inloggen/code")
+    async def code_form(self, request: Request[Any, Any, Any]) -> Template | Redirect:
+        if _pending(request) is None:
+            return Redirect("/beheer/inloggen", status_code=303, headers=NO_STORE)
+        return page(request, "admin/code.html")
+
+    @post("/inloggen/code")
+    async def code(self, request: Request[Any, Any, Any], data: Annotated[CodeForm, Form],
+                   rt: NamedDependency[Runtime]) -> Template | Redirect:
+        pending = _pending(request)
+        if pending is None:
+            return Redirect("/beheer/inloggen", status_code=303, headers=NO_STORE)
+        try:
+            await _limit(rt, request)
+        except DomainError as exc:
+            return page(request, "admin/code.html", status=status(exc), errors=errors_of(exc))
+        audit.set_context(f"staff:{pending['id']}", client_ip(request))
+        async with transaction(rt.sessionmaker) as session:
+            result = await municipality.check_code(session, rt, int(pending["id"]), data.code)
+        if not isinstance(result, StaffUser):
+            if result.code != "code-wrong":  # locked or gone: start again
+                request.clear_session()
+                return page(request, "admin/login.html", status=status(result), values={"next": "/beheer"},
+                            errors=errors_of(result))
+            return page(request, "admin/code.html", status=status(result), errors=errors_of(result))
+        sign_in(request, Principal(kind="staff", role=result.role, subject_id=result.id, name=result.name))
+        return Redirect(safe_next(pending.get("next")), status_code=303, headers=NO_STORE)
+
+    @post("/uitloggen")
+    async def logout(self, request: Request[Any, Any, Any]) -> Redirect:
+        sign_out(request)
+        return Redirect("/beheer/inloggen", status_code=303, headers=NO_STORE)
+
+    @get("/instellen/{token:str}")
+    async def setup_form(self, request: Request[Any, Any, Any], token: FromPath[str],
+                         rt: NamedDependency[Runtime]) -> Template:
+        async with rt.sessionmaker() as session:
+            user = await municipality.setup_account(session, rt, token)
+            if user is None:
+                return page(request, "admin/setup_invalid.html", status=404)
+            return _setup_page(request, rt, user, token)
+
+    @post("/instellen/{token:str}")
+    async def setup(self, request: Request[Any, Any, Any], token: FromPath[str], data: Annotated[SetupForm, Form],
+                    rt: NamedDependency[Runtime]) -> Template | Redirect:
+        try:
+            await _limit(rt, request)
+            async with transaction(rt.sessionmaker) as session:
+                user = await municipality.setup_account(session, rt, token)
+                if user is None:
+                    return page(request, "admin/setup_invalid.html", status=404)
+                audit.set_context(f"staff:{user.id}", client_ip(request))
+                await municipality.complete_setup(session, rt, user, password=data.password, repeat=data.repeat,
+                                                  code=data.code)
+        except DomainError as exc:
+            async with rt.sessionmaker() as session:
+                user = await municipality.setup_account(session, rt, token)
+                if user is None:
+                    return page(request, "admin/setup_invalid.html", status=404)
+                return _setup_page(request, rt, user, token, errors=errors_of(exc), status_code=status(exc))
+        return Redirect("/beheer/inloggen?klaar=ingesteld", status_code=303, headers=NO_STORE)
+
+
+def _setup_page(request: Request[Any, Any, Any], rt: Runtime, user: StaffUser, token: str, *,
+                errors: dict[str, str] | None = None, status_code: int = 200) -> Template:
+    secret = municipality.totp_secret(rt, user)
+    grouped = " ".join(secret[i:i + 4] for i in range(0, len(secret), 4))
+    return page(request, "admin/setup.html", status=status_code, errors=errors or {}, account=user, token=token,
+                secret=grouped, qr=qr_data_uri(municipality.otpauth_uri(rt, user)))

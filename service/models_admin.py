@@ -1,0 +1,97 @@
+"""Tables of the municipality's side (migration 0004): staff accounts, the audit log and its
+head, and decisions on reported redemptions.
+
+Imported at the end of :mod:`service.models`, so ``Base.metadata`` (and Alembic) see them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .models import Base, Id, utcnow
+
+__all__ = ("AuditEntry", "AuditHead", "FlagReview", "STAFF_ROLES", "StaffUser")
+
+STAFF_ROLES = ("beheerder", "beoordelaar", "financieel", "lezer")
+
+
+class StaffUser(Base):
+    """A municipality staff account. Signing in takes the password and a TOTP code; failed
+    attempts of either are counted here, so a lock-out holds in every server process."""
+
+    __tablename__ = "staff_user"
+    __table_args__ = (
+        CheckConstraint("role IN ('beheerder', 'beoordelaar', 'financieel', 'lezer')", name="staff_role_known"),
+        CheckConstraint("failed_attempts >= 0", name="staff_failed_attempts_not_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str | None] = mapped_column(String(200))
+    """argon2id; None until the account is set up through its one-time link."""
+    totp_secret: Mapped[bytes] = mapped_column(LargeBinary(128))
+    """The TOTP secret, encrypted (AES-GCM) with a key derived from the server's secret."""
+    setup_nonce: Mapped[str | None] = mapped_column(String(32))
+    """Part of the one-time setup link; cleared when the account is set up."""
+    activated_at: Mapped[dt.datetime | None]
+    last_totp_step: Mapped[int] = mapped_column(Integer, default=0)
+    """The last 30-second TOTP step used, so that a code works only once."""
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[dt.datetime | None]
+    last_sign_in_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    disabled_at: Mapped[dt.datetime | None]
+
+
+class AuditEntry(Base):
+    """One state change: who, what, when, from where, before and after. Append-only; each entry
+    carries the hash of the one before it (``service.audit.verify`` checks the chain)."""
+
+    __tablename__ = "audit_entry"
+    __table_args__ = (
+        Index("audit_by_row", "table_name", "row_id"),
+        Index("audit_by_time", "at"),
+    )
+
+    seq: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=False)
+    at: Mapped[dt.datetime]
+    actor: Mapped[str] = mapped_column(String(100))
+    address: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(40))
+    table_name: Mapped[str] = mapped_column(String(40))
+    row_id: Mapped[str] = mapped_column(String(40))
+    before: Mapped[dict[str, Any]] = mapped_column(JSON)
+    after: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The one row naming the last entry of the chain. Appending locks it, so the chain stays a
+    line however many processes write; deleting the last entries is caught against it."""
+
+    __tablename__ = "audit_head"
+    __table_args__ = (CheckConstraint("id = 1", name="one_audit_head"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Id)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class FlagReview(Base):
+    """The municipality's decision on a redemption an entrepreneur reported."""
+
+    __tablename__ = "flag_review"
+    __table_args__ = (CheckConstraint("decision IN ('kept', 'reversed')", name="flag_decision_known"),)
+
+    redemption_id: Mapped[int] = mapped_column(ForeignKey("redemption.id"), primary_key=True)
+    decision: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    decided_by: Mapped[str] = mapped_column(String(100))
+    decided_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
