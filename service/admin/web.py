@@ -4,30 +4,26 @@ to fields, the audit context of each request."""
 from __future__ import annotations
 
 import base64
-import io
 from typing import Any
-from urllib.parse import quote
 
-import qrcode
-import qrcode.constants
 from litestar import Request
 from litestar.exceptions import NotAuthorizedException
 from litestar.middleware import ASGIMiddleware
 from litestar.response import Redirect, Template
 from litestar.types import ASGIApp, Receive, Scope, Send
-from qrcode.image.svg import SvgPathImage
 
 from .. import audit
 from ..auth import Principal
 from ..errors import DomainError
-from ..problems import problem_body, status_of
+from .. import web
+from ..problems import status_of
+from ..qr import render_svg
+from ..web import NO_STORE, client_ip
 from . import roles
 
 __all__ = ("NO_STORE", "AuditContextMiddleware", "client_ip", "errors_of", "page", "qr_data_uri", "safe_next",
            "status", "to_login", "who")
 
-#: Every page here shows personal data or money: never cached, never sent on as Referer.
-NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 
 
 class AuditContextMiddleware(ASGIMiddleware):
@@ -56,7 +52,7 @@ def page(request: Request[Any, Any, Any], template: str, *, status: int = 200, *
 
 
 def errors_of(exc: DomainError) -> dict[str, str]:
-    return {exc.field or "form": problem_body(exc)["title"]}
+    return web.errors_of(exc)
 
 
 def status(exc: DomainError) -> int:
@@ -64,26 +60,14 @@ def status(exc: DomainError) -> int:
 
 
 def safe_next(value: str | None, default: str = "/beheer") -> str:
-    if value and value.startswith("/beheer") and not value.startswith("//") and "\\" not in value:
-        return value
-    return default
+    return web.safe_next(value, default, prefix="/beheer")
 
 
 def to_login(request: Request[Any, Any, Any], exc: NotAuthorizedException) -> Redirect:
-    target = request.url.path if request.method == "GET" else "/beheer"
-    return Redirect(f"/beheer/inloggen?next={quote(target)}", status_code=303, headers=NO_STORE)
-
-
-def client_ip(request: Request[Any, Any, Any]) -> str:
-    return request.client.host if request.client else "unknown"
+    return web.login_redirect(request, "/beheer/inloggen", "/beheer")
 
 
 def qr_data_uri(text: str) -> str:
     """An SVG QR code as a data: URI (allowed by the pages' Content-Security-Policy). Not cached:
     it carries a secret."""
-    code = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, box_size=8, border=4)
-    code.add_data(text)
-    code.make(fit=True)
-    buffer = io.BytesIO()
-    code.make_image(image_factory=SvgPathImage).save(buffer)
-    return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return "data:image/svg+xml;base64," + base64.b64encode(render_svg(text)).decode()

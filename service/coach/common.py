@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import quote
 
 from litestar import Request
 from litestar.exceptions import NotAuthorizedException
@@ -13,7 +12,9 @@ from litestar.response import Redirect, Template
 
 from ..auth import Principal
 from ..errors import N_, DomainError, InvalidInput
-from ..problems import problem_body, status_of
+from .. import web
+from ..problems import status_of
+from ..web import NO_STORE, client_ip
 
 __all__ = (
     "CATEGORY_LABELS",
@@ -27,8 +28,6 @@ __all__ = (
     "to_login",
 )
 
-#: Pages that show a voucher code or a holder's details: never cached, never sent on as Referer.
-NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 
 CATEGORY_LABELS = {
     "coaching": N_("Coaching"),
@@ -51,9 +50,7 @@ def principal(request: Request[Any, Any, Any]) -> Principal:
 
 
 def errors_of(exc: DomainError) -> dict[str, str]:
-    """The translated message keyed by the field it belongs to (``form`` for the whole form)."""
-    field = _FIELDS.get(exc.field or "", exc.field) or "form"
-    return {field: problem_body(exc)["title"]}
+    return web.errors_of(exc, _FIELDS)
 
 
 def status(exc: DomainError) -> int:
@@ -80,17 +77,8 @@ def parse_euros(text: str, field: str = "amount") -> int:
 
 
 def safe_next(value: str | None, default: str = "/coach") -> str:
-    """Only a path on this site: never another host (``//evil``) or a scheme."""
-    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
-        return value
-    return default
+    return web.safe_next(value, default)
 
 
 def to_login(request: Request[Any, Any, Any], exc: NotAuthorizedException) -> Redirect:
-    """Signed out: go to the sign-in page and come back here afterwards."""
-    target = request.url.path if request.method == "GET" else "/coach"
-    return Redirect(f"/coach/login?next={quote(target)}", status_code=303, headers=NO_STORE)
-
-
-def client_ip(request: Request[Any, Any, Any]) -> str:
-    return request.client.host if request.client else "unknown"
+    return web.login_redirect(request, "/coach/login", "/coach")

@@ -29,10 +29,10 @@ from ..errors import N_, REJECTION_REASONS, Conflict, NotFound, TooManyAttempts
 from ..models import Application, Enrolment, Hold, Provider, Redemption, Scheme, Voucher
 from ..runtime import Runtime
 from ..vouchers import effective_status
+from ..web import NO_STORE, client_ip
 
 __all__ = ("ROUTES", "entrepreneur_page", "signed_in_voucher", "validate_application", "voucher_view")
 
-NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 
 CATEGORY_LABELS = {
@@ -91,8 +91,6 @@ def validate_application(form: dict[str, str], *, locale: str) -> tuple[dict[str
     return values, errors, details
 
 
-def _client(request: Request[Any, Any, Any]) -> str:
-    return request.client.host if request.client else "unknown"
 
 
 async def _limit(rt: Runtime, *checks: tuple[str, int]) -> None:
@@ -146,7 +144,7 @@ async def apply_form(slug: FromPath[str], rt: NamedDependency[Runtime]) -> Templ
 async def apply_submit(request: Request[Any, Any, Any], slug: FromPath[str], data: Form,
                        rt: NamedDependency[Runtime]) -> Response[Any]:
     locale = i18n.current_locale()
-    await _limit(rt, (f"apply:ip:{_client(request)}", rt.settings.limit_per_ip))
+    await _limit(rt, (f"apply:ip:{client_ip(request)}", rt.settings.limit_per_ip))
     values, errors, details = validate_application(data, locale=locale)
     async with rt.sessionmaker() as session:
         scheme = await schemes.get_scheme(session, slug)
@@ -212,7 +210,7 @@ async def confirm(request: Request[Any, Any, Any], token: FromPath[str], rt: Nam
 
 @get("/aanvraag/{public_id:str}", response_headers=NO_STORE)
 async def status_page(request: Request[Any, Any, Any], public_id: FromPath[str], rt: NamedDependency[Runtime]) -> Template:
-    key = f"status:ip:{_client(request)}"
+    key = f"status:ip:{client_ip(request)}"
     window = rt.settings.failed_lookup_window_seconds
     # One session at a time: on SQLite every transaction holds the write lock.
     async with rt.sessionmaker() as session:
@@ -251,7 +249,7 @@ async def request_link(request: Request[Any, Any, Any], data: Form, rt: NamedDep
     if not _EMAIL.match(email) or len(email) > 254:
         return entrepreneur_page("signin", status_code=422, values={"email": email},
                      errors={"email": N_("Enter an e-mail address like name@example.nl.")})
-    await _limit(rt, (f"signin:ip:{_client(request)}", rt.settings.limit_per_ip),
+    await _limit(rt, (f"signin:ip:{client_ip(request)}", rt.settings.limit_per_ip),
                  (f"signin:email:{email.lower()}", rt.settings.limit_per_address))
     locale = i18n.current_locale()
     await run_in_transaction(rt.sessionmaker, lambda s: signin.request_sign_in(s, rt, email, locale=locale))
@@ -267,7 +265,7 @@ async def sign_in_form(token: FromPath[str]) -> Template:
 @post("/mijn-voucher/inloggen/{token:str}")
 async def sign_in_with_link(request: Request[Any, Any, Any], token: FromPath[str],
                             rt: NamedDependency[Runtime]) -> Response[Any]:
-    await _limit(rt, (f"signin-link:ip:{_client(request)}", rt.settings.failed_lookup_limit))
+    await _limit(rt, (f"signin-link:ip:{client_ip(request)}", rt.settings.failed_lookup_limit))
     voucher_id = await run_in_transaction(rt.sessionmaker, lambda s: signin.use_sign_in_token(s, rt, token))
     if voucher_id is None:
         return entrepreneur_page("signin", status_code=400, values={}, errors={}, link_failed=True)
