@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from . import applications, providers, schemes
+from . import applications, municipality, providers, schemes, staff
 from .codes import format_code
 from .db import run_in_transaction
-from .models import Provider, Scheme, Voucher
+from .models import Provider, ProviderUser, Scheme, Voucher
+from .models_admin import StaffUser
 from .runtime import Runtime
 
 DEMO_KVK = "90000001"
+DEMO_COACH_EMAIL = "coach@example.org"
+DEMO_STAFF_EMAIL = "beheerder@example.org"
 
 
 async def create_demo(rt: Runtime) -> str:
@@ -30,6 +33,16 @@ async def create_demo(rt: Runtime) -> str:
         token = await providers.create_token(session, rt, role="coach", name="demo coach", provider_id=provider.id)
         lines.append(f"Demo provider: {provider.name} ({provider.slug})")
         lines.append(f"Coach API token: {token}")
+        if await session.scalar(select(ProviderUser.id).where(ProviderUser.email == DEMO_COACH_EMAIL)) is None:
+            password = staff.new_password()
+            await staff.create_user(session, provider_id=provider.id, email=DEMO_COACH_EMAIL, name="Demo Coach",
+                                    password=password)
+            lines.append(f"Coach sign-in at {rt.link('/coach/login')}: {DEMO_COACH_EMAIL} / {password}")
+        if await session.scalar(select(StaffUser.id).where(StaffUser.email == DEMO_STAFF_EMAIL)) is None:
+            user = await municipality.create_staff(session, rt, email=DEMO_STAFF_EMAIL, name="Demo Beheerder",
+                                                   role="beheerder")
+            lines.append(f"Municipality staff ({DEMO_STAFF_EMAIL}, beheerder): set a password and an "
+                         f"authenticator app at {municipality.setup_link(rt, user)}")
         if schemes.scheme_status(scheme) == "open" and scheme.allocation == "first_come":
             for n in range(3):
                 kvk = f"9100000{n}"

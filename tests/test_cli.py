@@ -32,6 +32,7 @@ def test_set_up_from_nothing_then_check(env: dict[str, str]) -> None:
     demo = vouchers("demo", env=env)
     assert demo.returncode == 0, demo.stderr
     assert "Coach API token: vt_" in demo.stdout and "Sample voucher:" in demo.stdout
+    assert "Coach sign-in at" in demo.stdout and "/beheer/" in demo.stdout
     summary = vouchers("scheme", "summary", "arnhem-2021", env=env)
     assert '"budget_cents": 40500000' in summary.stdout and '"max_places": 300' in summary.stdout
     checked = vouchers("check", env=env)
