@@ -16,9 +16,11 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import applications, idempotency, providers, ratelimit, schemes, vouchers
+from . import applications, idempotency, ratelimit, schemes, vouchers
 from . import offers as offers_domain
 from . import payouts, staff
+from .admin import interventions
+from .admin.api import AdminOperationsController
 from .auth import Principal, requires
 from .db import run_in_transaction
 from .errors import N_, DomainError, Forbidden, InvalidInput, NotFound
@@ -423,7 +425,7 @@ class AdminController(Controller):
     async def approve_enrolment(self, request: Request[Any, Any, Any], enrolment_id: FromPath[int],
                                 rt: NamedDependency[Runtime]) -> Response[bytes]:
         async def work(session: AsyncSession) -> EnrolmentOut:
-            return _enrolment_out(await providers.decide_enrolment(session, enrolment_id, approve=True))
+            return _enrolment_out(await interventions.decide_provider(session, enrolment_id, approve=True))
 
         return await run_idempotent(request, rt, work, status_code=200)
 
@@ -431,8 +433,8 @@ class AdminController(Controller):
     async def refuse_enrolment(self, request: Request[Any, Any, Any], enrolment_id: FromPath[int], data: JSONBody[ReasonIn],
                                rt: NamedDependency[Runtime]) -> Response[bytes]:
         async def work(session: AsyncSession) -> EnrolmentOut:
-            return _enrolment_out(await providers.decide_enrolment(session, enrolment_id, approve=False,
-                                                                   reason=data.reason))
+            return _enrolment_out(await interventions.decide_provider(session, enrolment_id, approve=False,
+                                                                      reason=data.reason))
 
         return await run_idempotent(request, rt, work, status_code=200, body_type=ReasonIn)
 
@@ -565,5 +567,6 @@ class AdminCoachController(Controller):
 api_router = Router(
     path="/api/v1",
     route_handlers=[PublicController, VoucherController, HoldController, RedemptionController, AdminController,
-                    ProviderApplicationController, ProviderController, OfferListController, AdminCoachController],
+                    ProviderApplicationController, ProviderController, OfferListController, AdminCoachController,
+                    AdminOperationsController],
 )

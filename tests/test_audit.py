@@ -14,7 +14,7 @@ from service import audit, vouchers
 from service.db import run_in_transaction
 from service.models import Application, AuditEntry, Redemption, Scheme, Voucher
 from tests.conftest import ROOT, settings_env
-from tests.helpers import make_provider, make_scheme, make_voucher, provider_by_id
+from tests.helpers import make_provider, make_scheme, make_voucher
 
 
 async def _activity(rt):  # type: ignore[no-untyped-def]

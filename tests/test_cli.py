@@ -23,7 +23,7 @@ def env(tmp_path: Path) -> dict[str, str]:
             "VOUCHERS_MAIL_DIR": str(tmp_path / "mail")}
 
 
-def test_set_up_from_nothing_then_check(env: dict[str, str]) -> None:
+def test_set_up_from_nothing_then_check(env: dict[str, str], tmp_path: Path) -> None:
     assert vouchers("db", "upgrade", env=env).returncode == 0
     loaded = vouchers("scheme", "load", "schemes/arnhem-2021.toml", env=env)
     assert loaded.returncode == 0 and "created scheme arnhem-2021" in loaded.stdout
@@ -37,6 +37,11 @@ def test_set_up_from_nothing_then_check(env: dict[str, str]) -> None:
     assert '"budget_cents": 40500000' in summary.stdout and '"max_places": 300' in summary.stdout
     checked = vouchers("check", env=env)
     assert checked.returncode == 0 and "agree" in checked.stdout
+    built = vouchers("site", "build", "--out", str(tmp_path / "site"), env=env)
+    assert built.returncode == 0, built.stderr
+    home = (tmp_path / "site" / "index.html").read_text()
+    assert "Ondernemersvoucher" in home and "Demo Onderneming" not in home
+    assert (tmp_path / "site" / "en" / "index.html").exists()
     sent = vouchers("outbox", "send", env=env)
     assert sent.stdout.strip() == "sent 3"
     assert len(list(Path(env["VOUCHERS_MAIL_DIR"]).glob("*.eml"))) == 3
