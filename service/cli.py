@@ -182,11 +182,12 @@ def provider_add(name: str, kvk_number: str, email: str, iban: str, website: str
 @provider.command("approve")
 @click.argument("enrolment_id", type=int)
 def provider_approve(enrolment_id: int) -> None:
-    """Approve a provider's enrolment in a scheme."""
+    """Approve a provider's enrolment in a scheme; the provider is mailed."""
+    from .admin.interventions import decide_provider
 
     async def work(args: Any) -> str:
         _rt, session = args
-        enrolment = await providers.decide_enrolment(session, enrolment_id, approve=True)
+        enrolment = await decide_provider(session, enrolment_id, approve=True)
         return f"enrolment {enrolment.id}: {enrolment.status}"
 
     click.echo(_in_transaction(work))
@@ -196,11 +197,12 @@ def provider_approve(enrolment_id: int) -> None:
 @click.argument("enrolment_id", type=int)
 @click.option("--reason", required=True)
 def provider_refuse(enrolment_id: int, reason: str) -> None:
-    """Refuse a provider's enrolment in a scheme."""
+    """Refuse a provider's enrolment in a scheme; the provider is mailed the reason."""
+    from .admin.interventions import decide_provider
 
     async def work(args: Any) -> str:
         _rt, session = args
-        enrolment = await providers.decide_enrolment(session, enrolment_id, approve=False, reason=reason)
+        enrolment = await decide_provider(session, enrolment_id, approve=False, reason=reason)
         return f"enrolment {enrolment.id}: {enrolment.status}"
 
     click.echo(_in_transaction(work))

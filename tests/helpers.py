@@ -109,10 +109,5 @@ async def reload(rt: Runtime, model: type, id_: int) -> Any:
         return await session.get_one(model, id_)
 
 
-async def provider_by_id(rt: Runtime, provider_id: int) -> Provider:
-    async with rt.sessionmaker() as session:
-        return await session.scalar(select(Provider).where(Provider.id == provider_id))
-
-
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}

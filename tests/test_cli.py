@@ -75,3 +75,18 @@ def test_a_bad_scheme_file_is_explained(env: dict[str, str], tmp_path: Path) -> 
 def test_every_command_has_help(command: list[str], env: dict[str, str]) -> None:
     result = vouchers(*command, "--help", env=env)
     assert result.returncode == 0 and "Usage:" in result.stdout
+
+
+def test_provider_approval_from_the_command_line_is_mailed(env: dict[str, str]) -> None:
+    vouchers("db", "upgrade", env=env)
+    vouchers("scheme", "load", "schemes/arnhem-2021.toml", env=env)
+    added = vouchers("provider", "add", "--name", "Coach Rijn", "--kvk", "77777777", "--email", "rijn@example.org",
+                     "--iban", "NL91ABNA0417164300", "--scheme", "arnhem-2021", "--category", "coaching", env=env)
+    assert added.returncode == 0 and "enrolment 1 pending" in added.stdout, added.stderr
+    approved = vouchers("provider", "approve", "1", env=env)
+    assert approved.returncode == 0 and "approved" in approved.stdout
+    again = vouchers("provider", "approve", "1", env=env)
+    assert again.returncode != 0 and "already been decided" in again.stderr
+    assert vouchers("outbox", "send", env=env).stdout.strip() == "sent 1"
+    [mail] = list(Path(env["VOUCHERS_MAIL_DIR"]).glob("*.eml"))
+    assert "rijn@example.org" in mail.read_text()
