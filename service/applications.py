@@ -164,7 +164,7 @@ async def decide(session: AsyncSession, rt: Runtime, scheme: Scheme, application
     reasons = eligibility_reasons(scheme, employees=employees, postcode=postcode)
     if reasons:
         reject(session, scheme, application, reasons)
-    elif scheme.allocation == "lottery":
+    elif scheme.allocation == "lottery" and await _before_the_draw(session, scheme):
         application.status = "entered"
         outbox.enqueue(session, to=application.email, template="application_entered", locale=application.locale,
                        contact_name=application.contact_name, application_id=application.public_id,
@@ -179,6 +179,14 @@ async def decide(session: AsyncSession, rt: Runtime, scheme: Scheme, application
                        scheme_name=_scheme_name(scheme, application.locale))
     await session.flush()
     return application
+
+
+async def _before_the_draw(session: AsyncSession, scheme: Scheme) -> bool:
+    """True while the lottery has not been drawn. Locks the scheme's row, as the draw does first,
+    so an entry is either in the draw or decided after it (first come, behind the drawn list):
+    never left waiting for a draw that has passed."""
+    query = select(Scheme.id).where(Scheme.id == scheme.id, Scheme.drawn_at.is_(None)).with_for_update()
+    return await session.scalar(query) is not None
 
 
 def reject(session: AsyncSession, scheme: Scheme, application: Application, reasons: list[str]) -> None:
@@ -266,6 +274,8 @@ async def draw(session: AsyncSession, rt: Runtime, scheme: Scheme, seed: str, *,
         raise Refused("window-open", N_("The draw can only take place after the application period."))
     if hashlib.sha256(seed.encode()).hexdigest() != scheme.lottery_seed_hash:
         raise InvalidInput("seed-mismatch", N_("This seed does not match the published hash."), field="seed")
+    # Lock the scheme before reading the entries, so no entry can slip in beside the draw.
+    await session.execute(select(Scheme.id).where(Scheme.id == scheme.id).with_for_update())
     entries = list(
         await session.scalars(
             select(Application).where(Application.scheme_id == scheme.id, Application.status == "entered")

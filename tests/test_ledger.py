@@ -334,3 +334,30 @@ async def test_mail_for_the_voucher_carries_the_code_but_the_outbox_does_not(rt:
     [mail] = smtp_server.to("ondernemer@example.org")
     assert code in mail.get_payload(decode=True).decode()
     assert mail["Subject"].startswith("Uw voucher") or "voucher" in mail["Subject"].lower()
+
+
+async def test_an_entry_decided_after_the_draw_joins_behind_the_drawn_list(rt: Runtime) -> None:
+    seed = "late-entry-seed"
+    scheme = await make_scheme(rt, allocation="lottery", max_places=1,
+                               lottery_seed_hash=hashlib.sha256(seed.encode()).hexdigest())
+
+    async def enter(session, details):
+        fresh = await session.get_one(Scheme, scheme.id)
+        application = await applications.submit(session, fresh, details)
+        return await applications.decide(session, rt, fresh, application, employees=1, postcode="6811AB")
+
+    first = await run_in_transaction(rt.sessionmaker, lambda s: enter(s, applicant()))
+    late = await run_in_transaction(rt.sessionmaker, lambda s: applications.submit(s, scheme, applicant()))
+    async with rt.sessionmaker() as session, session.begin():
+        await session.execute(update(Scheme).where(Scheme.id == scheme.id)
+                              .values(applications_close_at=utcnow() - dt.timedelta(minutes=1)))
+    await run_in_transaction(rt.sessionmaker, lambda s: _draw(s, rt, scheme.id, seed))
+
+    async def decide_late(session):
+        fresh = await session.get_one(Scheme, scheme.id)
+        application = await session.get_one(Application, late.id)
+        return await applications.decide(session, rt, fresh, application, employees=1, postcode="6811AB")
+
+    decided = await run_in_transaction(rt.sessionmaker, decide_late)
+    assert (await reload(rt, Application, first.id)).status == "granted"
+    assert decided.status == "waiting" and decided.lottery_rank is None
