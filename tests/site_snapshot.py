@@ -15,6 +15,7 @@ from service.sitegen import (
     PublicSnapshot,
     SchemeFacts,
 )
+from service.sitegen.collect import ARNHEM_CONTACT
 
 UTC = datetime.timezone.utc
 TAKEN_AT = datetime.datetime(2025, 3, 14, 13, 5, tzinfo=UTC)  # 14:05 in Arnhem
@@ -31,15 +32,7 @@ _CATEGORIES = ("coaching", "retraining", "financial_advice")
 
 
 def contact() -> ContactFacts:
-    return ContactFacts(
-        organisation="Gemeente Arnhem",
-        phone="14 026",
-        postal_address="Postbus 9029\n6800 EL Arnhem",
-        visiting_address="Koningstraat 38\n6811 DG Arnhem",
-        email="ondernemersvoucher@arnhem.nl",
-        objection_address="Gemeente Arnhem\nt.a.v. Bezwaarschriftencommissie\nPostbus 9029\n6800 EL Arnhem",
-        privacy_officer_email="fg@arnhem.nl",
-    )
+    return ARNHEM_CONTACT
 
 
 def history(days: int, used: int, value_cents: int, redeemed_cents: int) -> tuple[FiguresPoint, ...]:
