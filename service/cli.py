@@ -232,6 +232,34 @@ def token_create(role: str, name: str, provider_slug: str | None) -> None:
     click.echo(_in_transaction(work))
 
 
+@token.command("list")
+def token_list() -> None:
+    """Every API token: id, role, name, provider, whether it is revoked (never the token itself)."""
+    from .models import ApiToken
+
+    async def work(rt: Runtime) -> list[str]:
+        async with rt.reader() as session:
+            rows = await session.scalars(select(ApiToken).order_by(ApiToken.id))
+            return [f"{t.id}\t{t.role}\t{t.name}\tprovider={t.provider_id or '-'}\t"
+                    f"{'revoked ' + t.revoked_at.isoformat() if t.revoked_at else 'active'}" for t in rows]
+
+    for line in _run(work):
+        click.echo(line)
+
+
+@token.command("revoke")
+@click.argument("token_id", type=int)
+def token_revoke(token_id: int) -> None:
+    """Revoke a token; servers stop accepting it within 15 seconds."""
+
+    async def work(args: Any) -> str:
+        _rt, session = args
+        revoked = await providers.revoke_token(session, token_id)
+        return f"token {revoked.id} ({revoked.name}) revoked"
+
+    click.echo(_in_transaction(work))
+
+
 @main.command("check")
 def check_command() -> None:
     """Reconcile stored figures with the ledger; exit 1 on any difference."""

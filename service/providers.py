@@ -18,7 +18,7 @@ from .models import ApiToken, Enrolment, Provider, Scheme, utcnow
 from .runtime import Runtime
 from .schemes import CATEGORIES
 
-__all__ = ("ProviderDetails", "add_provider", "authenticate_token", "create_token", "decide_enrolment", "enrol",
+__all__ = ("ProviderDetails", "add_provider", "authenticate_token", "create_token", "decide_enrolment", "enrol", "revoke_token",
            "slugify")
 
 
@@ -110,3 +110,14 @@ async def authenticate_token(session: AsyncSession, rt: Runtime, token: str) -> 
     if row is None or row.revoked_at is not None:
         return None
     return row
+
+
+async def revoke_token(session: AsyncSession, token_id: int) -> ApiToken:
+    """Stop a token from working (within the servers' short token cache, see ``AuthMiddleware``)."""
+    result = await session.execute(
+        update(ApiToken).where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow()).returning(ApiToken.id)
+    )
+    if result.first() is None:
+        raise NotFound("token-not-found", N_("There is no such token, or it was revoked already."))
+    return await session.get_one(ApiToken, token_id)

@@ -214,3 +214,13 @@ async def test_openapi_schema_documents_the_api(client) -> None:
     r = await client.get("/api/schema/openapi.json")
     assert r.status_code == 200
     assert "/api/v1/vouchers/{code}/redemptions" in r.json()["paths"]
+
+
+async def test_a_revoked_token_is_refused(client, rt, world) -> None:
+    from service import providers
+    from service.db import run_in_transaction
+
+    admin = await admin_token(rt)
+    token_id = await _token_id(rt, admin)
+    await run_in_transaction(rt.sessionmaker, lambda s: providers.revoke_token(s, token_id))
+    problem(await client.get("/api/v1/admin/redemptions/flagged", headers=bearer(admin)), 401)

@@ -90,3 +90,16 @@ def test_provider_approval_from_the_command_line_is_mailed(env: dict[str, str]) 
     assert vouchers("outbox", "send", env=env).stdout.strip() == "sent 1"
     [mail] = list(Path(env["VOUCHERS_MAIL_DIR"]).glob("*.eml"))
     assert "rijn@example.org" in mail.read_text()
+
+
+def test_tokens_are_listed_without_their_secret_and_can_be_revoked(env: dict[str, str]) -> None:
+    vouchers("db", "upgrade", env=env)
+    created = vouchers("token", "create", "--role", "admin", "--name", "intake", env=env)
+    token = created.stdout.strip()
+    assert created.returncode == 0 and token.startswith("vt_")
+    listed = vouchers("token", "list", env=env)
+    assert "intake" in listed.stdout and "active" in listed.stdout and token not in listed.stdout
+    assert "revoked" in vouchers("token", "revoke", "1", env=env).stdout
+    assert "revoked" in vouchers("token", "list", env=env).stdout
+    again = vouchers("token", "revoke", "1", env=env)
+    assert again.returncode != 0 and "revoked already" in again.stderr
