@@ -64,13 +64,22 @@ def enqueue(session: AsyncSession, *, to: str, template: str, locale: str, **par
 
 
 async def render(session: AsyncSession, rt: Runtime, message: OutboxMessage) -> tuple[str, str]:
-    """Subject and body. A ``voucher_id`` parameter makes the voucher's code available."""
+    """Subject and body. Secrets are derived here, not stored: ``voucher_id`` gives the voucher's
+    code, ``sign_in_token_ids`` the sign-in links, ``confirm_for`` an application's confirmation link."""
     context = dict(message.params)
     if "voucher_id" in context:
         salt = await session.scalar(select(Voucher.code_salt).where(Voucher.id == context["voucher_id"]))
         if salt is not None:
             context["voucher_code"] = format_code(rt.keys.code_for(salt))
+    # Links that let someone in are made now too, never stored (signin imports this module).
+    from . import signin
+
+    if "sign_in_token_ids" in context:
+        context["links"] = await signin.sign_in_links(session, rt, context["sign_in_token_ids"])
+    if "confirm_for" in context:
+        context["confirm_url"] = signin.confirm_link(rt, context["confirm_for"])
     context["base_url"] = rt.settings.base_url.rstrip("/")
+    context["locale"] = message.locale
     with i18n.use_locale(message.locale):
         text = _env.get_template(f"{message.template}.txt").render(context)
     subject, _, body = text.partition("\n")

@@ -2,16 +2,18 @@
 one-time sign-in link for "my voucher".
 
 A confirmation link is a signed, time-limited token; it works once because it moves the
-application out of ``unconfirmed``. A sign-in link is random: only a keyed hash is stored, and
-using it stamps ``used_at`` in one conditional UPDATE, so it works once and only briefly.
+application out of ``unconfirmed``. A sign-in link is derived from its row and a key only the
+server has; only a keyed hash of it is stored, and using it stamps ``used_at`` in one conditional
+UPDATE, so it works once and only briefly. Mails carry neither link in the outbox: they are made
+when the mail is rendered (``outbox.render``), so a copy of the database holds no usable link.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import hmac
-import secrets
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,7 +22,8 @@ from . import outbox
 from .models import Application, Scheme, SignInToken, Voucher, utcnow
 from .runtime import Runtime
 
-__all__ = ("confirm_email", "confirm_link", "confirm_token_valid", "request_sign_in", "use_sign_in_token")
+__all__ = ("confirm_email", "confirm_link", "confirm_token_valid", "request_sign_in", "sign_in_links", "sign_in_token",
+           "use_sign_in_token")
 
 _CONFIRM = "confirm-email"
 
@@ -56,11 +59,33 @@ def _hash(rt: Runtime, token: str) -> bytes:
     return hmac.new(rt.settings.derive_key("sign-in-link"), token.encode(), hashlib.sha256).digest()
 
 
+def sign_in_token(rt: Runtime, voucher_id: int, expires_at: dt.datetime) -> str:
+    """The token of one sign-in link, from its voucher and moment of expiry (microseconds)."""
+    moment = int(expires_at.timestamp() * 1_000_000)
+    digest = hmac.new(rt.settings.derive_key("sign-in-link-token"), f"{voucher_id}:{moment}".encode(),
+                      hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+async def sign_in_links(session: AsyncSession, rt: Runtime, token_ids: list[int]) -> list[dict[str, str]]:
+    """The links of a sign-in mail, made again from their rows when the mail is rendered."""
+    rows = await session.execute(
+        select(SignInToken.voucher_id, SignInToken.expires_at, Scheme.name, Scheme.name_en)
+        .join(Voucher, Voucher.id == SignInToken.voucher_id)
+        .join(Scheme, Scheme.id == Voucher.scheme_id)
+        .where(SignInToken.id.in_(token_ids))
+        .order_by(SignInToken.id)
+    )
+    return [{"scheme_name": name, "scheme_name_en": name_en,
+             "url": rt.link(f"/mijn-voucher/inloggen/{sign_in_token(rt, voucher_id, expires_at)}")}
+            for voucher_id, expires_at, name, name_en in rows]
+
+
 async def request_sign_in(session: AsyncSession, rt: Runtime, email: str, *, locale: str) -> int:
     """Mail a sign-in link for every voucher of this address; returns how many (the caller must
     answer the same either way, so that nobody learns which addresses are known)."""
     rows = (await session.execute(
-        select(Voucher.id, Scheme.name, Scheme.name_en, Application.contact_name, Application.email)
+        select(Voucher.id, Application.contact_name, Application.email)
         .join(Application, Application.id == Voucher.application_id)
         .join(Scheme, Scheme.id == Voucher.scheme_id)
         .where(func.lower(Application.email) == email.strip().lower())
@@ -70,16 +95,13 @@ async def request_sign_in(session: AsyncSession, rt: Runtime, email: str, *, loc
         return 0
     now = utcnow()
     minutes = rt.settings.sign_in_link_minutes
-    links = []
-    for voucher_id, name, name_en, _contact, _address in rows:
-        token = secrets.token_urlsafe(32)
-        session.add(SignInToken(token_hash=_hash(rt, token), voucher_id=voucher_id, created_at=now,
-                                expires_at=now + dt.timedelta(minutes=minutes)))
-        links.append({"scheme_name": name if locale == "nl" else name_en,
-                      "url": rt.link(f"/mijn-voucher/inloggen/{token}")})
-    outbox.enqueue(session, to=rows[0].email, template="sign_in_link", locale=locale,
-                   contact_name=rows[0].contact_name, links=links, minutes=minutes)
+    expires_at = now + dt.timedelta(minutes=minutes)
+    tokens = [SignInToken(token_hash=_hash(rt, sign_in_token(rt, row.id, expires_at)), voucher_id=row.id,
+                          created_at=now, expires_at=expires_at) for row in rows]
+    session.add_all(tokens)
     await session.flush()
+    outbox.enqueue(session, to=rows[0].email, template="sign_in_link", locale=locale,
+                   contact_name=rows[0].contact_name, sign_in_token_ids=[t.id for t in tokens], minutes=minutes)
     return len(rows)
 
 

@@ -52,3 +52,21 @@ async def test_file_backend_writes_readable_mail(rt: Runtime, tmp_path) -> None:
     [eml] = list((tmp_path / "mail").glob("*.eml"))
     text = eml.read_text()
     assert "Subject: Your voucher for Test scheme" in text and code in text
+
+
+async def test_sign_in_links_are_made_when_the_mail_goes_out_not_stored(rt: Runtime, smtp_server) -> None:
+    from service import signin
+    from service.db import run_in_transaction
+
+    scheme = await make_scheme(rt)
+    voucher, _ = await make_voucher(rt, scheme, email="link@example.org")
+    assert await outbox.send_due(rt) == 1  # the voucher mail
+    await run_in_transaction(rt.sessionmaker, lambda s: signin.request_sign_in(s, rt, "link@example.org", locale="nl"))
+    async with rt.sessionmaker() as session:
+        stored = repr((await session.execute(select(OutboxMessage.params))).all())
+    assert "/mijn-voucher/inloggen/" not in stored
+    assert await outbox.send_due(rt) == 1
+    body = smtp_server.to("link@example.org")[-1].get_payload(decode=True).decode()
+    token = body.split("/mijn-voucher/inloggen/")[1].split()[0]
+    assert await run_in_transaction(rt.sessionmaker, lambda s: signin.use_sign_in_token(s, rt, token)) == voucher.id
+    assert await run_in_transaction(rt.sessionmaker, lambda s: signin.use_sign_in_token(s, rt, token)) is None

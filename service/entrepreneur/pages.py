@@ -166,7 +166,7 @@ async def apply_submit(request: Request[Any, Any, Any], slug: FromPath[str], dat
             outbox.enqueue(session, to=application.email, template="application_confirm", locale=locale,
                            contact_name=application.contact_name, application_id=application.public_id,
                            scheme_name=fresh.name if locale == "nl" else fresh.name_en,
-                           confirm_url=signin.confirm_link(rt, application.public_id),
+                           confirm_for=application.public_id,
                            hours=rt.settings.confirm_link_hours)
             return application.public_id
 
