@@ -110,10 +110,6 @@ def use_context(actor: str, address: str = "") -> Iterator[None]:
         _context.reset(token)
 
 
-def current_context() -> AuditContext:
-    return _context.get()
-
-
 # --- values ----------------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from typing import Annotated
 import msgspec
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -162,7 +162,3 @@ def _verify(password_hash: str, password: str) -> bool:
         return _hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
-
-
-async def count_users(session: AsyncSession, provider_id: int) -> int:
-    return int(await session.scalar(select(func.count()).where(ProviderUser.provider_id == provider_id)) or 0)

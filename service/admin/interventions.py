@@ -46,10 +46,6 @@ def _reason(reason: str) -> str:
     return reason
 
 
-def _name(scheme: Scheme, locale: str) -> str:
-    return scheme.name if locale == "nl" else scheme.name_en
-
-
 async def revoke(session: AsyncSession, rt: Runtime, voucher_id: int, *, reason: str) -> Voucher:
     """Revoke a voucher: unspent money and an unused place go back (``vouchers.end_voucher``,
     which also mails the holder and moves the waiting list up)."""
