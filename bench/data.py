@@ -155,7 +155,7 @@ async def setup_data(env: dict[str, str], workdir: Path, *, pool: int, hot: int,
         admin, coach, provider_id = await run_in_transaction(rt.sessionmaker, base)
         made = await _make_vouchers(rt, "bench-pool", pool + hot, 10_000_000, progress="setup")
     finally:
-        await rt.engine.dispose()
+        await rt.close()
     spread, hot_made = made[:pool], made[pool:]
     files = {}
     for name, rows in (("spread-codes.txt", spread), ("hot-codes.txt", hot_made)):
@@ -175,7 +175,7 @@ def _run(env: dict[str, str], work: Any) -> Any:
             async with rt.sessionmaker() as session:
                 return await work(session)
         finally:
-            await rt.engine.dispose()
+            await rt.close()
 
     return asyncio.run(main())
 

@@ -46,7 +46,7 @@ async def _load(env: dict[str, str], workdir: Path, n: int) -> Fixture:
 
         scheme_id, coach, admin, provider_id = await run_in_transaction(rt.sessionmaker, base)
     finally:
-        await rt.engine.dispose()
+        await rt.close()
 
     keys = rt.keys
     conn = await asyncpg.connect(_dsn(env["VOUCHERS_DATABASE_URL"]))

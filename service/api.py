@@ -110,23 +110,21 @@ def _principal(request: Request[Any, Any, Any]) -> Principal:
     return request.scope["user"]  # guards have checked it is there
 
 
-async def _voucher_out(session: AsyncSession, voucher: Voucher) -> VoucherOut:
-    scheme = await session.get_one(Scheme, voucher.scheme_id)
-    application = await session.get_one(Application, voucher.application_id)
+def _voucher_out(voucher: vouchers.ScannedVoucher) -> VoucherOut:
     status = vouchers.effective_status(voucher)
     return VoucherOut(
-        voucher_id=voucher.id,
-        scheme=scheme.slug,
+        voucher_id=voucher.voucher_id,
+        scheme=voucher.scheme,
         status=status,
-        valid=status == "active" and scheme.closed_at is None and voucher.balance_cents > 0,
-        company_name=application.company_name,
+        valid=status == "active" and not voucher.scheme_closed and voucher.balance_cents > 0,
+        company_name=voucher.company_name,
         value_cents=voucher.value_cents,
         balance_cents=voucher.balance_cents,
         held_cents=voucher.held_cents,
         redeemed_cents=voucher.redeemed_cents,
         expires_at=voucher.expires_at,
-        categories=list(scheme.categories),
-        own_contribution_percent=scheme.own_contribution_percent,
+        categories=voucher.categories,
+        own_contribution_percent=voucher.own_contribution_percent,
     )
 
 
@@ -286,9 +284,8 @@ class VoucherController(Controller):
     @get("/{code:str}", response_headers=NO_STORE)
     async def lookup(self, request: Request[Any, Any, Any], code: FromPath[str], rt: NamedDependency[Runtime]) -> VoucherOut:
         client = lookup_client(request)
-        async with failed_lookups_counted(rt, client), rt.reader() as session:
-            voucher = await find_voucher_limited(rt, session, code, client)
-            return await _voucher_out(session, voucher)
+        async with failed_lookups_counted(rt, client):
+            return _voucher_out(await vouchers.scan(rt, code, attempts_key=f"lookup:{client}"))
 
     @post("/{code:str}/redemptions")
     async def redeem(self, request: Request[Any, Any, Any], code: FromPath[str], data: JSONBody[RedeemIn],

@@ -134,7 +134,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await rt.engine.dispose()
+            await rt.close()
 
     session_config = CookieBackendConfig(
         secret=settings.derive_key("session"),

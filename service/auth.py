@@ -129,9 +129,10 @@ class AuthMiddleware(ASGIMiddleware):
 
 
 def requires(*roles: str) -> Any:
-    """A guard letting through principals with one of ``roles``."""
+    """A guard letting through principals with one of ``roles``. Async on purpose: Litestar runs
+    a plain function guard in a worker thread, a hand-off per request for a dictionary lookup."""
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         principal = connection.scope.get("user")
         if principal is None:
             raise NotAuthorizedException("sign in first")

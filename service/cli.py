@@ -40,7 +40,7 @@ def _run(work: Callable[[Runtime], Awaitable[T]]) -> T:
         try:
             return await work(rt)
         finally:
-            await rt.engine.dispose()
+            await rt.close()
 
     try:
         return asyncio.run(main())

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from .codes import CodeKeys
 from .db import create_engine, make_sessionmaker
+from .fastread import FastReader
 from .settings import Settings
 
 __all__ = ("Runtime",)
@@ -27,12 +28,19 @@ class Runtime:
     keys: CodeKeys
     reader: async_sessionmaker[AsyncSession]
     """Sessions for lookups only: on SQLite they do not queue behind writers."""
+    fast: FastReader
+    """The coach's scan through the driver, without a session (see ``service.fastread``)."""
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
         engine = create_engine(settings)
         return cls(settings, engine, make_sessionmaker(engine), CodeKeys.from_settings(settings),
-                   make_sessionmaker(engine, read_only=True))
+                   make_sessionmaker(engine, read_only=True), FastReader(settings))
+
+    async def close(self) -> None:
+        """Close every connection this process holds."""
+        await self.fast.close()
+        await self.engine.dispose()
 
     def link(self, path: str) -> str:
         return self.settings.base_url.rstrip("/") + path

@@ -19,10 +19,12 @@ from sqlalchemy.orm.attributes import set_committed_value
 from . import ledger, outbox
 from .codes import InvalidCode, normalise_code
 from .errors import N_, Forbidden, InvalidInput, NotFound, Refused, TooManyAttempts
+from .fastread import ScannedVoucher
 from .models import Application, Enrolment, Hold, RateLimitCounter, Redemption, Scheme, Voucher, utcnow
 from .runtime import Runtime
 
 __all__ = (
+    "ScannedVoucher",
     "confirm_hold",
     "create_hold",
     "effective_status",
@@ -33,6 +35,7 @@ __all__ = (
     "redeem",
     "release_hold",
     "reverse_redemption",
+    "scan",
 )
 
 
@@ -41,7 +44,7 @@ def own_contribution(invoice_cents: int, percent: int) -> int:
     return (invoice_cents * percent + 50) // 100
 
 
-def effective_status(voucher: Voucher, now: dt.datetime | None = None) -> str:
+def effective_status(voucher: Voucher | ScannedVoucher, now: dt.datetime | None = None) -> str:
     """The status a person should see: an active voucher past its date is expired even before
     the sweep has marked it."""
     if voucher.status == "active" and voucher.expires_at <= (now or utcnow()):
@@ -98,6 +101,24 @@ async def issue_voucher(session: AsyncSession, rt: Runtime, scheme: Scheme, appl
     return voucher
 
 
+def _parse_code(code_text: str) -> str:
+    try:
+        return normalise_code(code_text)
+    except InvalidCode:
+        raise InvalidInput(
+            "code-mistyped", N_("This is not a valid voucher code. Check it for typing errors."), field="code"
+        ) from None
+
+
+def _check_attempts(rt: Runtime, attempts: int | None) -> None:
+    if (attempts or 0) >= rt.settings.failed_lookup_limit:
+        raise TooManyAttempts(minutes=max(1, rt.settings.failed_lookup_window_seconds // 60))
+
+
+def _window_start(rt: Runtime) -> dt.datetime:
+    return utcnow() - dt.timedelta(seconds=rt.settings.failed_lookup_window_seconds)
+
+
 async def find_voucher(
     session: AsyncSession, rt: Runtime, code_text: str, *, attempts_key: str | None = None
 ) -> Voucher:
@@ -108,13 +129,7 @@ async def find_voucher(
     even for a right code; the count is read in the same round trip as the voucher, its scheme and
     its application, which land in the session so that later ``session.get`` calls cost nothing.
     """
-    try:
-        code = normalise_code(code_text)
-    except InvalidCode:
-        raise InvalidInput(
-            "code-mistyped", N_("This is not a valid voucher code. Check it for typing errors."), field="code"
-        ) from None
-    settings = rt.settings
+    code = _parse_code(code_text)
     one = select(literal(1).label("one")).subquery()
     query = (
         select(Voucher, Scheme, Application)
@@ -124,22 +139,33 @@ async def find_voucher(
         .outerjoin(Application, Application.id == Voucher.application_id)
     )
     if attempts_key is not None:
-        window_start = utcnow() - dt.timedelta(seconds=settings.failed_lookup_window_seconds)
         attempts = (
             select(RateLimitCounter.count)
-            .where(RateLimitCounter.key == attempts_key, RateLimitCounter.window_start >= window_start)
+            .where(RateLimitCounter.key == attempts_key, RateLimitCounter.window_start >= _window_start(rt))
             .scalar_subquery()
         )
         query = query.add_columns(attempts)
     row = (await session.execute(query)).one()
-    if attempts_key is not None and (row[3] or 0) >= settings.failed_lookup_limit:
-        raise TooManyAttempts(minutes=max(1, settings.failed_lookup_window_seconds // 60))
+    if attempts_key is not None:
+        _check_attempts(rt, row[3])
     if row[0] is None:
         raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
     # The identity map holds objects weakly: keep the scheme and application alive for the rest
     # of this session so that the domain's ``session.get`` finds them without a query.
     session.info.setdefault("loaded_with_voucher", []).extend(row[1:3])
     return row[0]
+
+
+async def scan(rt: Runtime, code_text: str, *, attempts_key: str) -> ScannedVoucher:
+    """What a coach sees on scanning a code: :func:`find_voucher`'s rules (check symbol first, a
+    client over its limit refused even for a right code) in one read without a session, because
+    this is the busiest request of the service (see ``service.fastread``)."""
+    code = _parse_code(code_text)
+    found, attempts = await rt.fast.scan(rt.keys.hash_of(code), attempts_key, _window_start(rt))
+    _check_attempts(rt, attempts)
+    if found is None:
+        raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
+    return found
 
 
 async def _approved_enrolment(session: AsyncSession, scheme: Scheme, provider_id: int, category: str) -> Enrolment:

@@ -144,7 +144,7 @@ async def rt(settings: Settings) -> AsyncIterator[Runtime]:
     async with runtime.engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
     yield runtime
-    await runtime.engine.dispose()
+    await runtime.close()
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ def _prepare(settings: Settings) -> tuple[str, str, int]:
             email, secret = await make_staff(rt, "beheerder")
             return email, secret, voucher.id
         finally:
-            await rt.engine.dispose()
+            await rt.close()
 
     return asyncio.run(main())
 
@@ -97,4 +97,4 @@ async def _status(settings: Settings, voucher_id: int) -> str:
     try:
         return (await reload(rt, Voucher, voucher_id)).status
     finally:
-        await rt.engine.dispose()
+        await rt.close()

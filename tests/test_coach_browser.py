@@ -50,7 +50,7 @@ def _sign_in_link(settings: Settings) -> str:
                 _subject, body = await outbox.render(session, rt, message)  # the link exists only in the mail
             return next(word for word in body.split() if "/mijn-voucher/inloggen/" in word)
         finally:
-            await rt.engine.dispose()
+            await rt.close()
 
     return asyncio.run(main())
 
@@ -65,7 +65,7 @@ def _prepare(settings: Settings) -> tuple[str, str, str]:
             email = await make_staff(rt, provider.id)
             return code, token, email
         finally:
-            await rt.engine.dispose()
+            await rt.close()
 
     return asyncio.run(main())
 

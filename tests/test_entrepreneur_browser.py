@@ -38,7 +38,7 @@ async def _prepare(settings: Settings) -> None:
                               duration="3 gesprekken van 1 uur", description="Samen kijken naar uw volgende stap.")
         await run_in_transaction(rt.sessionmaker, lambda s: offers.publish_offer(s, provider.id, data))
     finally:
-        await rt.engine.dispose()
+        await rt.close()
 
 
 async def _send(settings: Settings) -> None:
@@ -46,7 +46,7 @@ async def _send(settings: Settings) -> None:
     try:
         await outbox.send_due(rt)
     finally:
-        await rt.engine.dispose()
+        await rt.close()
 
 
 def _send_mail(settings: Settings) -> None:

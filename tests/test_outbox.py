@@ -38,7 +38,7 @@ async def test_two_senders_deliver_each_message_once(rt: Runtime, smtp_server) -
     try:
         sent = await asyncio.gather(outbox.send_due(rt), outbox.send_due(other))
     finally:
-        await other.engine.dispose()
+        await other.close()
     assert sum(sent) == 12
     assert sorted(m["To"] for m in smtp_server.messages) == sorted(f"een{n}@example.org" for n in range(12))
     assert len({m["Message-ID"] for m in smtp_server.messages}) == 12
