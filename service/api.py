@@ -294,9 +294,10 @@ class VoucherController(Controller):
 
         async def work(session: AsyncSession) -> RedemptionOut:
             voucher = await find_voucher_limited(rt, session, code, principal.actor)
+            if principal.provider_id is None:
+                raise Forbidden("provider-required", N_("Only a provider's account can do this."))
             redemption = await vouchers.redeem(
-                session, rt, voucher, provider_id=principal.provider_id or 0,
-                provider_name=await _provider_name(session, principal.provider_id), category=data.category,
+                session, rt, voucher, provider_id=principal.provider_id, category=data.category,
                 invoice_cents=data.amount_cents, reference=data.reference, session_date=data.session_date,
                 recorded_by=principal.actor)
             return await _redemption_out(session, redemption)

@@ -25,7 +25,7 @@ from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import select
 
-from . import __version__, i18n, outbox, schemes, sweep
+from . import __version__, audit, i18n, outbox, schemes, sweep
 from .admin import AuditContextMiddleware, admin_router
 from .api import api_router
 from .auth import AuthMiddleware
@@ -127,6 +127,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             tasks = [
                 asyncio.create_task(_every(settings.outbox_interval_seconds, lambda: outbox.send_due(rt), "outbox")),
                 asyncio.create_task(_every(settings.sweep_interval_seconds, lambda: sweep.sweep(rt), "sweep")),
+                asyncio.create_task(_every(settings.audit_seal_interval_seconds,
+                                           lambda: audit.seal_all(rt.sessionmaker), "audit seal")),
             ]
         try:
             yield

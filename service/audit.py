@@ -5,18 +5,21 @@ How changes are caught, without touching each domain function:
 * ORM flushes (inserts, attribute changes, deletes) are read in ``after_flush`` from the
   session's own bookkeeping: the changed columns with their values before and after.
 * The domain changes counters with ``update()`` statements, which the ORM's flush never sees.
-  ``do_orm_execute`` catches those: it reads the rows the statement's WHERE clause matches,
-  runs the statement, and reads the same rows again by primary key. "After" is exact (the
-  UPDATE holds the row lock). On PostgreSQL "before" is read without a lock (a ``FOR UPDATE``
-  read there stalled the concurrent-application test), so a commit by another transaction
-  between that read and the UPDATE can make "before" older than the true value; the entries of
-  one row, chained in commit order, still give its exact history through their "after" values.
+  ``do_orm_execute`` catches those and runs them with RETURNING, so "after" costs no extra
+  round trip and is exact (the UPDATE holds the row lock). "Before" of a counter moved by a
+  literal (``balance_cents - 100``) is exact too: after less the change. Any other "before" is
+  the row as the session loaded it, or, for bulk statements, read just ahead of the statement;
+  on PostgreSQL those two can be older than the true value when another transaction commits in
+  between, and the entries of one row, in chain order, still give its exact history through
+  their "after" values.
 * Explicit events (a privacy export, a sign-in) are added with :func:`record`.
 
-Records wait in ``session.info`` and are written in ``before_commit``, all in one batch: the
-``audit_head`` row is read (``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already
-serialises writers), each entry gets the next number and ``sha256(previous hash + entry)``,
-and the head moves on. A savepoint or transaction that rolls back drops its records.
+Records wait in ``session.info`` and are written at the outermost commit, all in one INSERT,
+without a lock; a savepoint or transaction that rolls back drops its records. :func:`seal`
+chains them soon after (every second in the server): each committed entry gets the next place
+in the chain and ``sha256(previous hash + entry)``, and the ``audit_head`` row moves on. Writers
+thus never queue on the chain, and an entry is open to an undetected edit only in the second
+before it is sealed (and even then the database's triggers refuse the edit).
 
 Who and from where come from a context variable: set per request by
 :class:`AuditContextMiddleware`, by the CLI (``cli:<user>``), ``system`` otherwise.
@@ -40,10 +43,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from sqlalchemy import Table, and_, event, func, inspect, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table, bindparam, event, func, inspect, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.sql import operators, visitors
+from sqlalchemy.sql.elements import BinaryExpression, BindParameter
 
+from .db import transaction
 from .models import utcnow
 from .models_admin import AuditEntry, AuditHead
 
@@ -55,6 +61,10 @@ __all__ = (
     "AuditFilter",
     "entry_hash",
     "record",
+    "record_insert",
+    "record_update",
+    "seal",
+    "seal_all",
     "search",
     "set_context",
     "use_context",
@@ -186,6 +196,21 @@ def record(session: AsyncSession | Session, action: str, table: str, row_id: Any
     _add(sync, action, table, row_id, {}, _plain(details or {}))
 
 
+def record_update(session: AsyncSession | Session, table: str, row_id: Any, before: dict[str, Any],
+                  after: dict[str, Any]) -> None:
+    """Record a change made with a Core statement on the session's connection, which the session's
+    events do not see (the hot paths of ``service.vouchers``)."""
+    sync = session.sync_session if isinstance(session, AsyncSession) else session
+    _add(sync, "update", table, row_id, {k: _value(table, k, v) for k, v in before.items()},
+         {k: _value(table, k, v) for k, v in after.items()})
+
+
+def record_insert(session: AsyncSession | Session, table: str, row_id: Any, values: dict[str, Any]) -> None:
+    """Record a row inserted with a Core statement; ``values`` as inserted, without the id."""
+    sync = session.sync_session if isinstance(session, AsyncSession) else session
+    _add(sync, "insert", table, row_id, {}, {"id": row_id, **{k: _value(table, k, v) for k, v in values.items()}})
+
+
 def _row_id(state: Any) -> str:
     key = state.mapper.primary_key_from_instance(state.obj())
     return ",".join("" if part is None else str(part) for part in key)
@@ -231,17 +256,68 @@ def _after_flush(session: Session, _flush_context: Any) -> None:
         _add(session, "delete", table, _row_id(state), before, {})
 
 
-def _set_columns(table: Table, statement: Any) -> list[Any]:
-    keys = []
-    for key in (statement._values or {}):  # the SET clause of an update()
+def _set_values(table: Table, statement: Any) -> dict[str, Any]:
+    """The SET clause of an ``update()``: column name to the value or expression assigned."""
+    values = {}
+    for key, value in (statement._values or {}).items():
         name = key if isinstance(key, str) else getattr(key, "key", None) or getattr(key, "name", None)
         if name in table.c:
-            keys.append(table.c[name])
-    return keys
+            values[name] = value
+    return values
+
+
+def _delta(table: Table, name: str, value: Any) -> int | None:
+    """For ``col = col + n`` or ``col = col - n`` with a literal ``n``: the signed ``n``. Such a
+    counter's value before the UPDATE is exactly its RETURNING value less ``n``."""
+    if not isinstance(value, BinaryExpression) or value.operator not in (operators.add, operators.sub):
+        return None
+    left, right = value.left, value.right
+    if not _is_column(left, table, name) or not isinstance(right, BindParameter) or right.callable is not None:
+        return None
+    if not isinstance(right.value, int) or isinstance(right.value, bool):
+        return None
+    return right.value if value.operator is operators.add else -right.value
+
+
+def _is_column(element: Any, table: Table, name: str) -> bool:
+    # The ORM hands the hook annotated copies of tables and columns: compare by name.
+    return getattr(element, "name", None) == name and getattr(getattr(element, "table", None), "name", None) == table.name
+
+
+def _targeted_key(table: Table, whereclause: Any) -> tuple[Any, ...] | None:
+    """The primary key an UPDATE's WHERE clause pins with ``pk = literal``, if it does."""
+    pk = list(table.primary_key.columns)
+    if whereclause is None or len(pk) != 1:
+        return None
+    for element in visitors.iterate(whereclause):
+        if (isinstance(element, BinaryExpression) and element.operator is operators.eq
+                and _is_column(element.left, table, pk[0].name)
+                and isinstance(element.right, BindParameter) and element.right.callable is None):
+            return (element.right.value,)
+    return None
+
+
+def _loaded(session: Session, table: Table, key: tuple[Any, ...] | None) -> dict[str, Any] | None:
+    """The row as this session last saw it (``find_voucher`` and friends load what they change),
+    or None when it is not in the session."""
+    if key is None:
+        return None
+    for obj in list(session.identity_map.values()):
+        state = inspect(obj)
+        if state.mapper.local_table.name == table.name and state.identity == key:
+            return dict(state.dict)
+    return None
 
 
 @event.listens_for(Session, "do_orm_execute")
 def _on_execute(state: ORMExecuteState) -> Any:
+    """Audit an ``update()`` or ``delete()`` statement in the round trip it makes anyway: the
+    statement is run with RETURNING of the primary key and the columns it changes. "After" is the
+    RETURNING row; "before" of a counter moved by a literal (``col + n``) is that less ``n``; any
+    other "before" comes from the row as this session loaded it, and only when the session has not
+    loaded it (bulk statements of the sweep and the back office) from a SELECT ahead of the
+    statement. An audited statement's result holds the rows the caller asked to be returned and
+    no rowcount: ask RETURNING for what you need."""
     if not (state.is_update or state.is_delete or state.is_insert) or state.execution_options.get("audit_skip"):
         return None
     statement = state.statement
@@ -254,39 +330,53 @@ def _on_execute(state: ORMExecuteState) -> Any:
         _add(session, "insert", table.name, "", {}, {"statement": "insert"})
         return result
     pk = list(table.primary_key.columns)
-    columns = _set_columns(table, statement) if state.is_update else [c for c in table.columns if c not in pk]
-    query = select(*pk, *columns)
-    if statement.whereclause is not None:
-        query = query.where(statement.whereclause)
-    params = state.parameters if isinstance(state.parameters, dict) else None
-    opts = {"audit_skip": True}
-    before_rows = session.execute(query, params, execution_options=opts).all()
-    result = state.invoke_statement()
-    if not before_rows:
-        return result
     width = len(pk)
-    after_rows: dict[tuple[Any, ...], Any] = {}
-    if state.is_update:
-        keys = [tuple(row[:width]) for row in before_rows]
-        by_key = or_(*(and_(*(col == value for col, value in zip(pk, key, strict=True))) for key in keys))
-        for row in session.execute(select(*pk, *columns).where(by_key), execution_options=opts).all():
-            after_rows[tuple(row[:width])] = row
-    for row in before_rows:
-        key = tuple(row[:width])
-        row_id = ",".join(str(part) for part in key)
-        before = {c.key: _value(table.name, c.key, v) for c, v in zip(columns, row[width:], strict=True)}
-        if state.is_delete:
-            _add(session, "delete", table.name, row_id, before, {})
-            continue
-        new = after_rows.get(key)
-        if new is None:
-            continue
-        after = {c.key: _value(table.name, c.key, v) for c, v in zip(columns, new[width:], strict=True)}
-        changed = [k for k in after if after[k] != before[k]]
-        if changed:
-            _add(session, "update", table.name, row_id, {k: before[k] for k in changed},
-                 {k: after[k] for k in changed})
-    return result
+    asked = len(statement._returning)
+    if state.is_delete:
+        columns = [c for c in table.columns if c not in pk]
+        frozen = state.invoke_statement(statement=statement.returning(*pk, *columns)).freeze()
+        for row in frozen.data:
+            key = tuple(row[asked:asked + width])
+            before = {c.key: _value(table.name, c.key, v) for c, v in zip(columns, row[asked + width:], strict=True)}
+            _add(session, "delete", table.name, ",".join(str(part) for part in key), before, {})
+        return frozen().columns(*range(asked)) if asked else frozen()
+    values = _set_values(table, statement)
+    columns = [table.c[name] for name in values]
+    deltas = {name: _delta(table, name, value) for name, value in values.items()}
+    earlier: dict[tuple[Any, ...], dict[str, Any]] = {}
+    if any(d is None for d in deltas.values()):
+        key = _targeted_key(table, statement.whereclause)
+        loaded = _loaded(session, table, key)
+        if loaded is not None and key is not None:
+            earlier[key] = loaded
+        else:
+            query = select(*pk, *columns)
+            if statement.whereclause is not None:
+                query = query.where(statement.whereclause)
+            params = state.parameters if isinstance(state.parameters, dict) else None
+            for row in session.execute(query, params, execution_options={"audit_skip": True}).all():
+                earlier[tuple(row[:width])] = dict(zip((c.key for c in columns), row[width:], strict=True))
+    frozen = state.invoke_statement(statement=statement.returning(*pk, *columns)).freeze()
+    for row in frozen.data:
+        key = tuple(row[asked:asked + width])
+        after_raw = dict(zip(values, row[asked + width:], strict=True))
+        seen = earlier.get(key, {})
+        before, after = {}, {}
+        for name, new in after_raw.items():
+            delta = deltas[name]
+            if delta is not None and new is not None:
+                old = new - delta
+            elif name in seen:
+                old = seen[name]
+            else:  # not seen before the change: record what it became
+                after[name] = _value(table.name, name, new)
+                continue
+            if old != new:
+                before[name] = _value(table.name, name, old)
+                after[name] = _value(table.name, name, new)
+        if after:
+            _add(session, "update", table.name, ",".join(str(part) for part in key), before, after)
+    return frozen().columns(*range(asked)) if asked else frozen()
 
 
 @event.listens_for(Session, "after_transaction_create")
@@ -307,6 +397,8 @@ def _rolled_back(session: Session, previous: Any) -> None:
 
 @event.listens_for(Session, "before_commit")
 def _write(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint: its records wait for the outer commit (or go with its rollback)
     if not session.info.get("audit_pending") and session._is_clean():
         return
     session.flush()  # commit flushes after this event; flush now so those changes are caught
@@ -314,27 +406,61 @@ def _write(session: Session) -> None:
     session.info.pop("audit_marks", None)
     if not pending:
         return
-    conn = session.connection()
+    # No lock and no hash here: every writer would queue on the chain's head. ``seal`` chains
+    # the entries once they are committed.
+    session.connection().execute(AuditEntry.__table__.insert(), [
+        {"at": item.at, "actor": item.actor, "address": item.address, "action": item.action,
+         "table_name": item.table_name, "row_id": item.row_id, "before": item.before, "after": item.after}
+        for item in pending])
+
+
+# --- sealing -----------------------------------------------------------------------------------
+
+
+async def seal(session: AsyncSession, *, batch: int = 5000) -> int:
+    """Give committed entries their place in the chain and their hash, in the order they were
+    written; returns how many. Run in a transaction of its own (the background loop does, every
+    second, and ``vouchers audit verify`` first). A reader sees only committed entries, so an
+    entry whose transaction commits later is simply sealed by a later call: the chain's order
+    is the order of sealing. The head's lock keeps concurrent sealers in line."""
     head_query = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)
-    if conn.dialect.name == "postgresql":
+    if session.bind.dialect.name == "postgresql":
         head_query = head_query.with_for_update()
-    head = conn.execute(head_query).first()
+    head = (await session.execute(head_query)).first()
     if head is None:
-        conn.execute(AuditHead.__table__.insert().values(id=1, seq=0, hash=GENESIS))
-        seq, prev = 0, GENESIS
+        await session.execute(AuditHead.__table__.insert().values(id=1, seq=0, hash=GENESIS))
+        chain_seq, prev = 0, GENESIS
     else:
-        seq, prev = int(head.seq), head.hash
-    rows = []
-    for item in pending:
-        seq += 1
-        digest = entry_hash(prev, seq=seq, at=item.at, actor=item.actor, address=item.address, action=item.action,
-                            table_name=item.table_name, row_id=item.row_id, before=item.before, after=item.after)
-        rows.append({"seq": seq, "at": item.at, "actor": item.actor, "address": item.address, "action": item.action,
-                     "table_name": item.table_name, "row_id": item.row_id, "before": item.before,
-                     "after": item.after, "prev_hash": prev, "hash": digest})
+        chain_seq, prev = int(head.seq), head.hash
+    table = AuditEntry.__table__
+    rows = (await session.execute(
+        select(table).where(table.c.chain_seq.is_(None)).order_by(table.c.seq).limit(batch))).all()
+    if not rows:
+        return 0
+    sealed = []
+    for row in rows:
+        chain_seq += 1
+        digest = entry_hash(prev, seq=chain_seq, at=row.at, actor=row.actor, address=row.address, action=row.action,
+                            table_name=row.table_name, row_id=row.row_id, before=row.before, after=row.after)
+        sealed.append({"entry": row.seq, "chain_seq": chain_seq, "prev_hash": prev, "hash": digest})
         prev = digest
-    conn.execute(AuditEntry.__table__.insert(), rows)
-    conn.execute(update(AuditHead.__table__).where(AuditHead.id == 1).values(seq=seq, hash=prev))
+    await session.execute(
+        update(table).where(table.c.seq == bindparam("entry"))
+        .values(chain_seq=bindparam("chain_seq"), prev_hash=bindparam("prev_hash"), hash=bindparam("hash")),
+        sealed, execution_options={"audit_skip": True})
+    await session.execute(update(AuditHead.__table__).where(AuditHead.id == 1).values(seq=chain_seq, hash=prev))
+    return len(sealed)
+
+
+async def seal_all(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
+    """:func:`seal` in batches until nothing committed is left unsealed."""
+    total = 0
+    while True:
+        async with transaction(sessionmaker) as session:
+            done = await seal(session)
+        total += done
+        if done == 0:
+            return total
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -343,39 +469,45 @@ def _write(session: Session) -> None:
 class VerifyResult(msgspec.Struct, kw_only=True):
     ok: bool
     entries: int
+    """Sealed entries checked."""
+    unsealed: int
+    """Entries written but not yet sealed (seconds old, normally); they are not checked."""
     problems: list[str]
     head_hash: str
 
 
 async def verify(session: AsyncSession, *, batch: int = 2000) -> VerifyResult:
-    """Walk the chain from the first entry: numbers without gaps, each ``prev_hash`` equal to the
+    """Walk the chain from its first entry: places without gaps, each ``prev_hash`` equal to the
     hash before it, each hash recomputed from the entry, and the last one equal to the head."""
     problems: list[str] = []
-    prev, expected_seq, count = GENESIS, 1, 0
-    last_seq = 0
+    prev, expected, count = GENESIS, 1, 0
+    last = 0
     while True:
         rows = list(await session.scalars(
-            select(AuditEntry).where(AuditEntry.seq > last_seq).order_by(AuditEntry.seq).limit(batch)))
+            select(AuditEntry).where(AuditEntry.chain_seq > last).order_by(AuditEntry.chain_seq).limit(batch)))
         if not rows:
             break
         for entry in rows:
+            place = int(entry.chain_seq or 0)
             count += 1
-            if entry.seq != expected_seq:
-                problems.append(f"entries {expected_seq} to {entry.seq - 1} are missing")
+            if place != expected:
+                problems.append(f"places {expected} to {place - 1} of the chain are missing")
             if entry.prev_hash != prev:
                 problems.append(f"entry {entry.seq}: does not follow the entry before it")
-            digest = entry_hash(entry.prev_hash, seq=entry.seq, at=entry.at, actor=entry.actor, address=entry.address,
-                                action=entry.action, table_name=entry.table_name, row_id=entry.row_id,
-                                before=entry.before, after=entry.after)
+            digest = entry_hash(entry.prev_hash or "", seq=place, at=entry.at, actor=entry.actor,
+                                address=entry.address, action=entry.action, table_name=entry.table_name,
+                                row_id=entry.row_id, before=entry.before, after=entry.after)
             if digest != entry.hash:
                 problems.append(f"entry {entry.seq}: its content was changed")
-            prev, expected_seq, last_seq = entry.hash, entry.seq + 1, entry.seq
+            prev, expected, last = entry.hash or "", place + 1, place
         session.expunge_all()
     head = await session.get(AuditHead, 1)
     head_seq, head_hash = (head.seq, head.hash) if head is not None else (0, GENESIS)
-    if head_seq != last_seq or head_hash != prev:
-        problems.append(f"the log ends at entry {last_seq}, but its head says {head_seq}: entries were removed")
-    return VerifyResult(ok=not problems, entries=count, problems=problems, head_hash=head_hash)
+    if head_seq != last or head_hash != prev:
+        problems.append(f"the chain ends at place {last}, but its head says {head_seq}: entries were removed")
+    unsealed = await session.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.chain_seq.is_(None)))
+    return VerifyResult(ok=not problems, entries=count, unsealed=int(unsealed or 0), problems=problems,
+                        head_hash=head_hash)
 
 
 class AuditFilter(msgspec.Struct, kw_only=True):

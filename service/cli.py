@@ -557,10 +557,12 @@ def audit_group() -> None:
 
 @audit_group.command("verify")
 def audit_verify() -> None:
-    """Check the hash chain; exit 1 if any entry was changed, inserted or removed."""
+    """Seal what is waiting, then check the hash chain; exit 1 if any entry was changed,
+    inserted or removed."""
     from . import audit
 
     async def work(rt: Runtime) -> Any:
+        await audit.seal_all(rt.sessionmaker)
         async with rt.sessionmaker() as session:
             return await audit.verify(session)
 
@@ -574,7 +576,7 @@ def audit_verify() -> None:
 
 @audit_group.command("head")
 def audit_head() -> None:
-    """Print the last entry's number and hash; keep it outside the database to anchor the chain."""
+    """Print the chain's last place and hash; keep them outside the database to anchor the chain."""
     from .models_admin import AuditHead
 
     async def work(rt: Runtime) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .models import Base, Id, utcnow
@@ -50,16 +50,21 @@ class StaffUser(Base):
 
 
 class AuditEntry(Base):
-    """One state change: who, what, when, from where, before and after. Append-only; each entry
-    carries the hash of the one before it (``service.audit.verify`` checks the chain)."""
+    """One state change: who, what, when, from where, before and after. Append-only.
+
+    Written with the change, in its transaction, without a lock; sealed shortly after by
+    ``service.audit.seal``, which gives it the next place in the hash chain (``chain_seq``) and
+    the hash of the entry before it (``service.audit.verify`` checks the chain)."""
 
     __tablename__ = "audit_entry"
     __table_args__ = (
         Index("audit_by_row", "table_name", "row_id"),
         Index("audit_by_time", "at"),
+        UniqueConstraint("chain_seq", name="audit_chain_seq_unique"),
     )
 
-    seq: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Id, primary_key=True)
+    """The entry's number, in the order entries were written."""
     at: Mapped[dt.datetime]
     actor: Mapped[str] = mapped_column(String(100))
     address: Mapped[str] = mapped_column(String(64))
@@ -68,13 +73,16 @@ class AuditEntry(Base):
     row_id: Mapped[str] = mapped_column(String(40))
     before: Mapped[dict[str, Any]] = mapped_column(JSON)
     after: Mapped[dict[str, Any]] = mapped_column(JSON)
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64))
+    chain_seq: Mapped[int | None] = mapped_column(BigInteger)
+    """Place in the hash chain, in the order entries were sealed; None until then."""
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class AuditHead(Base):
-    """The one row naming the last entry of the chain. Appending locks it, so the chain stays a
-    line however many processes write; deleting the last entries is caught against it."""
+    """The one row naming the last sealed entry of the chain (``seq`` is its ``chain_seq``).
+    Sealing locks it, so the chain stays a line however many processes seal; deleting the last
+    entries is caught against it."""
 
     __tablename__ = "audit_head"
     __table_args__ = (CheckConstraint("id = 1", name="one_audit_head"),)

@@ -198,7 +198,7 @@ async def export_subject(session: AsyncSession, rt: Runtime, kvk_number: str) ->
             "ledger_entries": [_row(e) for e in entries],
             "mail": [_row(m, skip=("message_id", "claimed_until", "last_error")) for m in messages],
             "sign_in_links": [_row(t) for t in tokens],
-            "audit_log": [_row(e, skip=("prev_hash", "hash")) for e in trail],
+            "audit_log": [_row(e, skip=("chain_seq", "prev_hash", "hash")) for e in trail],
         },
         "as_provider": {
             "providers": [_row(p) for p in providers],

@@ -287,7 +287,8 @@ async def withdraw_unconfirmed(rt: Runtime, *, now: dt.datetime | None = None) -
             update(Application)
             .where(Application.status == UNCONFIRMED, Application.created_at < cutoff)
             .values(status="withdrawn")
+            .returning(Application.id)
         )
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        return len(result.all())
 
     return await run_in_transaction(rt.sessionmaker, work)

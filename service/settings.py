@@ -76,6 +76,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     outbox_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     """How often the outbox is polled for messages due."""
 
+    audit_seal_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    """How often new audit entries are sealed into the hash chain (``service.audit.seal``)."""
+
     failed_lookup_limit: Annotated[int, msgspec.Meta(ge=1)] = 20
     """Unknown or mistyped codes one client may try per ``failed_lookup_window_seconds``."""
 

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import case, literal, select, update
+from sqlalchemy import and_, bindparam, case, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
-from . import ledger, outbox
+from . import audit, ledger, outbox
 from .codes import InvalidCode, normalise_code
 from .errors import N_, Forbidden, InvalidInput, NotFound, Refused, TooManyAttempts
 from .fastread import ScannedVoucher
-from .models import Application, Enrolment, Hold, RateLimitCounter, Redemption, Scheme, Voucher, utcnow
+from .models import Application, Enrolment, Hold, Provider, RateLimitCounter, Redemption, Scheme, Voucher, utcnow
 from .runtime import Runtime
 
 __all__ = (
@@ -119,6 +119,23 @@ def _window_start(rt: Runtime) -> dt.datetime:
     return utcnow() - dt.timedelta(seconds=rt.settings.failed_lookup_window_seconds)
 
 
+# Built once: the statement's compiled form is cached, so a lookup only binds values. The LEFT JOIN
+# from a one-row table always gives one row, so the count of failed lookups is there even when
+# the code is unknown.
+_FIND = (
+    select(Voucher, Scheme, Application)
+    .select_from(select(literal(1).label("one")).subquery())
+    .outerjoin(Voucher, Voucher.code_hash == bindparam("code_hash"))
+    .outerjoin(Scheme, Scheme.id == Voucher.scheme_id)
+    .outerjoin(Application, Application.id == Voucher.application_id)
+    .add_columns(
+        select(RateLimitCounter.count)
+        .where(RateLimitCounter.key == bindparam("attempts_key"), RateLimitCounter.window_start >= bindparam("since"))
+        .scalar_subquery()
+    )
+)
+
+
 async def find_voucher(
     session: AsyncSession, rt: Runtime, code_text: str, *, attempts_key: str | None = None
 ) -> Voucher:
@@ -130,22 +147,8 @@ async def find_voucher(
     its application, which land in the session so that later ``session.get`` calls cost nothing.
     """
     code = _parse_code(code_text)
-    one = select(literal(1).label("one")).subquery()
-    query = (
-        select(Voucher, Scheme, Application)
-        .select_from(one)
-        .outerjoin(Voucher, Voucher.code_hash == rt.keys.hash_of(code))
-        .outerjoin(Scheme, Scheme.id == Voucher.scheme_id)
-        .outerjoin(Application, Application.id == Voucher.application_id)
-    )
-    if attempts_key is not None:
-        attempts = (
-            select(RateLimitCounter.count)
-            .where(RateLimitCounter.key == attempts_key, RateLimitCounter.window_start >= _window_start(rt))
-            .scalar_subquery()
-        )
-        query = query.add_columns(attempts)
-    row = (await session.execute(query)).one()
+    row = (await session.execute(_FIND, {"code_hash": rt.keys.hash_of(code), "attempts_key": attempts_key,
+                                         "since": _window_start(rt)})).one()
     if attempts_key is not None:
         _check_attempts(rt, row[3])
     if row[0] is None:
@@ -284,60 +287,125 @@ async def _notify_redemption(
     )
 
 
+# A redemption is the busiest write of the service, so it runs as SQLAlchemy Core statements built
+# once here (their compiled form is cached; a request only binds values) on the session's
+# connection, not through the ORM's unit of work, and feeds the audit log itself. The rules are
+# the same conditional UPDATEs as everywhere else in this module.
+_V, _S, _E = Voucher.__table__, Scheme.__table__, Enrolment.__table__
+_REDEEM_TERMS = (
+    select(_S.c.closed_at, _S.c.categories, _S.c.own_contribution_percent, _S.c.provider_cap_cents,
+           _E.c.id, _E.c.status, _E.c.categories, _E.c.cap_cents, Provider.__table__.c.name)
+    .select_from(_S.outerjoin(_E, and_(_E.c.scheme_id == _S.c.id, _E.c.provider_id == bindparam("provider_id")))
+                 .outerjoin(Provider.__table__, Provider.__table__.c.id == _E.c.provider_id))
+    .where(_S.c.id == bindparam("scheme_id"))
+)
+_REDEEM_SPEND = (
+    update(_V)
+    .where(_V.c.id == bindparam("voucher_id"), _V.c.status == "active", _V.c.expires_at > bindparam("now"),
+           _V.c.balance_cents >= bindparam("amount"))
+    .values(balance_cents=_V.c.balance_cents - bindparam("amount"),
+            redeemed_cents=_V.c.redeemed_cents + bindparam("amount"),
+            status=case((_V.c.balance_cents - bindparam("amount") + _V.c.held_cents == 0, "used_up"), else_="active"))
+    .returning(_V.c.balance_cents, _V.c.held_cents, _V.c.redeemed_cents, _V.c.status)
+)
+_REDEEM_PAY = (
+    update(_E).where(_E.c.id == bindparam("enrolment_id"), _E.c.status == "approved")
+    .values(received_cents=_E.c.received_cents + bindparam("amount")).returning(_E.c.received_cents)
+)
+_REDEEM_PAY_CAPPED = _REDEEM_PAY.where(_E.c.received_cents + bindparam("amount") <= bindparam("cap"))
+_REDEEM_RECORD = insert(Redemption.__table__).returning(Redemption.__table__.c.id)
+_REDEEM_COUNT = (
+    update(_S).where(_S.c.id == bindparam("scheme_id"), _S.c.closed_at.is_(None))
+    .values(redeemed_cents=_S.c.redeemed_cents + bindparam("amount")).returning(_S.c.redeemed_cents)
+)
+
+
 async def redeem(
     session: AsyncSession,
     rt: Runtime,
     voucher: Voucher,
     *,
     provider_id: int,
-    provider_name: str,
     category: str,
     invoice_cents: int,
     reference: str,
     session_date: dt.date | None,
     recorded_by: str,
+    provider_name: str | None = None,
 ) -> Redemption:
-    """Record what a coach delivered. The voucher pays the invoice less the own contribution."""
+    """Record what a coach delivered. The voucher pays the invoice less the own contribution.
+    The mail to the entrepreneur names the provider (``provider_name``, or its registered name).
+
+    Locks, in order: the voucher's row, the provider's enrolment, and the scheme's row last,
+    held for one statement and the commit. Returns the stored redemption (not in the session).
+    """
     if invoice_cents <= 0:
         raise InvalidInput("amount-not-positive", N_("The amount must be more than zero."), field="amount_cents")
     now = utcnow()
-    scheme = await session.get_one(Scheme, voucher.scheme_id)
-    _check_scheme_running(scheme)
-    enrolment = await _approved_enrolment(session, scheme, provider_id, category)
-    own = own_contribution(invoice_cents, scheme.own_contribution_percent)
+    conn = await session.connection()
+    terms = (await conn.execute(_REDEEM_TERMS, {"scheme_id": voucher.scheme_id, "provider_id": provider_id})).one()
+    (closed_at, scheme_categories, own_percent, scheme_cap, enrolment_id, enrolment_status, enrolment_categories,
+     enrolment_cap, registered_name) = terms
+    if closed_at is not None:
+        raise Refused("scheme-closed", N_("This scheme has been closed; vouchers can no longer be used."))
+    if enrolment_id is None or enrolment_status != "approved":
+        raise Forbidden("provider-not-approved", N_("Your organisation is not approved for this scheme."))
+    if category not in scheme_categories or category not in enrolment_categories:
+        raise Refused(
+            "category-not-allowed", N_("This voucher cannot be used for this kind of service."), field="category"
+        )
+    own = own_contribution(invoice_cents, own_percent)
     amount = invoice_cents - own
     if amount <= 0:
         raise InvalidInput("amount-not-positive", N_("The amount must be more than zero."), field="amount_cents")
-    await _take_from_voucher(session, voucher, amount, now, to_held=False)
-    await _pay_provider(session, scheme, enrolment, amount)
-    redemption = Redemption(
-        scheme_id=scheme.id,
-        voucher_id=voucher.id,
-        enrolment_id=enrolment.id,
-        provider_id=provider_id,
-        category=category,
-        invoice_cents=invoice_cents,
-        amount_cents=amount,
-        own_contribution_cents=own,
-        reference=reference,
-        session_date=session_date,
-        recorded_by=recorded_by,
-        created_at=now,
+
+    spent = (await conn.execute(_REDEEM_SPEND, {"voucher_id": voucher.id, "now": now, "amount": amount})).first()
+    if spent is None:
+        await session.refresh(voucher)
+        raise _refusal(voucher, amount, now)
+    balance, held, redeemed, status = spent
+    for name, value in (("balance_cents", balance), ("held_cents", held), ("redeemed_cents", redeemed),
+                        ("status", status)):
+        set_committed_value(voucher, name, value)
+    audit.record_update(session, "voucher", voucher.id,
+                        {"balance_cents": balance + amount, "redeemed_cents": redeemed - amount, "status": "active"},
+                        {"balance_cents": balance, "redeemed_cents": redeemed, "status": status})
+
+    cap = enrolment_cap if enrolment_cap is not None else scheme_cap
+    pay = _REDEEM_PAY if cap is None else _REDEEM_PAY_CAPPED
+    received = (await conn.execute(pay, {"enrolment_id": enrolment_id, "amount": amount, "cap": cap})).scalar()
+    if received is None:
+        raise Refused(
+            "provider-cap-reached", N_("Your organisation has reached the most this scheme pays one provider.")
+        )
+    audit.record_update(session, "enrolment", enrolment_id, {"received_cents": received - amount},
+                        {"received_cents": received})
+
+    values = {"scheme_id": voucher.scheme_id, "voucher_id": voucher.id, "enrolment_id": enrolment_id,
+              "provider_id": provider_id, "hold_id": None, "category": category, "invoice_cents": invoice_cents,
+              "amount_cents": amount, "own_contribution_cents": own, "reference": reference,
+              "session_date": session_date, "recorded_by": recorded_by, "created_at": now}
+    redemption_id = (await conn.execute(_REDEEM_RECORD, values)).scalar_one()
+    redemption = Redemption(id=redemption_id, **values)
+    audit.record_insert(session, "redemption", redemption_id, values)
+    await ledger.post_now(
+        session, scheme_id=voucher.scheme_id, kind="redeem", source=(ledger.VOUCHER, voucher.id),
+        target=(ledger.PROVIDER, enrolment_id), amount_cents=amount, voucher_id=voucher.id,
+        redemption_id=redemption_id,
     )
-    session.add(redemption)
-    await session.flush()
-    ledger.post(
-        session,
-        scheme_id=scheme.id,
-        kind="redeem",
-        source=(ledger.VOUCHER, voucher.id),
-        target=(ledger.PROVIDER, enrolment.id),
-        amount_cents=amount,
-        voucher_id=voucher.id,
-        redemption_id=redemption.id,
+    application = await session.get_one(Application, voucher.application_id)
+    await outbox.enqueue_now(
+        session, to=application.email, template="redemption_recorded", locale=application.locale,
+        contact_name=application.contact_name, provider_name=provider_name or registered_name, amount_cents=amount,
+        invoice_cents=invoice_cents, own_contribution_cents=own, category=category,
+        report_url=rt.link(f"/report/{rt.sign('report-redemption', str(redemption_id), 60 * 60 * 24 * 90)}"),
     )
-    await _notify_redemption(session, rt, voucher, redemption, provider_name)
-    await _count_redeemed(session, scheme, amount)
+    # Last: every redemption in the scheme updates this one row.
+    scheme_redeemed = (await conn.execute(_REDEEM_COUNT, {"scheme_id": voucher.scheme_id, "amount": amount})).scalar()
+    if scheme_redeemed is None:
+        raise Refused("scheme-closed", N_("This scheme has been closed; vouchers can no longer be used."))
+    audit.record_update(session, "scheme", voucher.scheme_id, {"redeemed_cents": scheme_redeemed - amount},
+                        {"redeemed_cents": scheme_redeemed})
     return redemption
 
 

@@ -33,6 +33,7 @@ async def _activity(rt):  # type: ignore[no-untyped-def]
         redemption = await run_in_transaction(rt.sessionmaker, redeem)
         await run_in_transaction(rt.sessionmaker, lambda s: vouchers.reverse_redemption(
             s, redemption.id, reason="dubbel geboekt", provider_id=None))
+    await audit.seal_all(rt.sessionmaker)
     return scheme, voucher, code, provider, redemption
 
 

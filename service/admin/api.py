@@ -149,7 +149,9 @@ class AuditEntryOut(msgspec.Struct, frozen=True, kw_only=True):
     row_id: str
     before: dict[str, Any]
     after: dict[str, Any]
-    hash: str
+    chain_seq: int | None
+    """Place in the hash chain; None for the second or so until the entry is sealed."""
+    hash: str | None
 
 
 class DataSubjectExport(msgspec.Struct, frozen=True, kw_only=True):
@@ -181,7 +183,8 @@ def _actor(request: Request[Any, Any, Any]) -> str:
 def _entry_out(entry: audit.AuditEntry) -> AuditEntryOut:
     return AuditEntryOut(seq=entry.seq, at=entry.at, actor=entry.actor, address=entry.address, action=entry.action,
                          table_name=entry.table_name, row_id=entry.row_id, before=dict(entry.before or {}),
-                         after=dict(entry.after or {}), hash=entry.hash)
+                         after=dict(entry.after or {}), chain_seq=entry.chain_seq,
+                         hash=entry.hash)
 
 
 class AdminOperationsController(Controller):
