@@ -12,11 +12,12 @@ import hmac
 from typing import Annotated
 
 import msgspec
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
-from . import outbox
+from . import audit, outbox
 from .codes import new_public_id
 from .errors import N_, Conflict, InvalidInput, NotFound, Refused
 from .models import Application, Scheme, utcnow
@@ -121,37 +122,59 @@ async def submit(session: AsyncSession, scheme: Scheme, details: ApplicantDetail
     return application
 
 
+# The scheme's row is every application's meeting point: these run as Core statements built once,
+# on the session's connection, and record themselves in the audit log. The WHERE clause is the
+# rule: a place and a voucher's value are taken only while both are left.
+_S = Scheme.__table__
+_PLACE_LEFT = (_S.c.closed_at.is_(None), _S.c.places_used < _S.c.max_places,
+               _S.c.committed_cents + _S.c.value_cents <= _S.c.budget_cents)
+_TAKE_FOR_NEWCOMER = (
+    update(_S).where(_S.c.id == bindparam("scheme_id"), *_PLACE_LEFT, _S.c.waiting_count == 0)
+    .values(places_used=_S.c.places_used + 1, committed_cents=_S.c.committed_cents + _S.c.value_cents)
+    .returning(_S.c.places_used, _S.c.committed_cents, _S.c.value_cents, _S.c.waiting_count)
+)
+_TAKE_FOR_WAITING = (
+    update(_S).where(_S.c.id == bindparam("scheme_id"), *_PLACE_LEFT)
+    .values(places_used=_S.c.places_used + 1, committed_cents=_S.c.committed_cents + _S.c.value_cents,
+            waiting_count=_S.c.waiting_count - 1)
+    .returning(_S.c.places_used, _S.c.committed_cents, _S.c.value_cents, _S.c.waiting_count)
+)
+_JOIN_WAITING_LIST = (
+    update(_S).where(_S.c.id == bindparam("scheme_id"))
+    .values(waitlist_seq=_S.c.waitlist_seq + 1, waiting_count=_S.c.waiting_count + 1)
+    .returning(_S.c.waitlist_seq, _S.c.waiting_count)
+)
+
+
 async def take_place(session: AsyncSession, scheme: Scheme, *, from_waiting_list: bool) -> bool:
     """Take one place and one voucher's value from the scheme, if both are left.
 
     New applicants do not jump the waiting list: while anyone waits, only a promotion from the
-    list may take a freed place.
+    list may take a freed place. ``scheme`` is kept in step with the stored row.
     """
-    query = update(Scheme).where(
-        Scheme.id == scheme.id,
-        Scheme.closed_at.is_(None),
-        Scheme.places_used < Scheme.max_places,
-        Scheme.committed_cents + Scheme.value_cents <= Scheme.budget_cents,
-    )
-    values = {
-        "places_used": Scheme.places_used + 1,
-        "committed_cents": Scheme.committed_cents + Scheme.value_cents,
-    }
+    conn = await session.connection()
+    statement = _TAKE_FOR_WAITING if from_waiting_list else _TAKE_FOR_NEWCOMER
+    row = (await conn.execute(statement, {"scheme_id": scheme.id})).first()
+    if row is None:
+        return False
+    places_used, committed, value, waiting = row
+    before = {"places_used": places_used - 1, "committed_cents": committed - value}
+    after = {"places_used": places_used, "committed_cents": committed}
     if from_waiting_list:
-        values["waiting_count"] = Scheme.waiting_count - 1
-    else:
-        query = query.where(Scheme.waiting_count == 0)
-    result = await session.execute(query.values(**values).returning(Scheme.value_cents))
-    return result.first() is not None
+        before["waiting_count"], after["waiting_count"] = waiting + 1, waiting
+    audit.record_update(session, "scheme", scheme.id, before, after)
+    for name, new in after.items():
+        set_committed_value(scheme, name, new)
+    return True
 
 
-async def _join_waiting_list(session: AsyncSession, application: Application) -> None:
-    number = await session.scalar(
-        update(Scheme)
-        .where(Scheme.id == application.scheme_id)
-        .values(waitlist_seq=Scheme.waitlist_seq + 1, waiting_count=Scheme.waiting_count + 1)
-        .returning(Scheme.waitlist_seq)
-    )
+async def _join_waiting_list(session: AsyncSession, scheme: Scheme, application: Application) -> None:
+    conn = await session.connection()
+    number, waiting = (await conn.execute(_JOIN_WAITING_LIST, {"scheme_id": scheme.id})).one()
+    audit.record_update(session, "scheme", scheme.id, {"waitlist_seq": number - 1, "waiting_count": waiting - 1},
+                        {"waitlist_seq": number, "waiting_count": waiting})
+    set_committed_value(scheme, "waitlist_seq", number)
+    set_committed_value(scheme, "waiting_count", waiting)
     application.status = "waiting"
     application.waitlist_number = number
     application.decided_at = utcnow()
@@ -173,7 +196,7 @@ async def decide(session: AsyncSession, rt: Runtime, scheme: Scheme, application
     elif await take_place(session, scheme, from_waiting_list=False):
         await issue_voucher(session, rt, scheme, application)
     else:
-        await _join_waiting_list(session, application)
+        await _join_waiting_list(session, scheme, application)
         outbox.enqueue(session, to=application.email, template="application_waiting", locale=application.locale,
                        contact_name=application.contact_name, application_id=application.public_id,
                        scheme_name=_scheme_name(scheme, application.locale))
@@ -250,9 +273,8 @@ async def state_after_decision(session: AsyncSession, scheme: Scheme, applicatio
     """The state of an application this transaction has just decided, without counting the
     waiting list: the newest entry is last in line, and while this transaction holds the
     scheme's row (or SQLite's write lock) the stored length is exactly its position."""
-    position = None
-    if application.status == "waiting":
-        position = await session.scalar(select(Scheme.waiting_count).where(Scheme.id == scheme.id))
+    # ``_join_waiting_list`` kept ``scheme`` in step with the row this transaction has locked.
+    position = scheme.waiting_count if application.status == "waiting" else None
     return ApplicationState(application_id=application.public_id, scheme=scheme.slug, status=application.status,
                             waiting_list_position=position, reasons=list(application.reasons))
 
@@ -289,7 +311,7 @@ async def draw(session: AsyncSession, rt: Runtime, scheme: Scheme, seed: str, *,
         if await take_place(session, scheme, from_waiting_list=False):
             await issue_voucher(session, rt, scheme, application)
         else:
-            await _join_waiting_list(session, application)
+            await _join_waiting_list(session, scheme, application)
             outbox.enqueue(session, to=application.email, template="application_waiting",
                            locale=application.locale, contact_name=application.contact_name,
                            application_id=application.public_id,

@@ -426,12 +426,8 @@ async def seal(session: AsyncSession, *, batch: int = 5000) -> int:
     head_query = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)
     if session.bind.dialect.name == "postgresql":
         head_query = head_query.with_for_update()
-    head = (await session.execute(head_query)).first()
-    if head is None:
-        await session.execute(AuditHead.__table__.insert().values(id=1, seq=0, hash=GENESIS))
-        chain_seq, prev = 0, GENESIS
-    else:
-        chain_seq, prev = int(head.seq), head.hash
+    head = (await session.execute(head_query)).one()  # made with the table (``models_admin``)
+    chain_seq, prev = int(head.seq), head.hash
     table = AuditEntry.__table__
     rows = (await session.execute(
         select(table).where(table.c.chain_seq.is_(None)).order_by(table.c.seq).limit(batch))).all()

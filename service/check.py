@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, not_, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import ledger
@@ -14,13 +14,22 @@ from .models import Enrolment, Hold, LedgerEntry, Scheme, Voucher
 __all__ = ("reconcile",)
 
 
+_PER_VOUCHER = (ledger.VOUCHER, ledger.HELD)
+
+
 async def _account_balances(session: AsyncSession) -> dict[tuple[str, int], int]:
+    """Balances of the accounts of schemes and enrolments (a few hundred rows). The vouchers'
+    accounts, one or two per voucher, are compared in the database by :func:`_voucher_differences`."""
     balances: dict[tuple[str, int], int] = defaultdict(int)
-    incoming = select(LedgerEntry.to_kind, LedgerEntry.to_id, func.sum(LedgerEntry.amount_cents)).group_by(
-        LedgerEntry.to_kind, LedgerEntry.to_id
+    incoming = (
+        select(LedgerEntry.to_kind, LedgerEntry.to_id, func.sum(LedgerEntry.amount_cents))
+        .where(LedgerEntry.to_kind.not_in(_PER_VOUCHER))
+        .group_by(LedgerEntry.to_kind, LedgerEntry.to_id)
     )
-    outgoing = select(LedgerEntry.from_kind, LedgerEntry.from_id, func.sum(LedgerEntry.amount_cents)).group_by(
-        LedgerEntry.from_kind, LedgerEntry.from_id
+    outgoing = (
+        select(LedgerEntry.from_kind, LedgerEntry.from_id, func.sum(LedgerEntry.amount_cents))
+        .where(LedgerEntry.from_kind.not_in(_PER_VOUCHER))
+        .group_by(LedgerEntry.from_kind, LedgerEntry.from_id)
     )
     for kind, account_id, total in await session.execute(incoming):
         balances[(kind, account_id)] += int(total)
@@ -63,22 +72,8 @@ async def reconcile(session: AsyncSession) -> list[str]:
         if scheme.committed_cents > scheme.budget_cents:
             problems.append(f"{name}: {scheme.committed_cents} committed, budget {scheme.budget_cents}")
 
-    for voucher in await session.scalars(select(Voucher)):
-        name = f"voucher {voucher.id}"
-        expect(f"{name} balance", voucher.balance_cents, balances[(ledger.VOUCHER, voucher.id)])
-        expect(f"{name} held", voucher.held_cents, balances[(ledger.HELD, voucher.id)])
-        if voucher.balance_cents + voucher.held_cents + voucher.redeemed_cents + voucher.returned_cents != voucher.value_cents:
-            problems.append(f"{name}: amounts do not add up to its value")
-
-    open_held = dict(
-        (
-            await session.execute(
-                select(Hold.voucher_id, func.sum(Hold.amount_cents)).where(Hold.status == "open").group_by(Hold.voucher_id)
-            )
-        ).all()
-    )
-    for voucher_id, held in await session.execute(select(Voucher.id, Voucher.held_cents)):
-        expect(f"voucher {voucher_id} open holds", held, int(open_held.get(voucher_id) or 0))
+    for voucher_id, problem in await _voucher_differences(session):
+        problems.append(f"voucher {voucher_id} {problem}")
 
     for enrolment in await session.scalars(select(Enrolment)):
         expect(
@@ -87,6 +82,46 @@ async def reconcile(session: AsyncSession) -> list[str]:
             balances[(ledger.PROVIDER, enrolment.id)],
         )
 
-    if sum(balances.values()) != 0:
-        problems.append(f"ledger does not balance: {sum(balances.values())}")
     return problems
+
+
+async def _voucher_differences(session: AsyncSession) -> list[tuple[int, str]]:
+    """Each voucher against its ledger accounts and its open holds, in one set-based query that
+    returns only the vouchers that differ: it takes seconds at a million vouchers, where loading
+    every voucher would take minutes."""
+    flows = union_all(
+        select(LedgerEntry.to_kind.label("kind"), LedgerEntry.to_id.label("account"),
+               LedgerEntry.amount_cents.label("amount")).where(LedgerEntry.to_kind.in_(_PER_VOUCHER)),
+        select(LedgerEntry.from_kind, LedgerEntry.from_id, -LedgerEntry.amount_cents)
+        .where(LedgerEntry.from_kind.in_(_PER_VOUCHER)),
+    ).subquery()
+    sums = (select(flows.c.kind, flows.c.account, func.sum(flows.c.amount).label("total"))
+            .group_by(flows.c.kind, flows.c.account).subquery())
+    spendable, set_aside = sums.alias("spendable"), sums.alias("set_aside")
+    holds = (select(Hold.voucher_id, func.sum(Hold.amount_cents).label("total"))
+             .where(Hold.status == "open").group_by(Hold.voucher_id).subquery())
+    ledger_balance = func.coalesce(spendable.c.total, 0)
+    ledger_held = func.coalesce(set_aside.c.total, 0)
+    open_held = func.coalesce(holds.c.total, 0)
+    adds_up = (Voucher.balance_cents + Voucher.held_cents + Voucher.redeemed_cents + Voucher.returned_cents
+               == Voucher.value_cents)
+    query = (
+        select(Voucher.id, Voucher.balance_cents, ledger_balance, Voucher.held_cents, ledger_held, open_held, adds_up)
+        .outerjoin(spendable, and_(spendable.c.kind == ledger.VOUCHER, spendable.c.account == Voucher.id))
+        .outerjoin(set_aside, and_(set_aside.c.kind == ledger.HELD, set_aside.c.account == Voucher.id))
+        .outerjoin(holds, holds.c.voucher_id == Voucher.id)
+        .where(or_(Voucher.balance_cents != ledger_balance, Voucher.held_cents != ledger_held,
+                   Voucher.held_cents != open_held, not_(adds_up)))
+        .order_by(Voucher.id)
+    )
+    found: list[tuple[int, str]] = []
+    for voucher_id, balance, in_ledger, held, held_in_ledger, held_open, adds in await session.execute(query):
+        if balance != in_ledger:
+            found.append((voucher_id, f"balance: stored {balance}, ledger {in_ledger}"))
+        if held != held_in_ledger:
+            found.append((voucher_id, f"held: stored {held}, ledger {held_in_ledger}"))
+        if held != held_open:
+            found.append((voucher_id, f"open holds: stored {held}, ledger {held_open}"))
+        if not adds:
+            found.append((voucher_id, "amounts do not add up to its value"))
+    return found

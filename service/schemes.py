@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import ledger
@@ -163,8 +163,11 @@ async def load_scheme(session: AsyncSession, spec: SchemeFile) -> tuple[Scheme, 
     return scheme, False
 
 
+_BY_SLUG = select(Scheme).where(Scheme.slug == bindparam("slug"))  # built once: every application reads it
+
+
 async def get_scheme(session: AsyncSession, slug: str) -> Scheme:
-    scheme = await session.scalar(select(Scheme).where(Scheme.slug == slug))
+    scheme = await session.scalar(_BY_SLUG, {"slug": slug})
     if scheme is None:
         raise NotFound("scheme-not-found", N_("There is no scheme with this name."))
     return scheme

@@ -3,17 +3,20 @@ personal data never enter it; the hash chain catches an edited or a removed entr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 
-from sqlalchemy import delete, select, text, update
+import pytest
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from service import audit, vouchers
 from service.db import run_in_transaction
 from service.models import Application, AuditEntry, Redemption, Scheme, Voucher
-from tests.conftest import ROOT, settings_env
+from tests.conftest import ROOT, TEST_SECRET, settings_env
 from tests.helpers import make_provider, make_scheme, make_voucher
 
 
@@ -150,3 +153,63 @@ async def test_search_filters(rt) -> None:
         assert not await audit.search(session, audit.AuditFilter(actor="staff:"))
         assert await session.scalar(select(Application.id)) is not None
         assert (await session.get_one(Redemption, 1)).reversed_at is not None
+
+
+async def test_entries_are_sealed_after_commit_in_one_line(rt) -> None:
+    """Writers do not wait for the chain: entries are stored unsealed with their change and
+    sealed afterwards. Concurrent writers and two concurrent sealers still give one unbroken
+    chain holding every entry."""
+    scheme = await make_scheme(rt)
+    async with rt.sessionmaker() as session:
+        waiting = await session.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.chain_seq.is_(None)))
+        assert waiting and (await audit.verify(session)).unsealed == waiting
+
+    async def rename(i: int) -> None:
+        await run_in_transaction(rt.sessionmaker, lambda s: s.execute(
+            update(Scheme).where(Scheme.id == scheme.id).values(name=f"Naam {i}")))
+
+    async def seal_while_writing() -> int:
+        total = 0
+        for _ in range(5):
+            total += await audit.seal_all(rt.sessionmaker)
+            await asyncio.sleep(0)
+        return total
+
+    results = await asyncio.gather(*(rename(i) for i in range(30)), seal_while_writing(), seal_while_writing())
+    await audit.seal_all(rt.sessionmaker)
+    async with rt.sessionmaker() as session:
+        result = await audit.verify(session)
+        entries = list(await session.scalars(select(AuditEntry).order_by(AuditEntry.chain_seq)))
+    assert result.ok and result.unsealed == 0, result.problems
+    assert [e.chain_seq for e in entries] == list(range(1, len(entries) + 1)) and result.entries == len(entries)
+    assert sum(r for r in results if isinstance(r, int)) <= len(entries)
+    renames = [e for e in entries if e.table_name == "scheme" and e.action == "update" and "name" in e.after]
+    assert sorted(e.after["name"] for e in renames) == sorted(f"Naam {i}" for i in range(30))
+
+
+async def test_the_database_refuses_edits_but_lets_an_entry_be_sealed_once(database) -> None:
+    """In a migrated database (triggers on both kinds): an unsealed entry may get its place and
+    hash once; changing its content, sealing it again or deleting it is refused."""
+    from service.migrate import upgrade
+    from service.settings import Settings
+    from service.runtime import Runtime
+
+    url, schema = database
+    await asyncio.to_thread(upgrade, url, schema)
+    rt = Runtime.create(Settings(database_url=url, database_schema=schema, secret_key=TEST_SECRET))
+    try:
+        with audit.use_context("cli:tester", "local"):
+            await make_scheme(rt)
+        assert await audit.seal_all(rt.sessionmaker) > 0
+        for statement in (
+            update(AuditEntry.__table__).where(AuditEntry.seq == 1).values(after={"name": "vervalst"}),
+            update(AuditEntry.__table__).where(AuditEntry.seq == 1).values(hash="0" * 64),
+            delete(AuditEntry.__table__).where(AuditEntry.seq == 1),
+        ):
+            with pytest.raises(DBAPIError, match="append-only"):
+                async with rt.sessionmaker() as session, session.begin():
+                    await session.execute(statement, execution_options={"audit_skip": True})
+        async with rt.sessionmaker() as session:
+            assert (await audit.verify(session)).ok
+    finally:
+        await rt.close()

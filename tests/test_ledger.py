@@ -319,9 +319,18 @@ async def test_reconcile_finds_a_tampered_balance(rt: Runtime) -> None:
     async with rt.sessionmaker() as session, session.begin():
         await session.execute(update(Voucher).where(Voucher.id == voucher.id)
                               .values(balance_cents=Voucher.balance_cents - 1, returned_cents=1))
+    untouched, _ = await make_voucher(rt, scheme)
+    held, _ = await make_voucher(rt, scheme)
+    async with rt.sessionmaker() as session, session.begin():
+        await session.execute(update(Voucher).where(Voucher.id == held.id).values(balance_cents=Voucher.balance_cents - 5,
+                                                                                 held_cents=5))
     async with rt.sessionmaker() as session:
         problems = await reconcile(session)
-    assert any(f"voucher {voucher.id} balance" in p for p in problems)
+    assert any(f"voucher {voucher.id} balance: stored" in p for p in problems)
+    assert not any(f"voucher {voucher.id} amounts" in p for p in problems)  # the tampering adds up
+    assert {f"voucher {held.id} held: stored 5, ledger 0", f"voucher {held.id} open holds: stored 5, ledger 0"} \
+        <= set(problems)
+    assert not any(f"voucher {untouched.id} " in p for p in problems)
 
 
 async def test_mail_for_the_voucher_carries_the_code_but_the_outbox_does_not(rt: Runtime, smtp_server) -> None:
