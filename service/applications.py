@@ -13,8 +13,9 @@ from typing import Annotated
 
 import msgspec
 from sqlalchemy import bindparam, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from . import audit, outbox
@@ -91,34 +92,40 @@ def eligibility_reasons(scheme: Scheme, *, employees: int, postcode: str) -> lis
     return reasons
 
 
+# ON CONFLICT DO NOTHING answers a second live application for the same KvK number (the partial
+# unique index ``one_live_application_per_kvk``) without the savepoint an IntegrityError needs.
+_A = Application.__table__
+_SUBMIT = {
+    "postgresql": postgresql.insert(_A).on_conflict_do_nothing().returning(_A.c.id),
+    "sqlite": sqlite.insert(_A).on_conflict_do_nothing().returning(_A.c.id),
+}
+
+
 async def submit(session: AsyncSession, scheme: Scheme, details: ApplicantDetails) -> Application:
     """Record an application. One live application per KvK number per scheme."""
     now = utcnow()
     if scheme_status(scheme, now) != "open":
         raise Refused("scheme-not-open", N_("This scheme is not taking applications now."))
-    application = Application(
-        public_id=new_public_id("A"),
-        scheme_id=scheme.id,
-        status="received",
-        kvk_number=details.kvk_number,
-        company_name=details.company_name.strip(),
-        employees=details.employees,
-        postcode=_normalise_postcode(details.postcode),
-        contact_name=details.contact_name.strip(),
-        email=details.email.strip(),
-        purpose=details.purpose.strip(),
-        locale=details.locale,
-        reasons=[],
-        created_at=now,
-    )
-    try:
-        async with session.begin_nested():
-            session.add(application)
-            await session.flush()
-    except IntegrityError:
+    values = {
+        "public_id": new_public_id("A"), "scheme_id": scheme.id, "status": "received",
+        "kvk_number": details.kvk_number, "company_name": details.company_name.strip(),
+        "employees": details.employees, "postcode": _normalise_postcode(details.postcode),
+        "contact_name": details.contact_name.strip(), "email": details.email.strip(),
+        "purpose": details.purpose.strip(), "locale": details.locale, "reasons": [], "waitlist_number": None,
+        "lottery_rank": None, "created_at": now, "decided_at": None, "email_confirmed_at": None,
+        "registry_checked_at": None, "registry_employees": None, "registry_postcode": None, "registry_attempts": 0,
+    }
+    conn = await session.connection()
+    application_id = (await conn.execute(_SUBMIT[conn.dialect.name], values)).scalar()
+    if application_id is None:
         raise Conflict(
             "already-applied", N_("This KvK number has already applied for this scheme."), field="kvk_number"
-        ) from None
+        )
+    audit.record_insert(session, "application", application_id, values)
+    # Every column is set, so the session can take the row as loaded without reading it back.
+    application = Application(id=application_id, **values)
+    make_transient_to_detached(application)
+    session.add(application)
     return application
 
 
