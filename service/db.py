@@ -71,39 +71,49 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
 READ_ONLY = "vouchers_read_only"
 
 
-def make_sessionmaker(engine: AsyncEngine, *, read_only: bool = False) -> async_sessionmaker[AsyncSession]:
-    """Sessions for work that writes, or (``read_only``) for lookups that never write."""
+def make_sessionmaker(engine: AsyncEngine, *, read_only: bool = False,
+                      writers: int | None = None) -> async_sessionmaker[AsyncSession]:
+    """Sessions for work that writes, or (``read_only``) for lookups that never write. With
+    ``writers``, :func:`transaction` runs at most that many at once per process."""
     if read_only:
         engine = engine.execution_options(**{READ_ONLY: True})
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info={WRITERS: writers})
 
 
-_write_locks: WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = WeakKeyDictionary()
-_holding_write_lock: ContextVar[bool] = ContextVar("holding_write_lock", default=False)
+WRITERS = "vouchers_writers"
+_turns: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, asyncio.Semaphore]] = WeakKeyDictionary()
+_holding_turn: ContextVar[bool] = ContextVar("holding_write_turn", default=False)
 
 
 @asynccontextmanager
-async def _one_writer_per_process(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[None]:
-    """On SQLite, let this process's writers queue in asyncio rather than in SQLite's busy
-    handler, which sleeps in steps of up to 100 ms and wrecks latency under load. An
-    optimisation only: the database's own lock is what keeps the books right."""
-    bind = sessionmaker.kw.get("bind")
-    if bind is None or bind.dialect.name != "sqlite" or _holding_write_lock.get():
+async def _writer_turn(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[None]:
+    """Let this process's write transactions take turns, a few at a time, in asyncio.
+
+    On SQLite one at a time: they would queue in SQLite's busy handler otherwise, which sleeps in
+    steps of up to 100 ms. On PostgreSQL a few: a transaction holding a hot row waits for the
+    event loop between statements, and the more transactions interleave there, the longer every
+    lock is held. An optimisation only: the database's locks are what keep the books right.
+    """
+    writers = (sessionmaker.kw.get("info") or {}).get(WRITERS)
+    if writers is None or _holding_turn.get():
         yield
         return
-    lock = _write_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
-    async with lock:
-        token = _holding_write_lock.set(True)
+    semaphores = _turns.setdefault(asyncio.get_running_loop(), {})
+    semaphore = semaphores.get(sessionmaker)
+    if semaphore is None:
+        semaphore = semaphores[sessionmaker] = asyncio.Semaphore(writers)
+    async with semaphore:
+        token = _holding_turn.set(True)
         try:
             yield
         finally:
-            _holding_write_lock.reset(token)
+            _holding_turn.reset(token)
 
 
 @asynccontextmanager
 async def transaction(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     """A session whose work is committed when the block ends, or rolled back if it raises."""
-    async with _one_writer_per_process(sessionmaker), sessionmaker() as session, session.begin():
+    async with _writer_turn(sessionmaker), sessionmaker() as session, session.begin():
         yield session
 
 

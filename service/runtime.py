@@ -34,7 +34,8 @@ class Runtime:
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
         engine = create_engine(settings)
-        return cls(settings, engine, make_sessionmaker(engine), CodeKeys.from_settings(settings),
+        writers = 1 if settings.is_sqlite else settings.db_writers_per_process
+        return cls(settings, engine, make_sessionmaker(engine, writers=writers), CodeKeys.from_settings(settings),
                    make_sessionmaker(engine, read_only=True), FastReader(settings))
 
     async def close(self) -> None:
