@@ -123,11 +123,9 @@ def _window_start(rt: Runtime) -> dt.datetime:
 # from a one-row table always gives one row, so the count of failed lookups is there even when
 # the code is unknown.
 _FIND = (
-    select(Voucher, Scheme, Application)
+    select(Voucher)
     .select_from(select(literal(1).label("one")).subquery())
     .outerjoin(Voucher, Voucher.code_hash == bindparam("code_hash"))
-    .outerjoin(Scheme, Scheme.id == Voucher.scheme_id)
-    .outerjoin(Application, Application.id == Voucher.application_id)
     .add_columns(
         select(RateLimitCounter.count)
         .where(RateLimitCounter.key == bindparam("attempts_key"), RateLimitCounter.window_start >= bindparam("since"))
@@ -143,19 +141,15 @@ async def find_voucher(
 
     A mistyped code is refused by its check symbol before any lookup (``code-mistyped``). With
     ``attempts_key``, a client that has guessed wrong too often is refused (``too-many-attempts``)
-    even for a right code; the count is read in the same round trip as the voucher, its scheme and
-    its application, which land in the session so that later ``session.get`` calls cost nothing.
+    even for a right code; the count is read in the same round trip as the voucher.
     """
     code = _parse_code(code_text)
     row = (await session.execute(_FIND, {"code_hash": rt.keys.hash_of(code), "attempts_key": attempts_key,
                                          "since": _window_start(rt)})).one()
     if attempts_key is not None:
-        _check_attempts(rt, row[3])
+        _check_attempts(rt, row[1])
     if row[0] is None:
         raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
-    # The identity map holds objects weakly: keep the scheme and application alive for the rest
-    # of this session so that the domain's ``session.get`` finds them without a query.
-    session.info.setdefault("loaded_with_voucher", []).extend(row[1:3])
     return row[0]
 
 
@@ -292,12 +286,17 @@ async def _notify_redemption(
 # connection, not through the ORM's unit of work, and feeds the audit log itself. The rules are
 # the same conditional UPDATEs as everywhere else in this module.
 _V, _S, _E = Voucher.__table__, Scheme.__table__, Enrolment.__table__
+_A, _P = Application.__table__, Provider.__table__
 _REDEEM_TERMS = (
     select(_S.c.closed_at, _S.c.categories, _S.c.own_contribution_percent, _S.c.provider_cap_cents,
-           _E.c.id, _E.c.status, _E.c.categories, _E.c.cap_cents, Provider.__table__.c.name)
-    .select_from(_S.outerjoin(_E, and_(_E.c.scheme_id == _S.c.id, _E.c.provider_id == bindparam("provider_id")))
-                 .outerjoin(Provider.__table__, Provider.__table__.c.id == _E.c.provider_id))
-    .where(_S.c.id == bindparam("scheme_id"))
+           _E.c.id, _E.c.status, _E.c.categories, _E.c.cap_cents, _P.c.name, _A.c.email, _A.c.locale,
+           _A.c.contact_name)
+    .select_from(
+        _V.join(_S, _S.c.id == _V.c.scheme_id).join(_A, _A.c.id == _V.c.application_id)
+        .outerjoin(_E, and_(_E.c.scheme_id == _S.c.id, _E.c.provider_id == bindparam("provider_id")))
+        .outerjoin(_P, _P.c.id == _E.c.provider_id)
+    )
+    .where(_V.c.id == bindparam("voucher_id"))
 )
 _REDEEM_SPEND = (
     update(_V)
@@ -343,9 +342,9 @@ async def redeem(
         raise InvalidInput("amount-not-positive", N_("The amount must be more than zero."), field="amount_cents")
     now = utcnow()
     conn = await session.connection()
-    terms = (await conn.execute(_REDEEM_TERMS, {"scheme_id": voucher.scheme_id, "provider_id": provider_id})).one()
+    terms = (await conn.execute(_REDEEM_TERMS, {"voucher_id": voucher.id, "provider_id": provider_id})).one()
     (closed_at, scheme_categories, own_percent, scheme_cap, enrolment_id, enrolment_status, enrolment_categories,
-     enrolment_cap, registered_name) = terms
+     enrolment_cap, registered_name, email, locale, contact_name) = terms
     if closed_at is not None:
         raise Refused("scheme-closed", N_("This scheme has been closed; vouchers can no longer be used."))
     if enrolment_id is None or enrolment_status != "approved":
@@ -393,10 +392,9 @@ async def redeem(
         target=(ledger.PROVIDER, enrolment_id), amount_cents=amount, voucher_id=voucher.id,
         redemption_id=redemption_id,
     )
-    application = await session.get_one(Application, voucher.application_id)
     await outbox.enqueue_now(
-        session, to=application.email, template="redemption_recorded", locale=application.locale,
-        contact_name=application.contact_name, provider_name=provider_name or registered_name, amount_cents=amount,
+        session, to=email, template="redemption_recorded", locale=locale,
+        contact_name=contact_name, provider_name=provider_name or registered_name, amount_cents=amount,
         invoice_cents=invoice_cents, own_contribution_cents=own, category=category,
         report_url=rt.link(f"/report/{rt.sign('report-redemption', str(redemption_id), 60 * 60 * 24 * 90)}"),
     )
