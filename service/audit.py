@@ -46,6 +46,7 @@ import msgspec
 from sqlalchemy import Table, bindparam, event, func, inspect, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.sql import operators, visitors
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter
 
@@ -305,7 +306,9 @@ def _loaded(session: Session, table: Table, key: tuple[Any, ...] | None) -> dict
     for obj in list(session.identity_map.values()):
         state = inspect(obj)
         if state.mapper.local_table.name == table.name and state.identity == key:
-            return dict(state.dict)
+            # Attributes changed in memory but not yet flushed: their stored value, not the new one.
+            stored = {k: v for k, v in state.committed_state.items() if v is not NO_VALUE}
+            return {**state.dict, **stored}
     return None
 
 

@@ -108,3 +108,24 @@ async def test_an_acknowledged_redemption_survives_kill_9(rt, server) -> None:
     assert (await reload(rt, Voucher, voucher.id)).balance_cents == 132500
     async with rt.sessionmaker() as session:
         assert await reconcile(session) == []
+
+
+async def test_write_transactions_take_turns_per_process(rt) -> None:
+    """A process runs at most ``db_writers_per_process`` write transactions at once on PostgreSQL
+    and one on SQLite; the rest wait their turn."""
+    from service.db import transaction
+
+    allowed = 1 if rt.settings.is_sqlite else rt.settings.db_writers_per_process
+    running, most = 0, 0
+
+    async def work() -> None:
+        nonlocal running, most
+        async with transaction(rt.sessionmaker) as session:
+            running += 1
+            most = max(most, running)
+            await session.execute(select(func.count()).select_from(Voucher))
+            await asyncio.sleep(0.01)
+            running -= 1
+
+    await asyncio.wait_for(asyncio.gather(*(work() for _ in range(12))), timeout=30)
+    assert most == allowed
