@@ -145,6 +145,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         samesite="lax",
         secure=settings.base_url.startswith("https://"),
         max_age=60 * 60 * 8,
+        # The API takes bearer tokens only (see AuthMiddleware): no cookie to read or write there.
+        exclude=["^/api/"],
     )
 
     async def provide_runtime() -> Runtime:
