@@ -233,34 +233,6 @@ async def _take_from_voucher(
         set_committed_value(voucher, name, value)
 
 
-async def _pay_provider(session: AsyncSession, scheme: Scheme, enrolment: Enrolment, amount_cents: int) -> None:
-    cap = enrolment.cap_cents if enrolment.cap_cents is not None else scheme.provider_cap_cents
-    query = update(Enrolment).where(Enrolment.id == enrolment.id, Enrolment.status == "approved")
-    if cap is not None:
-        query = query.where(Enrolment.received_cents + amount_cents <= cap)
-    result = await session.execute(
-        query.values(received_cents=Enrolment.received_cents + amount_cents).returning(Enrolment.id)
-    )
-    if result.first() is None:
-        raise Refused(
-            "provider-cap-reached", N_("Your organisation has reached the most this scheme pays one provider.")
-        )
-
-
-async def _count_redeemed(session: AsyncSession, scheme: Scheme, amount_cents: int) -> None:
-    """Add to the scheme's redeemed figure. Called last, just before commit: every redemption
-    in a scheme updates this one row, so its lock should be held as briefly as possible."""
-    await session.flush()
-    result = await session.execute(
-        update(Scheme)
-        .where(Scheme.id == scheme.id, Scheme.closed_at.is_(None))
-        .values(redeemed_cents=Scheme.redeemed_cents + amount_cents)
-        .returning(Scheme.id)
-    )
-    if result.first() is None:
-        raise Refused("scheme-closed", N_("This scheme has been closed; vouchers can no longer be used."))
-
-
 async def _notify_redemption(
     session: AsyncSession, rt: Runtime, voucher: Voucher, redemption: Redemption, provider_name: str
 ) -> None:
@@ -284,7 +256,8 @@ async def _notify_redemption(
 # A redemption is the busiest write of the service, so it runs as SQLAlchemy Core statements built
 # once here (their compiled form is cached; a request only binds values) on the session's
 # connection, not through the ORM's unit of work, and feeds the audit log itself. The rules are
-# the same conditional UPDATEs as everywhere else in this module.
+# the same conditional UPDATEs as everywhere else in this module; a confirmed hold pays the
+# provider and counts the scheme's figure through the same two helpers.
 _V, _S, _E = Voucher.__table__, Scheme.__table__, Enrolment.__table__
 _A, _P = Application.__table__, Provider.__table__
 _REDEEM_TERMS = (
@@ -317,6 +290,31 @@ _REDEEM_COUNT = (
     update(_S).where(_S.c.id == bindparam("scheme_id"), _S.c.closed_at.is_(None))
     .values(redeemed_cents=_S.c.redeemed_cents + bindparam("amount")).returning(_S.c.redeemed_cents)
 )
+
+
+async def _pay_provider(session: AsyncSession, enrolment_id: int, amount_cents: int, cap_cents: int | None) -> None:
+    """What the provider is owed grows, within the most one provider may receive."""
+    conn = await session.connection()
+    pay = _REDEEM_PAY if cap_cents is None else _REDEEM_PAY_CAPPED
+    received = (await conn.execute(pay, {"enrolment_id": enrolment_id, "amount": amount_cents,
+                                         "cap": cap_cents})).scalar()
+    if received is None:
+        raise Refused(
+            "provider-cap-reached", N_("Your organisation has reached the most this scheme pays one provider.")
+        )
+    audit.record_update(session, "enrolment", enrolment_id, {"received_cents": received - amount_cents},
+                        {"received_cents": received})
+
+
+async def _count_redeemed(session: AsyncSession, scheme_id: int, amount_cents: int) -> None:
+    """Add to the scheme's redeemed figure. Called last, just before commit: every redemption
+    in a scheme updates this one row, so its lock should be held as briefly as possible."""
+    conn = await session.connection()
+    redeemed = (await conn.execute(_REDEEM_COUNT, {"scheme_id": scheme_id, "amount": amount_cents})).scalar()
+    if redeemed is None:
+        raise Refused("scheme-closed", N_("This scheme has been closed; vouchers can no longer be used."))
+    audit.record_update(session, "scheme", scheme_id, {"redeemed_cents": redeemed - amount_cents},
+                        {"redeemed_cents": redeemed})
 
 
 async def redeem(
@@ -370,15 +368,7 @@ async def redeem(
                         {"balance_cents": balance + amount, "redeemed_cents": redeemed - amount, "status": "active"},
                         {"balance_cents": balance, "redeemed_cents": redeemed, "status": status})
 
-    cap = enrolment_cap if enrolment_cap is not None else scheme_cap
-    pay = _REDEEM_PAY if cap is None else _REDEEM_PAY_CAPPED
-    received = (await conn.execute(pay, {"enrolment_id": enrolment_id, "amount": amount, "cap": cap})).scalar()
-    if received is None:
-        raise Refused(
-            "provider-cap-reached", N_("Your organisation has reached the most this scheme pays one provider.")
-        )
-    audit.record_update(session, "enrolment", enrolment_id, {"received_cents": received - amount},
-                        {"received_cents": received})
+    await _pay_provider(session, enrolment_id, amount, enrolment_cap if enrolment_cap is not None else scheme_cap)
 
     values = {"scheme_id": voucher.scheme_id, "voucher_id": voucher.id, "enrolment_id": enrolment_id,
               "provider_id": provider_id, "hold_id": None, "category": category, "invoice_cents": invoice_cents,
@@ -398,12 +388,7 @@ async def redeem(
         invoice_cents=invoice_cents, own_contribution_cents=own, category=category,
         report_url=rt.link(f"/report/{rt.sign('report-redemption', str(redemption_id), 60 * 60 * 24 * 90)}"),
     )
-    # Last: every redemption in the scheme updates this one row.
-    scheme_redeemed = (await conn.execute(_REDEEM_COUNT, {"scheme_id": voucher.scheme_id, "amount": amount})).scalar()
-    if scheme_redeemed is None:
-        raise Refused("scheme-closed", N_("This scheme has been closed; vouchers can no longer be used."))
-    audit.record_update(session, "scheme", voucher.scheme_id, {"redeemed_cents": scheme_redeemed - amount},
-                        {"redeemed_cents": scheme_redeemed})
+    await _count_redeemed(session, voucher.scheme_id, amount)
     return redemption
 
 
@@ -509,7 +494,8 @@ async def confirm_hold(session: AsyncSession, rt: Runtime, hold_id: int, *, prov
             status=case((Voucher.balance_cents + new_held == 0, "used_up"), else_="active"),
         )
     )
-    await _pay_provider(session, scheme, enrolment, hold.amount_cents)
+    cap = enrolment.cap_cents if enrolment.cap_cents is not None else scheme.provider_cap_cents
+    await _pay_provider(session, enrolment.id, hold.amount_cents, cap)
     redemption = Redemption(
         scheme_id=scheme.id,
         voucher_id=voucher.id,
@@ -539,7 +525,8 @@ async def confirm_hold(session: AsyncSession, rt: Runtime, hold_id: int, *, prov
         hold_id=hold.id,
     )
     await _notify_redemption(session, rt, voucher, redemption, provider_name)
-    await _count_redeemed(session, scheme, hold.amount_cents)
+    await session.flush()  # the inserts first: the scheme's row is locked last
+    await _count_redeemed(session, scheme.id, hold.amount_cents)
     return redemption
 
 
