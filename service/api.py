@@ -27,6 +27,7 @@ from .errors import N_, DomainError, Forbidden, InvalidInput, NotFound
 from .models import Application, Enrolment, Provider, Scheme, Voucher
 from .problems import problem_body
 from .runtime import Runtime
+from .web import NO_STORE
 
 __all__ = ("api_router",)
 
@@ -34,7 +35,6 @@ Cents = Annotated[int, msgspec.Meta(gt=0, le=100_000_000, description="Amount in
 Reference = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 Reason = Annotated[str, msgspec.Meta(min_length=3, max_length=1000)]
 Category = Literal["coaching", "retraining", "financial_advice"]
-NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 
 
 class RedeemIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -20,17 +20,18 @@ from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import applications, audit, i18n, privacy, schemes
+from .. import applications, audit, privacy, schemes
 from ..auth import requires
 from ..db import run_in_transaction
 from ..errors import N_, InvalidInput
 from ..models import Application, Enrolment, Provider, Scheme
 from ..runtime import Runtime
+from ..web import NO_STORE
 from . import interventions, reports
+from .web import report_csv_response
 
 __all__ = ("AdminOperationsController",)
 
-NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 Reason = Annotated[str, msgspec.Meta(min_length=3, max_length=1000)]
 OptionalReason = Annotated[str, msgspec.Meta(max_length=1000)]
 SignedCents = Annotated[int, msgspec.Meta(ge=-100_000_000_000, le=100_000_000_000,
@@ -213,11 +214,7 @@ class AdminOperationsController(Controller):
         async with rt.sessionmaker() as session:
             scheme = await schemes.get_scheme(session, slug)
             report = await reports.council_report(session, scheme)
-        labels = {"section": i18n.gettext("section"), "item": i18n.gettext("item"),
-                  "euros": i18n.gettext("amount in euros"), "count": i18n.gettext("count")}
-        return Response(reports.report_csv(report, labels), media_type="text/csv; charset=utf-8",
-                        headers={**NO_STORE,
-                                 "Content-Disposition": f'attachment; filename="rapportage-{scheme.slug}.csv"'})
+        return report_csv_response(report, scheme.slug)
 
     # --- work queues -----------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from ..models_admin import FlagReview
 from ..runtime import Runtime
 from . import interventions, reports, roles
 from .charts import bar_chart
-from .web import NO_STORE, errors_of, page, status, to_login, who
+from .web import NO_STORE, errors_of, page, report_csv_response, status, to_login, who
 
 __all__ = ("AdminPages",)
 
@@ -363,11 +363,7 @@ class AdminPages(Controller):
         async with rt.sessionmaker() as session:
             scheme = await _scheme(session, slug)
             report = await reports.council_report(session, scheme)
-        labels = {"section": i18n.gettext("section"), "item": i18n.gettext("item"),
-                  "euros": i18n.gettext("amount in euros"), "count": i18n.gettext("count")}
-        return Response(reports.report_csv(report, labels), media_type="text/csv; charset=utf-8",
-                        headers={**NO_STORE,
-                                 "Content-Disposition": f'attachment; filename="rapportage-{scheme.slug}.csv"'})
+        return report_csv_response(report, scheme.slug)
 
     # --- privacy -------------------------------------------------------------------------------
 

@@ -6,23 +6,23 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from litestar import Request
+from litestar import Request, Response
 from litestar.exceptions import NotAuthorizedException
 from litestar.middleware import ASGIMiddleware
 from litestar.response import Redirect, Template
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from .. import audit
+from .. import audit, i18n
 from ..auth import Principal
 from ..errors import DomainError
 from .. import web
 from ..problems import status_of
 from ..qr import render_svg
+from . import reports, roles
 from ..web import NO_STORE, client_ip
-from . import roles
 
-__all__ = ("NO_STORE", "AuditContextMiddleware", "client_ip", "errors_of", "page", "qr_data_uri", "safe_next",
-           "status", "to_login", "who")
+__all__ = ("NO_STORE", "AuditContextMiddleware", "client_ip", "errors_of", "page", "qr_data_uri", "report_csv_response",
+           "safe_next", "status", "to_login", "who")
 
 
 
@@ -71,3 +71,12 @@ def qr_data_uri(text: str) -> str:
     """An SVG QR code as a data: URI (allowed by the pages' Content-Security-Policy). Not cached:
     it carries a secret."""
     return "data:image/svg+xml;base64," + base64.b64encode(render_svg(text)).decode()
+
+
+def report_csv_response(report: reports.CouncilReport, slug: str) -> Response[str]:
+    """The council report as a CSV download with headings in the reader's language (the pages
+    and the API serve the same file)."""
+    labels = {"section": i18n.gettext("section"), "item": i18n.gettext("item"),
+              "euros": i18n.gettext("amount in euros"), "count": i18n.gettext("count")}
+    return Response(reports.report_csv(report, labels), media_type="text/csv; charset=utf-8",
+                    headers={**NO_STORE, "Content-Disposition": f'attachment; filename="rapportage-{slug}.csv"'})
