@@ -58,6 +58,8 @@ __all__ = (
     "EXCLUDED_TABLES",
     "REDACTED",
     "REDACTED_COLUMNS",
+    "current_context",
+    "inserted",
     "AuditContext",
     "AuditFilter",
     "entry_hash",
@@ -209,7 +211,19 @@ def record_update(session: AsyncSession | Session, table: str, row_id: Any, befo
 def record_insert(session: AsyncSession | Session, table: str, row_id: Any, values: dict[str, Any]) -> None:
     """Record a row inserted with a Core statement; ``values`` as inserted, without the id."""
     sync = session.sync_session if isinstance(session, AsyncSession) else session
-    _add(sync, "insert", table, row_id, {}, {"id": row_id, **{k: _value(table, k, v) for k, v in values.items()}})
+    _add(sync, "insert", table, row_id, {}, inserted(table, row_id, values))
+
+
+def inserted(table: str, row_id: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """The "after" of an inserted row's entry: its values as the log keeps them (secrets and
+    personal data redacted). For statements that write their entries themselves
+    (``service.fastwrite``)."""
+    return {"id": row_id, **{k: _value(table, k, v) for k, v in values.items()}}
+
+
+def current_context() -> AuditContext:
+    """Who acts, and from where, in this task."""
+    return _context.get()
 
 
 def _row_id(state: Any) -> str:

@@ -10,8 +10,9 @@ database, and on SQLite every aiosqlite call is a hand-off to a thread. So this 
 * PostgreSQL is read through a small asyncpg pool of its own; asyncpg prepares the statement once
   per connection, and the pool resets nothing on release because nothing here changes a session.
 
-Only reads come here. Everything that changes something goes through ``db.transaction`` and the
-domain functions, so the ledger, the audit log and the locking rules stay in one place.
+Writes go through ``db.transaction`` and the domain functions, with one exception: on PostgreSQL
+a coach's redemption is one statement on this pool (``service.fastwrite``), which writes the same
+rows, ledger entry and audit entries as ``vouchers.redeem``.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class FastReader:
             row = self._sqlite().execute(_SQLITE_SCAN, (code_hash, attempts_key, _sqlite_moment(since))).fetchone()
             expires_at = _from_sqlite_moment(row[6]) if row[0] is not None else None
         else:
-            pool = await self._pool()
+            pool = await self.pool()
             row = await pool.fetchrow(_POSTGRES_SCAN, code_hash, attempts_key, since)
             expires_at = row[6]
         attempts = row[12] or 0
@@ -116,7 +117,9 @@ class FastReader:
             self._local.connection = connection
         return connection
 
-    async def _pool(self) -> Any:
+    async def pool(self) -> Any:
+        """This event loop's asyncpg pool, made on first use. Its connections are in autocommit
+        and are given back as they are: whoever uses one sets nothing on it."""
         loop = asyncio.get_running_loop()
         pool = self._pools.get(loop)
         if pool is not None:

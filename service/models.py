@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    DDL,
     CheckConstraint,
     Date,
     DateTime,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -509,6 +511,14 @@ class SignInToken(Base):
     expires_at: Mapped[dt.datetime]
     used_at: Mapped[dt.datetime | None]
 
+
+# A statement that must undo itself when a rule refuses halfway calls this (``service.fastwrite``);
+# PostgreSQL only. Migration 0006 creates it, and this does for a schema made with ``create_all``.
+REFUSE_FUNCTION = """CREATE FUNCTION vouchers_refuse(code text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = 'P0001', MESSAGE = 'vouchers-refused:' || code;
+END $$"""
+event.listen(Redemption.__table__, "after_create", DDL(REFUSE_FUNCTION).execute_if(dialect="postgresql"))
 
 # --- Municipality issue (migration 0004): the tables live in models_admin; imported here so that
 # Base.metadata and Alembic see them, and so that the audit log's session events are always on.

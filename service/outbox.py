@@ -50,7 +50,7 @@ _env.filters["day"] = i18n.format_day
 _env.globals["reason_texts"] = REJECTION_REASONS
 
 
-def _message_values(to: str, template: str, locale: str, params: dict[str, Any]) -> dict[str, Any]:
+def message_values(to: str, template: str, locale: str, params: dict[str, Any]) -> dict[str, Any]:
     if template not in _TEMPLATE_NAMES:
         raise ValueError(f"no mail template {template!r}")
     return {"message_id": email.utils.make_msgid(domain="vouchers.local"), "to_address": to, "template": template,
@@ -59,7 +59,7 @@ def _message_values(to: str, template: str, locale: str, params: dict[str, Any])
 
 def enqueue(session: AsyncSession, *, to: str, template: str, locale: str, **params: Any) -> OutboxMessage:
     """Add a message to the session; it exists only if the surrounding transaction commits."""
-    message = OutboxMessage(**_message_values(to, template, locale, params))
+    message = OutboxMessage(**message_values(to, template, locale, params))
     session.add(message)
     return message
 
@@ -68,7 +68,7 @@ async def enqueue_now(session: AsyncSession, *, to: str, template: str, locale: 
     """:func:`enqueue` for the hot paths that write with Core statements: one INSERT now, on the
     session's connection (the outbox is not in the audit log)."""
     conn = await session.connection()
-    await conn.execute(_INSERT, _message_values(to, template, locale, params))
+    await conn.execute(_INSERT, message_values(to, template, locale, params))
 
 
 async def render(session: AsyncSession, rt: Runtime, message: OutboxMessage) -> tuple[str, str]:

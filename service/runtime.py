@@ -29,7 +29,8 @@ class Runtime:
     reader: async_sessionmaker[AsyncSession]
     """Sessions for lookups only: on SQLite they do not queue behind writers."""
     fast: FastReader
-    """The coach's scan through the driver, without a session (see ``service.fastread``)."""
+    """The coach's scan, and on PostgreSQL the redemption, through the driver without a session
+    (see ``service.fastread`` and ``service.fastwrite``)."""
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:

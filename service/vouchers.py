@@ -101,7 +101,7 @@ async def issue_voucher(session: AsyncSession, rt: Runtime, scheme: Scheme, appl
     return voucher
 
 
-def _parse_code(code_text: str) -> str:
+def parse_code(code_text: str) -> str:
     try:
         return normalise_code(code_text)
     except InvalidCode:
@@ -110,12 +110,12 @@ def _parse_code(code_text: str) -> str:
         ) from None
 
 
-def _check_attempts(rt: Runtime, attempts: int | None) -> None:
+def check_attempts(rt: Runtime, attempts: int | None) -> None:
     if (attempts or 0) >= rt.settings.failed_lookup_limit:
         raise TooManyAttempts(minutes=max(1, rt.settings.failed_lookup_window_seconds // 60))
 
 
-def _window_start(rt: Runtime) -> dt.datetime:
+def window_start(rt: Runtime) -> dt.datetime:
     return utcnow() - dt.timedelta(seconds=rt.settings.failed_lookup_window_seconds)
 
 
@@ -143,11 +143,11 @@ async def find_voucher(
     ``attempts_key``, a client that has guessed wrong too often is refused (``too-many-attempts``)
     even for a right code; the count is read in the same round trip as the voucher.
     """
-    code = _parse_code(code_text)
+    code = parse_code(code_text)
     row = (await session.execute(_FIND, {"code_hash": rt.keys.hash_of(code), "attempts_key": attempts_key,
-                                         "since": _window_start(rt)})).one()
+                                         "since": window_start(rt)})).one()
     if attempts_key is not None:
-        _check_attempts(rt, row[1])
+        check_attempts(rt, row[1])
     if row[0] is None:
         raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
     return row[0]
@@ -157,9 +157,9 @@ async def scan(rt: Runtime, code_text: str, *, attempts_key: str) -> ScannedVouc
     """What a coach sees on scanning a code: :func:`find_voucher`'s rules (check symbol first, a
     client over its limit refused even for a right code) in one read without a session, because
     this is the busiest request of the service (see ``service.fastread``)."""
-    code = _parse_code(code_text)
-    found, attempts = await rt.fast.scan(rt.keys.hash_of(code), attempts_key, _window_start(rt))
-    _check_attempts(rt, attempts)
+    code = parse_code(code_text)
+    found, attempts = await rt.fast.scan(rt.keys.hash_of(code), attempts_key, window_start(rt))
+    check_attempts(rt, attempts)
     if found is None:
         raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
     return found
@@ -178,7 +178,7 @@ async def _approved_enrolment(session: AsyncSession, scheme: Scheme, provider_id
     return enrolment
 
 
-def _refusal(voucher: Voucher, amount_cents: int, now: dt.datetime) -> Refused:
+def refusal(voucher: Voucher, amount_cents: int, now: dt.datetime) -> Refused:
     """Why a conditional UPDATE on this voucher found nothing to change."""
     status = effective_status(voucher, now)
     if status == "revoked":
@@ -227,7 +227,7 @@ async def _take_from_voucher(
     row = result.first()
     if row is None:
         await session.refresh(voucher)
-        raise _refusal(voucher, amount_cents, now)
+        raise refusal(voucher, amount_cents, now)
     # Keep the loaded voucher in step without another round trip.
     for name, value in zip(("balance_cents", "held_cents", "redeemed_cents", "status"), row, strict=True):
         set_committed_value(voucher, name, value)
@@ -359,7 +359,7 @@ async def redeem(
     spent = (await conn.execute(_REDEEM_SPEND, {"voucher_id": voucher.id, "now": now, "amount": amount})).first()
     if spent is None:
         await session.refresh(voucher)
-        raise _refusal(voucher, amount, now)
+        raise refusal(voucher, amount, now)
     balance, held, redeemed, status = spent
     for name, value in (("balance_cents", balance), ("held_cents", held), ("redeemed_cents", redeemed),
                         ("status", status)):
@@ -479,7 +479,7 @@ async def confirm_hold(session: AsyncSession, rt: Runtime, hold_id: int, *, prov
     if hold.status != "open":
         raise Refused("hold-not-open", N_("This reservation has already been confirmed or released."))
     if effective_status(voucher, now) in ("expired", "revoked"):
-        raise _refusal(voucher, hold.amount_cents, now)
+        raise refusal(voucher, hold.amount_cents, now)
     scheme = await session.get_one(Scheme, hold.scheme_id)
     _check_scheme_running(scheme)
     enrolment = await session.get_one(Enrolment, hold.enrolment_id)

@@ -224,3 +224,53 @@ async def test_a_revoked_token_is_refused(client, rt, world) -> None:
     token_id = await _token_id(rt, admin)
     await run_in_transaction(rt.sessionmaker, lambda s: providers.revoke_token(s, token_id))
     problem(await client.get("/api/v1/admin/redemptions/flagged", headers=bearer(admin)), 401)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_one_statement_redemption_writes_what_the_session_path_writes(client, world, rt) -> None:
+    """On PostgreSQL a redemption without an Idempotency-Key is one statement (service.fastwrite);
+    with a key it runs through the session and ``vouchers.redeem``. Both must leave the same rows:
+    redemption, ledger entry, mail and audit entries, apart from ids and times."""
+    from sqlalchemy import select
+
+    from service.models import LedgerEntry, OutboxMessage, Redemption
+    from service.models_admin import AuditEntry
+
+    _, second_code = await make_voucher(rt, world["scheme"], contact_name="Jan Jansen", email="jan@example.org")
+    url = "/api/v1/vouchers/{}/redemptions"
+    fast = await client.post(url.format(world["code"]), headers=bearer(world["token"]), json=REDEEM)
+    session_path = await client.post(url.format(second_code), json=REDEEM,
+                                     headers={**bearer(world["token"]), "Idempotency-Key": str(uuid.uuid4())})
+    assert fast.status_code == session_path.status_code == 201, (fast.text, session_path.text)
+    ids = {"redemption_id", "voucher_id", "created_at"}
+    assert {k: v for k, v in fast.json().items() if k not in ids} == \
+        {k: v for k, v in session_path.json().items() if k not in ids}
+
+    volatile = {"id", "voucher_id", "redemption_id", "from_id", "created_at", "report_url"}
+
+    def same_shape(row: dict) -> dict:
+        return {k: ("…" if k in volatile else v) for k, v in row.items()}
+
+    async with rt.sessionmaker() as session:
+        made = {}
+        for answer in (fast, session_path):
+            redemption = await session.get_one(Redemption, answer.json()["redemption_id"])
+            entry = await session.scalar(select(LedgerEntry).where(LedgerEntry.redemption_id == redemption.id))
+            mail = await session.scalar(select(OutboxMessage).where(OutboxMessage.template == "redemption_recorded")
+                                        .order_by(OutboxMessage.id).offset(len(made)))
+            audit_rows = list(await session.scalars(select(AuditEntry).where(
+                ((AuditEntry.table_name == "redemption") & (AuditEntry.row_id == str(redemption.id)))
+                | ((AuditEntry.table_name == "ledger_entry") & (AuditEntry.row_id == str(entry.id)))
+                | ((AuditEntry.table_name == "voucher") & (AuditEntry.row_id == str(redemption.voucher_id))
+                   & (AuditEntry.action == "update")))))
+            made[answer] = {
+                "redemption": same_shape({c: getattr(redemption, c) for c in Redemption.__table__.c.keys()}),
+                "entry": same_shape({c: getattr(entry, c) for c in LedgerEntry.__table__.c.keys()}),
+                "mail": (mail.to_address, mail.template, mail.locale, mail.status, same_shape(mail.params)),
+                "audit": sorted((a.action, a.table_name, a.actor, same_shape(a.before), same_shape(a.after))
+                                for a in audit_rows),
+            }
+        assert mail.params["report_url"].startswith("http://testserver.local/report/")
+        assert made[fast] == made[session_path]
+        assert len(made[fast]["audit"]) == 3
+        assert await reconcile(session) == []

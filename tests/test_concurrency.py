@@ -79,6 +79,24 @@ async def test_parallel_redemptions_never_overspend_one_voucher(rt, server) -> N
         assert await reconcile(session) == []
 
 
+async def test_parallel_redemptions_never_pass_the_provider_cap(rt, server) -> None:
+    """Spread over many vouchers, so the provider's cap is the rule that refuses. On PostgreSQL a
+    refusal here comes after the voucher's UPDATE, and the statement must undo that too."""
+    scheme = await make_scheme(rt, provider_cap_cents=30_000)
+    codes = [(await make_voucher(rt, scheme))[1] for _ in range(12)]
+    _, token = await make_provider(rt, scheme)
+    answers = await fire([("POST", f"{server.url}/api/v1/vouchers/{codes[n % 12]}/redemptions", {
+        "headers": bearer(token), "json": {"amount_cents": 2500, "category": "coaching", "reference": f"C-{n}"}})
+        for n in range(60)])
+    codes_seen = [r.status_code for r in answers]
+    assert codes_seen.count(201) == 12 and codes_seen.count(422) == 48, codes_seen  # 12 × €25 = €300
+    assert {r.json()["code"] for r in answers if r.status_code == 422} == {"provider-cap-reached"}
+    async with rt.sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(Redemption)) == 12
+        assert await session.scalar(select(func.sum(Voucher.redeemed_cents))) == 30_000
+        assert await reconcile(session) == []
+
+
 async def test_retries_with_one_idempotency_key_have_one_effect(rt, server) -> None:
     scheme = await make_scheme(rt)
     voucher, code = await make_voucher(rt, scheme)
