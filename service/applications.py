@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from sqlalchemy import bindparam, func, select, update
@@ -101,12 +101,12 @@ _SUBMIT = {
 }
 
 
-async def submit(session: AsyncSession, scheme: Scheme, details: ApplicantDetails) -> Application:
-    """Record an application. One live application per KvK number per scheme."""
-    now = utcnow()
+def application_values(scheme: Scheme, details: ApplicantDetails, now: dt.datetime) -> dict[str, Any]:
+    """Every column of a new application but its id, as received. Refuses when the scheme is not
+    taking applications."""
     if scheme_status(scheme, now) != "open":
         raise Refused("scheme-not-open", N_("This scheme is not taking applications now."))
-    values = {
+    return {
         "public_id": new_public_id("A"), "scheme_id": scheme.id, "status": "received",
         "kvk_number": details.kvk_number, "company_name": details.company_name.strip(),
         "employees": details.employees, "postcode": _normalise_postcode(details.postcode),
@@ -115,12 +115,18 @@ async def submit(session: AsyncSession, scheme: Scheme, details: ApplicantDetail
         "lottery_rank": None, "created_at": now, "decided_at": None, "email_confirmed_at": None,
         "registry_checked_at": None, "registry_employees": None, "registry_postcode": None, "registry_attempts": 0,
     }
+
+
+ALREADY_APPLIED = N_("This KvK number has already applied for this scheme.")
+
+
+async def submit(session: AsyncSession, scheme: Scheme, details: ApplicantDetails) -> Application:
+    """Record an application. One live application per KvK number per scheme."""
+    values = application_values(scheme, details, utcnow())
     conn = await session.connection()
     application_id = (await conn.execute(_SUBMIT[conn.dialect.name], values)).scalar()
     if application_id is None:
-        raise Conflict(
-            "already-applied", N_("This KvK number has already applied for this scheme."), field="kvk_number"
-        )
+        raise Conflict("already-applied", ALREADY_APPLIED, field="kvk_number")
     audit.record_insert(session, "application", application_id, values)
     # Every column is set, so the session can take the row as loaded without reading it back.
     application = Application(id=application_id, **values)
@@ -205,8 +211,7 @@ async def decide(session: AsyncSession, rt: Runtime, scheme: Scheme, application
     else:
         await _join_waiting_list(session, scheme, application)
         outbox.enqueue(session, to=application.email, template="application_waiting", locale=application.locale,
-                       contact_name=application.contact_name, application_id=application.public_id,
-                       scheme_name=_scheme_name(scheme, application.locale))
+                       **waiting_mail(scheme, application.public_id, application.locale, application.contact_name))
     await session.flush()
     return application
 
@@ -227,6 +232,11 @@ def reject(session: AsyncSession, scheme: Scheme, application: Application, reas
     outbox.enqueue(session, to=application.email, template="application_rejected", locale=application.locale,
                    contact_name=application.contact_name, reasons=reasons,
                    scheme_name=_scheme_name(scheme, application.locale))
+
+
+def waiting_mail(scheme: Scheme, public_id: str, locale: str, contact_name: str) -> dict[str, Any]:
+    """The parameters of the ``application_waiting`` mail."""
+    return {"contact_name": contact_name, "application_id": public_id, "scheme_name": _scheme_name(scheme, locale)}
 
 
 def _scheme_name(scheme: Scheme, locale: str) -> str:
@@ -319,10 +329,9 @@ async def draw(session: AsyncSession, rt: Runtime, scheme: Scheme, seed: str, *,
             await issue_voucher(session, rt, scheme, application)
         else:
             await _join_waiting_list(session, scheme, application)
-            outbox.enqueue(session, to=application.email, template="application_waiting",
-                           locale=application.locale, contact_name=application.contact_name,
-                           application_id=application.public_id,
-                           scheme_name=_scheme_name(scheme, application.locale))
+            outbox.enqueue(session, to=application.email, template="application_waiting", locale=application.locale,
+                           **waiting_mail(scheme, application.public_id, application.locale,
+                                          application.contact_name))
     scheme.drawn_at = now
     scheme.lottery_seed = seed
     await session.flush()

@@ -58,6 +58,7 @@ __all__ = (
     "EXCLUDED_TABLES",
     "REDACTED",
     "REDACTED_COLUMNS",
+    "changed",
     "current_context",
     "inserted",
     "AuditContext",
@@ -219,6 +220,11 @@ def inserted(table: str, row_id: Any, values: dict[str, Any]) -> dict[str, Any]:
     personal data redacted). For statements that write their entries themselves
     (``service.fastwrite``)."""
     return {"id": row_id, **{k: _value(table, k, v) for k, v in values.items()}}
+
+
+def changed(table: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Column values as the log keeps them (secrets and personal data redacted)."""
+    return {k: _value(table, k, v) for k, v in values.items()}
 
 
 def current_context() -> AuditContext:

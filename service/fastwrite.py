@@ -1,10 +1,13 @@
-"""The busiest write, a coach's redemption, as one statement on PostgreSQL.
+"""The two busiest writes, a coach's redemption and an application, as one statement each on
+PostgreSQL.
 
-Every redemption of a scheme changes the provider's enrolment row and the scheme's row. Through a
-session those rows stay locked from their UPDATE until the COMMIT, across several round trips to
-this process, and every other redemption waits in line for them: measured, that line, not the
-CPU, held redemptions to about 150 a second. Here the same work is a single statement run in
-autocommit, so the rows are locked only while PostgreSQL executes it:
+Every redemption of a scheme changes the provider's enrolment row and the scheme's row, and every
+application the scheme's row. Through a session those rows stay locked from their UPDATE until the
+COMMIT, across several round trips to this process, and every other request waits in line for
+them: measured, that line, not the CPU, held both to about 150 a second. Here the same work is a
+single statement run in autocommit, so the rows are locked only while PostgreSQL executes it.
+
+A redemption:
 
 1. a read (no lock) of the voucher, its scheme, the provider's enrolment and the addressee of
    the mail, with the ids the new rows will get;
@@ -14,9 +17,19 @@ autocommit, so the rows are locked only while PostgreSQL executes it:
    voucher was spent but a later rule refused, ``vouchers_refuse()`` raises, and PostgreSQL
    undoes the whole statement.
 
-The refusals, their order and the rows written are those of ``vouchers.redeem``, which
-remains the one way on SQLite and inside a caller's transaction (an ``Idempotency-Key`` stores its
-answer in the redemption's transaction); the PostgreSQL tests run both.
+An application to a first-come scheme by an eligible applicant:
+
+1. a read of the scheme, with the ids the new rows will get;
+2. one statement: a place and a voucher's value taken from the scheme's row if both are left and
+   nobody waits (``applications.take_place``), else the next waiting-list number; the application
+   with its outcome, the voucher, its ledger entry, the mail and the audit entries. A KvK number
+   that has applied already makes ``vouchers_refuse()`` undo it all.
+
+The refusals, their order, the rows written and the audit entries are those of
+``vouchers.redeem`` and of ``applications.submit`` with ``decide``, which remain the one way on
+SQLite, inside a caller's transaction (an ``Idempotency-Key`` stores its answer in the same
+transaction), and for every other application (lottery, ineligible); the PostgreSQL tests
+compare the two.
 """
 
 from __future__ import annotations
@@ -29,12 +42,12 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from . import audit, ledger, outbox, vouchers
-from .errors import N_, Forbidden, InvalidInput, NotFound, Refused
-from .models import Redemption, Voucher, utcnow
+from . import applications, audit, ledger, outbox, vouchers
+from .errors import N_, Conflict, DomainError, Forbidden, InvalidInput, NotFound, Refused
+from .models import Redemption, Scheme, Voucher, utcnow
 from .runtime import Runtime
 
-__all__ = ("redeem",)
+__all__ = ("apply", "redeem")
 
 def _numbered(sql: str) -> tuple[str, tuple[str, ...]]:
     """``:name`` placeholders as asyncpg's ``$n``, and the names in that order."""
@@ -141,6 +154,15 @@ _RACE_REFUSALS = {
 }
 
 
+def _refused(exc: asyncpg.RaiseError) -> DomainError | None:
+    code = str(exc).removeprefix(_REFUSED_PREFIX)
+    if code == "already-applied":
+        return Conflict("already-applied", applications.ALREADY_APPLIED, field="kvk_number")
+    if code in _RACE_REFUSALS:
+        return Refused(code, _RACE_REFUSALS[code])
+    return None
+
+
 async def redeem(
     rt: Runtime,
     code_text: str,
@@ -217,10 +239,10 @@ async def redeem(
             "mail_params": _json(message["params"]), "actor": who.actor, "address": who.address,
             "inserted": _json(inserted)}))
     except asyncpg.RaiseError as exc:
-        code = str(exc.args[0] if exc.args else exc).removeprefix(_REFUSED_PREFIX)
-        if code not in _RACE_REFUSALS:
+        refused = _refused(exc)
+        if refused is None:
             raise
-        raise Refused(code, _RACE_REFUSALS[code]) from None
+        raise refused from None
     if row[0] is None:
         raise vouchers.refusal(await _voucher_now(rt, voucher_id), amount, now)
     return Redemption(id=redemption_id, **redemption_values), row[0]
@@ -238,3 +260,156 @@ def _json(value: Any) -> str:
 
 def _args(names: tuple[str, ...], values: dict[str, Any]) -> list[Any]:
     return [values[name] for name in names]
+
+
+_SCHEME_COLUMNS = tuple(Scheme.__table__.c.keys())
+_SCHEME, _SCHEME_NAMES = _numbered("""
+SELECT s.*, nextval(pg_get_serial_sequence('application', 'id')) AS new_application_id,
+       nextval(pg_get_serial_sequence('voucher', 'id')) AS new_voucher_id,
+       nextval(pg_get_serial_sequence('ledger_entry', 'id')) AS new_entry_id
+FROM scheme s WHERE s.slug = :slug
+""")
+
+# ``waiting`` runs only if ``placed`` changed nothing, so one statement never changes the scheme's
+# row twice. The application is written with its outcome; its audit entries are the two the session
+# path writes (received, then decided), so the log reads the same whichever path was taken.
+_APPLY, _APPLY_NAMES = _numbered("""
+WITH placed AS (
+    UPDATE scheme SET places_used = places_used + 1, committed_cents = committed_cents + value_cents
+    WHERE id = :scheme_id AND closed_at IS NULL AND places_used < max_places
+      AND committed_cents + value_cents <= budget_cents AND waiting_count = 0
+    RETURNING places_used, committed_cents, value_cents
+), waiting AS (
+    UPDATE scheme SET waitlist_seq = waitlist_seq + 1, waiting_count = waiting_count + 1
+    WHERE id = :scheme_id AND NOT EXISTS (SELECT FROM placed)
+    RETURNING waitlist_seq, waiting_count
+), applied AS (
+    INSERT INTO application (id, public_id, scheme_id, status, kvk_number, company_name, employees, postcode,
+                             contact_name, email, purpose, locale, reasons, waitlist_number, lottery_rank,
+                             created_at, decided_at, email_confirmed_at, registry_checked_at, registry_employees,
+                             registry_postcode, registry_attempts)
+    SELECT :application_id::bigint, :public_id::text, :scheme_id::bigint,
+           CASE WHEN placed.places_used IS NOT NULL THEN 'granted' ELSE 'waiting' END,
+           :kvk_number::text, :company_name::text, :employees::int, :postcode::text, :contact_name::text,
+           :email::text, :purpose::text, :locale::text, '[]'::json, waiting.waitlist_seq, NULL,
+           :now::timestamptz, :now::timestamptz, NULL, NULL, NULL, NULL, 0
+    FROM (SELECT 1 AS one) AS one LEFT JOIN placed ON true LEFT JOIN waiting ON true
+    ON CONFLICT DO NOTHING
+    RETURNING id, status, waitlist_number
+), issued AS (
+    INSERT INTO voucher (id, scheme_id, application_id, kvk_number, code_hash, code_salt, status, value_cents,
+                         balance_cents, held_cents, redeemed_cents, returned_cents, holds_place, issued_at,
+                         expires_at, ended_at, end_reason)
+    SELECT :voucher_id::bigint, :scheme_id::bigint, applied.id, :kvk_number::text, :code_hash::bytea,
+           :code_salt::bytea, 'active', placed.value_cents, placed.value_cents, 0, 0, 0, true, :now::timestamptz,
+           :expires_at::timestamptz, NULL, NULL
+    FROM placed, applied
+    RETURNING id
+), posted AS (
+    INSERT INTO ledger_entry (id, scheme_id, kind, from_kind, from_id, to_kind, to_id, amount_cents, places,
+                              voucher_id, redemption_id, hold_id, created_at, memo)
+    SELECT :entry_id::bigint, :scheme_id::bigint, 'issue', 'budget', :scheme_id::bigint, 'voucher', issued.id,
+           placed.value_cents, 1, issued.id, NULL, NULL, :now::timestamptz, ''
+    FROM placed, issued
+), mailed AS (
+    INSERT INTO outbox_message (message_id, to_address, template, locale, params, status, attempts,
+                                next_attempt_at, created_at)
+    SELECT :message_id::text, :email::text,
+           CASE WHEN applied.status = 'granted' THEN 'voucher_issued' ELSE 'application_waiting' END,
+           :locale::text,
+           CASE WHEN applied.status = 'granted' THEN :issued_mail::json ELSE :waiting_mail::json END,
+           'pending', 0, :now::timestamptz, :now::timestamptz
+    FROM applied
+), audited AS (
+    INSERT INTO audit_entry (at, actor, address, action, table_name, row_id, before, after)
+    SELECT :now::timestamptz, :actor::text, :address::text, 'insert', 'application', :application_id::text,
+           '{}'::json, :received::json
+    FROM applied
+    UNION ALL
+    SELECT :now::timestamptz, :actor::text, :address::text, 'update', 'scheme', :scheme_id::text,
+           json_build_object('places_used', placed.places_used - 1,
+                             'committed_cents', placed.committed_cents - placed.value_cents),
+           json_build_object('places_used', placed.places_used, 'committed_cents', placed.committed_cents)
+    FROM placed, applied
+    UNION ALL
+    SELECT :now::timestamptz, :actor::text, :address::text, 'update', 'scheme', :scheme_id::text,
+           json_build_object('waitlist_seq', waiting.waitlist_seq - 1, 'waiting_count', waiting.waiting_count - 1),
+           json_build_object('waitlist_seq', waiting.waitlist_seq, 'waiting_count', waiting.waiting_count)
+    FROM waiting, applied
+    UNION ALL
+    SELECT :now::timestamptz, :actor::text, :address::text, 'insert', table_name, row_id, '{}'::json, after
+    FROM issued, json_to_recordset(:issued_rows::json) AS inserted(table_name text, row_id text, after json)
+    UNION ALL
+    SELECT :now::timestamptz, :actor::text, :address::text, 'update', 'application', :application_id::text,
+           CASE WHEN applied.status = 'granted' THEN :granted_before::json ELSE :waiting_before::json END,
+           CASE WHEN applied.status = 'granted' THEN :granted_after::json
+                ELSE json_build_object('status', 'waiting', 'waitlist_number', applied.waitlist_number,
+                                       'decided_at', :decided_at::text) END
+    FROM applied
+)
+SELECT applied.status, waiting.waiting_count,
+       CASE WHEN applied.id IS NULL THEN vouchers_refuse('already-applied') END
+FROM (SELECT 1 AS one) AS one LEFT JOIN applied ON true LEFT JOIN waiting ON true
+""")
+
+
+async def apply(rt: Runtime, slug: str, details: applications.ApplicantDetails
+                ) -> applications.ApplicationState | None:
+    """``applications.submit`` and ``decide`` in one read and one statement, committed when it
+    returns; None, with nothing written, for an application this path does not decide (a lottery,
+    an ineligible applicant): the caller runs the session path for those."""
+    now = utcnow()
+    pool = await rt.fast.pool()
+    row = await pool.fetchrow(_SCHEME, *_args(_SCHEME_NAMES, {"slug": slug}))
+    if row is None:
+        raise NotFound("scheme-not-found", N_("There is no scheme with this name."))
+    scheme = Scheme(**{name: row[name] for name in _SCHEME_COLUMNS})
+    scheme.categories, scheme.postcodes = json.loads(row["categories"]), json.loads(row["postcodes"])
+    values = applications.application_values(scheme, details, now)
+    if scheme.allocation != "first_come" or applications.eligibility_reasons(
+            scheme, employees=details.employees, postcode=details.postcode):
+        return None
+    application_id, voucher_id, entry_id = row["new_application_id"], row["new_voucher_id"], row["new_entry_id"]
+    voucher = vouchers.voucher_values(rt, scheme, application_id, values["kvk_number"], now)
+    entry = ledger.entry_values(scheme_id=scheme.id, kind="issue", source=(ledger.BUDGET, scheme.id),
+                                target=(ledger.VOUCHER, voucher_id), amount_cents=scheme.value_cents, places=1,
+                                voucher_id=voucher_id) | {"created_at": now}
+    message = outbox.message_values(values["email"], "voucher_issued", values["locale"], {})
+    decided = {"status": "granted", "decided_at": now}
+    who = audit.current_context()
+    try:
+        result = await pool.fetchrow(_APPLY, *_args(_APPLY_NAMES, {
+            "scheme_id": scheme.id, "application_id": application_id, "public_id": values["public_id"],
+            "kvk_number": values["kvk_number"], "company_name": values["company_name"],
+            "employees": values["employees"], "postcode": values["postcode"],
+            "contact_name": values["contact_name"], "email": values["email"], "purpose": values["purpose"],
+            "locale": values["locale"], "now": now, "voucher_id": voucher_id, "code_hash": voucher["code_hash"],
+            "code_salt": voucher["code_salt"], "expires_at": voucher["expires_at"], "entry_id": entry_id,
+            "message_id": message["message_id"],
+            "issued_mail": _json(vouchers.issued_mail(scheme, voucher_id, voucher["expires_at"], values["locale"],
+                                                      values["contact_name"])),
+            "waiting_mail": _json(applications.waiting_mail(scheme, values["public_id"], values["locale"],
+                                                            values["contact_name"])),
+            "actor": who.actor, "address": who.address,
+            "received": _json(audit.inserted("application", application_id, values)),
+            "issued_rows": _json([
+                {"table_name": "voucher", "row_id": str(voucher_id),
+                 "after": audit.inserted("voucher", voucher_id, voucher)},
+                {"table_name": "ledger_entry", "row_id": str(entry_id),
+                 "after": audit.inserted("ledger_entry", entry_id, entry)},
+            ]),
+            "granted_before": _json(audit.changed("application", {k: values[k] for k in decided})),
+            "granted_after": _json(audit.changed("application", decided)),
+            "waiting_before": _json(audit.changed("application", {"status": "received", "waitlist_number": None,
+                                                                  "decided_at": None})),
+            "decided_at": audit.changed("application", {"decided_at": now})["decided_at"],
+        }))
+    except asyncpg.RaiseError as exc:
+        refused = _refused(exc)
+        if refused is None:
+            raise
+        raise refused from None
+    status, waiting_count = result[0], result[1]
+    return applications.ApplicationState(
+        application_id=values["public_id"], scheme=scheme.slug, status=status,
+        waiting_list_position=waiting_count if status == "waiting" else None, reasons=[])

@@ -11,6 +11,7 @@ redemption, enrolment, scheme.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import and_, bindparam, case, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -56,23 +57,7 @@ async def issue_voucher(session: AsyncSession, rt: Runtime, scheme: Scheme, appl
     """Create the voucher for an application whose place and money the caller has just taken
     from the scheme (see ``applications.take_place``)."""
     now = utcnow()
-    salt = rt.keys.new_salt()
-    voucher = Voucher(
-        scheme_id=scheme.id,
-        application_id=application.id,
-        kvk_number=application.kvk_number,
-        code_hash=rt.keys.hash_of(rt.keys.code_for(salt)),
-        code_salt=salt,
-        status="active",
-        value_cents=scheme.value_cents,
-        balance_cents=scheme.value_cents,
-        held_cents=0,
-        redeemed_cents=0,
-        returned_cents=0,
-        holds_place=True,
-        issued_at=now,
-        expires_at=now + dt.timedelta(days=scheme.validity_days),
-    )
+    voucher = Voucher(**voucher_values(rt, scheme, application.id, application.kvk_number, now))
     session.add(voucher)
     await session.flush()
     ledger.post(
@@ -87,18 +72,30 @@ async def issue_voucher(session: AsyncSession, rt: Runtime, scheme: Scheme, appl
     )
     application.status = "granted"
     application.decided_at = now
-    outbox.enqueue(
-        session,
-        to=application.email,
-        template="voucher_issued",
-        locale=application.locale,
-        voucher_id=voucher.id,
-        scheme_name=scheme.name if application.locale == "nl" else scheme.name_en,
-        value_cents=voucher.value_cents,
-        expires_at=voucher.expires_at.date().isoformat(),
-        contact_name=application.contact_name,
-    )
+    outbox.enqueue(session, to=application.email, template="voucher_issued", locale=application.locale,
+                   **issued_mail(scheme, voucher.id, voucher.expires_at, application.locale, application.contact_name))
     return voucher
+
+
+def voucher_values(rt: Runtime, scheme: Scheme, application_id: int, kvk_number: str,
+                   now: dt.datetime) -> dict[str, Any]:
+    """Every column of a new voucher but its id: a fresh code, the scheme's value, unspent."""
+    salt = rt.keys.new_salt()
+    return {
+        "scheme_id": scheme.id, "application_id": application_id, "kvk_number": kvk_number,
+        "code_hash": rt.keys.hash_of(rt.keys.code_for(salt)), "code_salt": salt, "status": "active",
+        "value_cents": scheme.value_cents, "balance_cents": scheme.value_cents, "held_cents": 0,
+        "redeemed_cents": 0, "returned_cents": 0, "holds_place": True, "issued_at": now,
+        "expires_at": now + dt.timedelta(days=scheme.validity_days), "ended_at": None, "end_reason": None,
+    }
+
+
+def issued_mail(scheme: Scheme, voucher_id: int, expires_at: dt.datetime, locale: str,
+                contact_name: str) -> dict[str, Any]:
+    """The parameters of the ``voucher_issued`` mail (the code is derived when it is sent)."""
+    return {"voucher_id": voucher_id, "scheme_name": scheme.name if locale == "nl" else scheme.name_en,
+            "value_cents": scheme.value_cents, "expires_at": expires_at.date().isoformat(),
+            "contact_name": contact_name}
 
 
 def parse_code(code_text: str) -> str:

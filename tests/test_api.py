@@ -274,3 +274,64 @@ async def test_one_statement_redemption_writes_what_the_session_path_writes(clie
         assert made[fast] == made[session_path]
         assert len(made[fast]["audit"]) == 3
         assert await reconcile(session) == []
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_one_statement_application_writes_what_the_session_path_writes(client, rt) -> None:
+    """On PostgreSQL an application to a first-come scheme without an Idempotency-Key is one
+    statement (service.fastwrite); with a key it runs through ``submit`` and ``decide``. Granted or
+    waiting, both must leave the same rows, apart from ids, codes and times."""
+    from sqlalchemy import select
+
+    from service.models import Application, LedgerEntry, OutboxMessage
+    from service.models_admin import AuditEntry
+    from tests.helpers import next_kvk
+
+    await make_scheme(rt, max_places=2)
+    token = await admin_token(rt)
+    url = "/api/v1/admin/schemes/test-scheme/applications"
+    volatile = {"id", "public_id", "kvk_number", "application_id", "voucher_id", "to_id", "created_at", "decided_at",
+                "issued_at", "expires_at", "code_hash", "code_salt", "waitlist_number", "waitlist_seq",
+                "waiting_count", "places_used", "committed_cents", "message_id"}
+
+    def same_shape(row: dict) -> dict:
+        return {k: ("…" if k in volatile else v) for k, v in row.items()}
+
+    async def apply(with_key: bool) -> dict:
+        body = {"kvk_number": next_kvk(), "company_name": "Firma", "employees": 2, "postcode": "6811 AB",
+                "contact_name": "Naam", "email": "firma@example.org", "locale": "en"}
+        headers = {**bearer(token), **({"Idempotency-Key": str(uuid.uuid4())} if with_key else {})}
+        answer = await client.post(url, headers=headers, json=body)
+        assert answer.status_code == 201, answer.text
+        async with rt.sessionmaker() as session:
+            application = await session.scalar(select(Application).where(Application.public_id
+                                                                         == answer.json()["application_id"]))
+            voucher = await session.scalar(select(Voucher).where(Voucher.application_id == application.id))
+            entries = list(await session.scalars(select(LedgerEntry).where(
+                LedgerEntry.voucher_id == (voucher.id if voucher else -1))))
+            mail = await session.scalar(select(OutboxMessage).where(OutboxMessage.to_address == "firma@example.org")
+                                        .order_by(OutboxMessage.id.desc()).limit(1))
+            rows = [("application", str(application.id)), ("scheme", str(application.scheme_id))]
+            rows += [("voucher", str(voucher.id))] if voucher else []
+            rows += [("ledger_entry", str(e.id)) for e in entries]
+            audit_rows = [a for a in await session.scalars(select(AuditEntry).order_by(AuditEntry.seq))
+                          if (a.table_name, a.row_id) in rows and a.at >= application.created_at]
+            return {
+                "answer": same_shape({**answer.json(), "waiting_list_position": "…"}),
+                "application": same_shape({c: getattr(application, c) for c in Application.__table__.c.keys()}),
+                "voucher": voucher and same_shape({c: getattr(voucher, c) for c in Voucher.__table__.c.keys()}),
+                "entries": [same_shape({c: getattr(e, c) for c in LedgerEntry.__table__.c.keys()}) for e in entries],
+                "mail": (mail.template, mail.locale, mail.status, same_shape(mail.params)),
+                "audit": sorted((a.action, a.table_name, same_shape(a.before), same_shape(a.after))
+                                for a in audit_rows),
+            }
+
+    granted = [await apply(with_key=False), await apply(with_key=True)]
+    waiting = [await apply(with_key=False), await apply(with_key=True)]
+    assert granted[0]["answer"]["status"] == "granted" and granted[0]["voucher"] is not None
+    assert waiting[0]["answer"]["status"] == "waiting" and waiting[0]["voucher"] is None
+    assert len(granted[0]["audit"]) == 5 and len(waiting[0]["audit"]) == 3
+    assert granted[0] == granted[1]
+    assert waiting[0] == waiting[1]
+    async with rt.sessionmaker() as session:
+        assert await reconcile(session) == []
