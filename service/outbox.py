@@ -94,9 +94,20 @@ async def render(session: AsyncSession, rt: Runtime, message: OutboxMessage) -> 
     return subject.removeprefix("Subject:").strip(), body.lstrip("\n")
 
 
-async def send_due(rt: Runtime, *, now: dt.datetime | None = None, batch: int = 20) -> int:
-    """Send what is due; returns how many were sent. Safe to run in several processes."""
-    now = now or utcnow()
+async def send_due(rt: Runtime, *, now: dt.datetime | None = None, batch: int = 100) -> int:
+    """Send what is due, a batch at a time until nothing due is left (or the mail server fails);
+    returns how many were sent. Safe to run in several processes."""
+    total = 0
+    while True:
+        claimed, sent = await _send_batch(rt, now or utcnow(), batch)
+        total += sent
+        if claimed < batch or sent < claimed:
+            return total
+
+
+async def _send_batch(rt: Runtime, now: dt.datetime, batch: int) -> tuple[int, int]:
+    """Claim up to ``batch`` due messages, hand them to the mail server over one connection, and
+    mark those it took as sent in one statement. Returns (claimed, sent)."""
     async with rt.sessionmaker() as session, session.begin():
         query = (
             select(OutboxMessage)
@@ -114,22 +125,66 @@ async def send_due(rt: Runtime, *, now: dt.datetime | None = None, batch: int = 
         for message in claimed:
             message.claimed_until = now + LEASE
         rendered = [(message, *await render(session, rt, message)) for message in claimed]
-    sent = 0
-    for message, subject, body in rendered:
-        try:
-            await _deliver(rt, message, subject, body)
-        except Exception as exc:  # any failure of the mail server: try again later
-            log.warning("mail %s not sent: %s", message.id, exc)
-            await _failed(rt, message, exc, now)
-        else:
-            sent += 1
-            async with rt.sessionmaker() as session, session.begin():
-                await session.execute(
-                    update(OutboxMessage)
-                    .where(OutboxMessage.id == message.id)
-                    .values(status="sent", sent_at=utcnow(), claimed_until=None, attempts=OutboxMessage.attempts + 1)
-                )
-    return sent
+    if not rendered:
+        return 0, 0
+    delivered: list[int] = []
+    async with _MailServer(rt) as server:
+        for message, subject, body in rendered:
+            try:
+                await server.deliver(message, _mime(rt, message, subject, body))
+            except Exception as exc:  # any failure of the mail server: try again later
+                log.warning("mail %s not sent: %s", message.id, exc)
+                await _failed(rt, message, exc, now)
+            else:
+                delivered.append(message.id)
+    if delivered:
+        async with rt.sessionmaker() as session, session.begin():
+            await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id.in_(delivered))
+                .values(status="sent", sent_at=utcnow(), claimed_until=None, attempts=OutboxMessage.attempts + 1)
+            )
+    return len(claimed), len(delivered)
+
+
+class _MailServer:
+    """One connection to the mail server for a batch (or the mail folder, in development). A
+    connection that cannot be made fails each message of the batch, which is then retried."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.settings = rt.settings
+        self.smtp: aiosmtplib.SMTP | None = None
+        self.error: Exception | None = None
+
+    async def __aenter__(self) -> _MailServer:
+        s = self.settings
+        if s.mail_backend != "file":
+            smtp = aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port, username=s.smtp_username,
+                                   password=s.smtp_password, start_tls=s.smtp_starttls, timeout=30)
+            try:
+                await smtp.connect()
+            except Exception as exc:
+                self.error = exc
+            else:
+                self.smtp = smtp
+        return self
+
+    async def deliver(self, message: OutboxMessage, mime: email.message.EmailMessage) -> None:
+        if self.settings.mail_backend == "file":
+            folder = Path(self.settings.mail_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{message.id:08d}.eml").write_bytes(mime.as_bytes())
+            return
+        if self.smtp is None:
+            raise self.error or aiosmtplib.SMTPServerDisconnected("not connected")
+        await self.smtp.send_message(mime)
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self.smtp is not None and self.smtp.is_connected:
+            try:
+                await self.smtp.quit()
+            except aiosmtplib.SMTPException:
+                self.smtp.close()
 
 
 async def _failed(rt: Runtime, message: OutboxMessage, exc: Exception, now: dt.datetime) -> None:
@@ -159,22 +214,3 @@ def _mime(rt: Runtime, message: OutboxMessage, subject: str, body: str) -> email
     mime["Content-Language"] = message.locale
     mime.set_content(body)
     return mime
-
-
-async def _deliver(rt: Runtime, message: OutboxMessage, subject: str, body: str) -> None:
-    mime = _mime(rt, message, subject, body)
-    settings = rt.settings
-    if settings.mail_backend == "file":
-        folder = Path(settings.mail_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{message.id:08d}.eml").write_bytes(mime.as_bytes())
-        return
-    await aiosmtplib.send(
-        mime,
-        hostname=settings.smtp_host,
-        port=settings.smtp_port,
-        username=settings.smtp_username,
-        password=settings.smtp_password,
-        start_tls=settings.smtp_starttls,
-        timeout=30,
-    )

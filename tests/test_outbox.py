@@ -44,6 +44,19 @@ async def test_two_senders_deliver_each_message_once(rt: Runtime, smtp_server) -
     assert len({m["Message-ID"] for m in smtp_server.messages}) == 12
 
 
+async def test_a_round_sends_everything_due_a_batch_at_a_time(rt: Runtime, smtp_server) -> None:
+    """An opening day queues thousands of mails: one round drains them, batch after batch, each
+    batch over one connection to the mail server."""
+    scheme = await make_scheme(rt)
+    for n in range(7):
+        await make_voucher(rt, scheme, email=f"rij{n}@example.org")
+    assert await outbox.send_due(rt, batch=3) == 7
+    assert sorted(m["To"] for m in smtp_server.messages) == sorted(f"rij{n}@example.org" for n in range(7))
+    async with rt.sessionmaker() as session:
+        assert {m.status for m in await session.scalars(select(OutboxMessage))} == {"sent"}
+    assert await outbox.send_due(rt, batch=3) == 0
+
+
 async def test_file_backend_writes_readable_mail(rt: Runtime, tmp_path) -> None:
     scheme = await make_scheme(rt)
     _, code = await make_voucher(rt, scheme, email="lezen@example.org", locale="en")
