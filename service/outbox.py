@@ -11,8 +11,11 @@ is never stored in the outbox: it is derived when the mail goes out.
 from __future__ import annotations
 
 import datetime as dt
-import email.message
 import email.utils
+from email.charset import QP, Charset
+from email.header import Header
+from email.message import Message
+from email.mime.text import MIMEText
 import logging
 from pathlib import Path
 from typing import Any
@@ -71,12 +74,16 @@ async def enqueue_now(session: AsyncSession, *, to: str, template: str, locale: 
     await conn.execute(_INSERT, message_values(to, template, locale, params))
 
 
-async def render(session: AsyncSession, rt: Runtime, message: OutboxMessage) -> tuple[str, str]:
+async def render(session: AsyncSession, rt: Runtime, message: OutboxMessage,
+                 salts: dict[int, bytes] | None = None) -> tuple[str, str]:
     """Subject and body. Secrets are derived here, not stored: ``voucher_id`` gives the voucher's
-    code, ``sign_in_token_ids`` the sign-in links, ``confirm_for`` an application's confirmation link."""
+    code, ``sign_in_token_ids`` the sign-in links, ``confirm_for`` an application's confirmation link.
+    ``salts``: the vouchers' code salts, read for a whole batch at once."""
     context = dict(message.params)
     if "voucher_id" in context:
-        salt = await session.scalar(select(Voucher.code_salt).where(Voucher.id == context["voucher_id"]))
+        if salts is None:
+            salts = await _code_salts(session, [message])
+        salt = salts.get(context["voucher_id"])
         if salt is not None:
             context["voucher_code"] = format_code(rt.keys.code_for(salt))
     # Links that let someone in are made now too, never stored (signin imports this module).
@@ -92,6 +99,14 @@ async def render(session: AsyncSession, rt: Runtime, message: OutboxMessage) -> 
         text = _env.get_template(f"{message.template}.txt").render(context)
     subject, _, body = text.partition("\n")
     return subject.removeprefix("Subject:").strip(), body.lstrip("\n")
+
+
+async def _code_salts(session: AsyncSession, messages: list[OutboxMessage]) -> dict[int, bytes]:
+    ids = {m.params["voucher_id"] for m in messages if "voucher_id" in m.params}
+    if not ids:
+        return {}
+    rows = await session.execute(select(Voucher.id, Voucher.code_salt).where(Voucher.id.in_(ids)))
+    return {voucher_id: salt for voucher_id, salt in rows}
 
 
 async def send_due(rt: Runtime, *, now: dt.datetime | None = None, batch: int = 100) -> int:
@@ -124,7 +139,8 @@ async def _send_batch(rt: Runtime, now: dt.datetime, batch: int) -> tuple[int, i
         claimed = list(await session.scalars(query))
         for message in claimed:
             message.claimed_until = now + LEASE
-        rendered = [(message, *await render(session, rt, message)) for message in claimed]
+        salts = await _code_salts(session, claimed)
+        rendered = [(message, *await render(session, rt, message, salts)) for message in claimed]
     if not rendered:
         return 0, 0
     delivered: list[int] = []
@@ -169,7 +185,7 @@ class _MailServer:
                 self.smtp = smtp
         return self
 
-    async def deliver(self, message: OutboxMessage, mime: email.message.EmailMessage) -> None:
+    async def deliver(self, message: OutboxMessage, mime: Message) -> None:
         if self.settings.mail_backend == "file":
             folder = Path(self.settings.mail_dir)
             folder.mkdir(parents=True, exist_ok=True)
@@ -202,15 +218,26 @@ async def _failed(rt: Runtime, message: OutboxMessage, exc: Exception, now: dt.d
         )
 
 
-def _mime(rt: Runtime, message: OutboxMessage, subject: str, body: str) -> email.message.EmailMessage:
-    mime = email.message.EmailMessage()
-    mime["From"] = rt.settings.mail_from
+# The standard library's classic message class: the modern ``EmailMessage`` API parses every header
+# into an object and cost about 1 ms a mail here, this about 0.2 ms. Quoted-printable keeps the text
+# readable in the mail folder; a header is encoded only when it is not plain ASCII.
+_UTF8_QP = Charset("utf-8")
+_UTF8_QP.body_encoding = QP
+
+
+def _header(value: str) -> str | Header:
+    return value if value.isascii() else Header(value, "utf-8")
+
+
+def _mime(rt: Runtime, message: OutboxMessage, subject: str, body: str) -> Message:
+    mime = MIMEText(body, "plain", _UTF8_QP)
+    name, address = email.utils.parseaddr(rt.settings.mail_from)
+    mime["From"] = email.utils.formataddr((name, address), charset="utf-8")
     mime["To"] = message.to_address
-    mime["Subject"] = subject
+    mime["Subject"] = _header(subject)
     # A stable Message-ID lets the receiving side drop a duplicate if a lease ever expired
     # between the mail server's acceptance and our "sent" mark.
     mime["Message-ID"] = message.message_id
     mime["Date"] = email.utils.format_datetime(utcnow())
     mime["Content-Language"] = message.locale
-    mime.set_content(body)
     return mime

@@ -83,3 +83,17 @@ async def test_sign_in_links_are_made_when_the_mail_goes_out_not_stored(rt: Runt
     token = body.split("/mijn-voucher/inloggen/")[1].split()[0]
     assert await run_in_transaction(rt.sessionmaker, lambda s: signin.use_sign_in_token(s, rt, token)) == voucher.id
     assert await run_in_transaction(rt.sessionmaker, lambda s: signin.use_sign_in_token(s, rt, token)) is None
+
+
+def test_mail_with_accents_and_euro_signs_reads_back_exactly(rt: Runtime) -> None:
+    import email
+    import email.policy
+
+    message = OutboxMessage(id=1, message_id="<1@vouchers.local>", to_address="zoe@example.org", template="x",
+                            locale="nl", params={})
+    subject, body = "Uw voucher – € 1.350,00 voor café Zoë", "Beste Zoë,\n\nU krijgt € 1.350,00.\n" + "x" * 120
+    raw = outbox._mime(rt, message, subject, body).as_bytes()
+    assert raw.isascii()  # 7-bit clean for any mail server
+    back = email.message_from_bytes(raw, policy=email.policy.default)
+    assert back["Subject"] == subject and back.get_content() == body
+    assert back["Message-ID"] == "<1@vouchers.local>"
