@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from .settings import Settings
 
-__all__ = ("create_engine", "make_sessionmaker", "transaction", "run_in_transaction")
+__all__ = ("create_engine", "make_sessionmaker", "transaction", "run_in_transaction", "writer_turn")
 
 T = TypeVar("T")
 
@@ -86,7 +86,7 @@ _holding_turn: ContextVar[bool] = ContextVar("holding_write_turn", default=False
 
 
 @asynccontextmanager
-async def _writer_turn(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[None]:
+async def writer_turn(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[None]:
     """Let this process's write transactions take turns, a few at a time, in asyncio.
 
     On SQLite one at a time: they would queue in SQLite's busy handler otherwise, which sleeps in
@@ -113,7 +113,7 @@ async def _writer_turn(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncI
 @asynccontextmanager
 async def transaction(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     """A session whose work is committed when the block ends, or rolled back if it raises."""
-    async with _writer_turn(sessionmaker), sessionmaker() as session, session.begin():
+    async with writer_turn(sessionmaker), sessionmaker() as session, session.begin():
         yield session
 
 

@@ -1,35 +1,32 @@
-"""The two busiest writes, a coach's redemption and an application, as one statement each on
-PostgreSQL.
+"""The two busiest writes, a coach's redemption and an application, straight through the driver.
 
 Every redemption of a scheme changes the provider's enrolment row and the scheme's row, and every
 application the scheme's row. Through a session those rows stay locked from their UPDATE until the
 COMMIT, across several round trips to this process, and every other request waits in line for
-them: measured, that line, not the CPU, held both to about 150 a second. Here the same work is a
-single statement run in autocommit, so the rows are locked only while PostgreSQL executes it.
+them: measured, that line, not the CPU, held both to about 150 a second on PostgreSQL. On SQLite
+the whole database is locked that long, and each statement is a hand-off to aiosqlite's thread.
+So here each is a read without a lock, then one short write:
 
-A redemption:
+* PostgreSQL: one statement of data-modifying CTEs, run in autocommit, so the rows are locked
+  only while PostgreSQL executes it. Each UPDATE runs only if the one before it changed its row.
+  If a later rule refuses after an earlier UPDATE, ``vouchers_refuse()`` raises and PostgreSQL
+  undoes the whole statement. The ids of the new rows are taken from their sequences in the read.
+* SQLite: the same statements one after the other in one transaction on the event loop's thread
+  (``FastPath.write``), with no ``await`` between BEGIN and COMMIT.
 
-1. a read (no lock) of the voucher, its scheme, the provider's enrolment and the addressee of
-   the mail, with the ids the new rows will get;
-2. one statement of data-modifying CTEs: the voucher's, the enrolment's and the scheme's
-   conditional UPDATEs (the same rules as ``vouchers.redeem``, each run only if the one before it
-   changed its row), the redemption, its ledger entry, its mail and its audit entries. If the
-   voucher was spent but a later rule refused, ``vouchers_refuse()`` raises, and PostgreSQL
-   undoes the whole statement.
+A redemption writes: the voucher's, the enrolment's and the scheme's conditional UPDATEs (the
+rules of ``vouchers.redeem``), the redemption, its ledger entry, its mail and its audit entries.
+An application to a first-come scheme by an eligible applicant writes: a place and a voucher's
+value taken from the scheme if both are left and nobody waits (``applications.take_place``), else
+the next waiting-list number; the application with its outcome, the voucher and its ledger entry,
+the mail and the audit entries (the two the session path writes: received, then decided). A KvK
+number that has applied already undoes it all.
 
-An application to a first-come scheme by an eligible applicant:
-
-1. a read of the scheme, with the ids the new rows will get;
-2. one statement: a place and a voucher's value taken from the scheme's row if both are left and
-   nobody waits (``applications.take_place``), else the next waiting-list number; the application
-   with its outcome, the voucher, its ledger entry, the mail and the audit entries. A KvK number
-   that has applied already makes ``vouchers_refuse()`` undo it all.
-
-The refusals, their order, the rows written and the audit entries are those of
-``vouchers.redeem`` and of ``applications.submit`` with ``decide``, which remain the one way on
-SQLite, inside a caller's transaction (an ``Idempotency-Key`` stores its answer in the same
-transaction), and for every other application (lottery, ineligible); the PostgreSQL tests
-compare the two.
+The refusals, their order, the rows and the audit entries are those of ``vouchers.redeem`` and of
+``applications.submit`` with ``decide``, which remain the way for every other case: inside a
+caller's transaction (an ``Idempotency-Key`` stores its answer in the same transaction), the coach's
+and the entrepreneur's pages, and applications this path does not decide (a lottery, an
+ineligible applicant). The tests compare the two paths row by row on both databases.
 """
 
 from __future__ import annotations
@@ -37,17 +34,22 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import sqlite3
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import msgspec
 
 from . import applications, audit, ledger, outbox, vouchers
+from .db import writer_turn
 from .errors import N_, Conflict, DomainError, Forbidden, InvalidInput, NotFound, Refused
+from .fastpath import from_sqlite_moment, sqlite_moment
 from .models import Redemption, Scheme, Voucher, utcnow
 from .runtime import Runtime
 
 __all__ = ("apply", "redeem")
+
 
 def _numbered(sql: str) -> tuple[str, tuple[str, ...]]:
     """``:name`` placeholders as asyncpg's ``$n``, and the names in that order."""
@@ -62,39 +64,131 @@ def _numbered(sql: str) -> tuple[str, tuple[str, ...]]:
     return re.sub(r"(?<![:\w]):(\w+)", number, sql), tuple(names)
 
 
-_TERMS, _TERMS_NAMES = _numbered("""
+def _args(names: tuple[str, ...], values: dict[str, Any]) -> list[Any]:
+    return [values[name] for name in names]
+
+
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _lite(value: Any) -> Any:
+    """A value as the engine stores it in SQLite (``models.UTCDateTime``, ``Date``, ``JSON``)."""
+    if isinstance(value, dt.datetime):
+        return sqlite_moment(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return value
+
+
+_INSERTS: dict[tuple[str, tuple[str, ...]], str] = {}
+
+
+def _insert(conn: sqlite3.Connection, table: str, values: dict[str, Any]) -> None:
+    key = (table, tuple(values))
+    sql = _INSERTS.get(key)
+    if sql is None:
+        sql = _INSERTS[key] = (f"INSERT INTO {table} ({', '.join(values)}) "
+                               f"VALUES ({', '.join(':' + name for name in values)})")
+    conn.execute(sql, {name: _lite(value) for name, value in values.items()})
+
+
+_AUDIT_INSERT = ("INSERT INTO audit_entry (at, actor, address, action, table_name, row_id, before, after) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _audit(conn: sqlite3.Connection, now: dt.datetime, entries: list[tuple[str, str, Any, dict, dict]]) -> None:
+    who = audit.current_context()
+    conn.executemany(_AUDIT_INSERT, [(sqlite_moment(now), who.actor, who.address, action, table, str(row_id),
+                                      _json(before), _json(after)) for action, table, row_id, before, after in entries])
+
+
+def _next_ids(conn: sqlite3.Connection, *tables: str) -> list[int]:
+    """The ids SQLite would give the next rows: under the write lock, nobody else inserts."""
+    return [conn.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}").fetchone()[0] for table in tables]
+
+
+class _Undo(Exception):
+    """A rule refused after an earlier UPDATE: roll the SQLite transaction back."""
+
+    def __init__(self, refusal: DomainError) -> None:
+        self.refusal = refusal
+
+
+_REFUSED_PREFIX = "vouchers-refused:"
+
+
+def _refusal(code: str) -> DomainError:
+    if code == "already-applied":
+        return Conflict("already-applied", applications.ALREADY_APPLIED, field="kvk_number")
+    if code == "provider-cap-reached":
+        return Refused(code, N_("Your organisation has reached the most this scheme pays one provider."))
+    if code == "scheme-closed":
+        return Refused(code, N_("This scheme has been closed; vouchers can no longer be used."))
+    raise ValueError(code)
+
+
+async def _pg_write(rt: Runtime, sql: str, args: list[Any]) -> Any:
+    try:
+        return await (await rt.fast.pool()).fetchrow(sql, *args)
+    except asyncpg.RaiseError as exc:
+        message = str(exc)
+        if not message.startswith(_REFUSED_PREFIX):
+            raise
+        raise _refusal(message.removeprefix(_REFUSED_PREFIX)) from None
+
+
+async def _sqlite_write(rt: Runtime, work: Any) -> Any:
+    try:
+        return await rt.fast.write(work, writer_turn(rt.sessionmaker))
+    except _Undo as undo:
+        raise undo.refusal from None
+
+
+# --- redemption ----------------------------------------------------------------------------------
+
+_TERMS = """
 SELECT v.id, v.status, v.balance_cents, v.expires_at, v.scheme_id,
        s.closed_at IS NOT NULL, s.categories, s.own_contribution_percent, s.provider_cap_cents,
        e.id, e.status, e.categories, e.cap_cents, p.name, a.email, a.locale, a.contact_name,
-       (SELECT r.count FROM rate_limit_counter r WHERE r.key = :attempts_key AND r.window_start >= :since),
-       CASE WHEN v.id IS NOT NULL THEN nextval(pg_get_serial_sequence('redemption', 'id')) END,
-       CASE WHEN v.id IS NOT NULL THEN nextval(pg_get_serial_sequence('ledger_entry', 'id')) END
+       (SELECT r.count FROM rate_limit_counter r WHERE r.key = :attempts_key AND r.window_start >= :since){ids}
 FROM (SELECT 1 AS one) AS one
 LEFT JOIN voucher v ON v.code_hash = :code_hash
 LEFT JOIN scheme s ON s.id = v.scheme_id
 LEFT JOIN application a ON a.id = v.application_id
 LEFT JOIN enrolment e ON e.scheme_id = v.scheme_id AND e.provider_id = :provider_id
 LEFT JOIN provider p ON p.id = e.provider_id
-""")
+"""
+_TERMS_PG, _TERMS_PG_NAMES = _numbered(_TERMS.format(ids=""",
+       CASE WHEN v.id IS NOT NULL THEN nextval(pg_get_serial_sequence('redemption', 'id')) END,
+       CASE WHEN v.id IS NOT NULL THEN nextval(pg_get_serial_sequence('ledger_entry', 'id')) END"""))
+_TERMS_SQLITE = _TERMS.format(ids="")
 
-# Each UPDATE runs only if the one before it changed its row (``EXISTS``), which also keeps the
-# lock order of ``service.vouchers``: voucher, enrolment, scheme.
-_REDEEM, _REDEEM_NAMES = _numbered("""
-WITH spent AS (
-    UPDATE voucher
+# The three conditional UPDATEs of a redemption, as in ``vouchers.redeem``. On PostgreSQL each
+# runs only if the one before it changed its row (``only_if``), which also keeps the lock order of
+# ``service.vouchers``: voucher, enrolment, scheme.
+_SPEND = """UPDATE voucher
     SET balance_cents = balance_cents - :amount, redeemed_cents = redeemed_cents + :amount,
         status = CASE WHEN balance_cents - :amount + held_cents = 0 THEN 'used_up' ELSE 'active' END
     WHERE id = :voucher_id AND status = 'active' AND expires_at > :now AND balance_cents >= :amount
-    RETURNING balance_cents, redeemed_cents, status
+    RETURNING balance_cents, redeemed_cents, status"""
+_PAY = """UPDATE enrolment SET received_cents = received_cents + :amount
+    WHERE id = :enrolment_id AND status = 'approved'
+      AND (CAST(:cap AS BIGINT) IS NULL OR received_cents + :amount <= CAST(:cap AS BIGINT)){only_if}
+    RETURNING received_cents"""
+_COUNT = """UPDATE scheme SET redeemed_cents = redeemed_cents + :amount
+    WHERE id = :scheme_id AND closed_at IS NULL{only_if}
+    RETURNING redeemed_cents"""
+
+_REDEEM_PG, _REDEEM_PG_NAMES = _numbered(f"""
+WITH spent AS (
+    {_SPEND}
 ), paid AS (
-    UPDATE enrolment SET received_cents = received_cents + :amount
-    WHERE id = :enrolment_id AND status = 'approved' AND EXISTS (SELECT FROM spent)
-      AND (:cap::bigint IS NULL OR received_cents + :amount <= :cap::bigint)
-    RETURNING received_cents
+    {_PAY.format(only_if=" AND EXISTS (SELECT FROM spent)")}
 ), counted AS (
-    UPDATE scheme SET redeemed_cents = redeemed_cents + :amount
-    WHERE id = :scheme_id AND closed_at IS NULL AND EXISTS (SELECT FROM paid)
-    RETURNING redeemed_cents
+    {_COUNT.format(only_if=" AND EXISTS (SELECT FROM paid)")}
 ), recorded AS (
     INSERT INTO redemption (id, scheme_id, voucher_id, enrolment_id, provider_id, hold_id, category, invoice_cents,
                             amount_cents, own_contribution_cents, reference, session_date, recorded_by, created_at)
@@ -129,7 +223,7 @@ WITH spent AS (
            json_build_object('received_cents', paid.received_cents)
     FROM paid, recorded
     UNION ALL
-    SELECT :now::timestamptz, :actor::text, :address::text, 'insert', table_name, row_id, '{}'::json, after
+    SELECT :now::timestamptz, :actor::text, :address::text, 'insert', table_name, row_id, '{{}}'::json, after
     FROM recorded, json_to_recordset(:inserted::json) AS inserted(table_name text, row_id text, after json)
     UNION ALL
     SELECT :now::timestamptz, :actor::text, :address::text, 'update', 'scheme', :scheme_id::text,
@@ -146,21 +240,104 @@ SELECT spent.balance_cents,
 FROM (SELECT 1 AS one) AS one
 LEFT JOIN spent ON true LEFT JOIN paid ON true LEFT JOIN counted ON true
 """)
-
-_REFUSED_PREFIX = "vouchers-refused:"
-_RACE_REFUSALS = {
-    "provider-cap-reached": N_("Your organisation has reached the most this scheme pays one provider."),
-    "scheme-closed": N_("This scheme has been closed; vouchers can no longer be used."),
-}
+_SPEND_SQLITE, _PAY_SQLITE, _COUNT_SQLITE = _SPEND, _PAY.format(only_if=""), _COUNT.format(only_if="")
 
 
-def _refused(exc: asyncpg.RaiseError) -> DomainError | None:
-    code = str(exc).removeprefix(_REFUSED_PREFIX)
-    if code == "already-applied":
-        return Conflict("already-applied", applications.ALREADY_APPLIED, field="kvk_number")
-    if code in _RACE_REFUSALS:
-        return Refused(code, _RACE_REFUSALS[code])
-    return None
+@dataclass(frozen=True, slots=True)
+class _Redeeming:
+    """A redemption that passed the checks of the read, ready to be written."""
+
+    rt: Runtime
+    now: dt.datetime
+    voucher_id: int
+    scheme_id: int
+    enrolment_id: int
+    provider_id: int
+    cap: int | None
+    category: str
+    invoice: int
+    own: int
+    amount: int
+    reference: str
+    session_date: dt.date | None
+    recorded_by: str
+    mail_to: tuple[str, str, str, str]
+    """Address, locale, contact name, provider name."""
+
+    def redemption(self) -> dict[str, Any]:
+        """The redemption's columns but its id."""
+        return {
+            "scheme_id": self.scheme_id, "voucher_id": self.voucher_id, "enrolment_id": self.enrolment_id,
+            "provider_id": self.provider_id, "hold_id": None, "category": self.category,
+            "invoice_cents": self.invoice, "amount_cents": self.amount, "own_contribution_cents": self.own,
+            "reference": self.reference, "session_date": self.session_date, "recorded_by": self.recorded_by,
+            "created_at": self.now}
+
+    def rows(self, redemption_id: int, entry_id: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """The redemption's, the ledger entry's and the mail's columns, for rows with these ids."""
+        redemption = self.redemption()
+        entry = ledger.entry_values(
+            scheme_id=self.scheme_id, kind="redeem", source=(ledger.VOUCHER, self.voucher_id),
+            target=(ledger.PROVIDER, self.enrolment_id), amount_cents=self.amount, voucher_id=self.voucher_id,
+            redemption_id=redemption_id) | {"created_at": self.now}
+        token = self.rt.sign("report-redemption", str(redemption_id), 60 * 60 * 24 * 90)
+        email, locale, contact_name, provider_name = self.mail_to
+        mail = outbox.message_values(email, "redemption_recorded", locale, {
+            "contact_name": contact_name, "provider_name": provider_name, "amount_cents": self.amount,
+            "invoice_cents": self.invoice, "own_contribution_cents": self.own, "category": self.category,
+            "report_url": self.rt.link(f"/report/{token}")})
+        return redemption, entry, mail
+
+    async def on_postgres(self, redemption_id: int, entry_id: int) -> int | None:
+        redemption, entry, mail = self.rows(redemption_id, entry_id)
+        who = audit.current_context()
+        row = await _pg_write(self.rt, _REDEEM_PG, _args(_REDEEM_PG_NAMES, {
+            "amount": self.amount, "voucher_id": self.voucher_id, "now": self.now,
+            "enrolment_id": self.enrolment_id, "cap": self.cap, "scheme_id": self.scheme_id,
+            "redemption_id": redemption_id, "provider_id": self.provider_id, "category": self.category,
+            "invoice": self.invoice, "own": self.own, "reference": self.reference,
+            "session_date": self.session_date, "recorded_by": self.recorded_by, "entry_id": entry_id,
+            "message_id": mail["message_id"], "to_address": mail["to_address"], "locale": mail["locale"],
+            "mail_params": _json(mail["params"]), "actor": who.actor, "address": who.address,
+            "inserted": _json([
+                {"table_name": "redemption", "row_id": str(redemption_id),
+                 "after": audit.inserted("redemption", redemption_id, redemption)},
+                {"table_name": "ledger_entry", "row_id": str(entry_id),
+                 "after": audit.inserted("ledger_entry", entry_id, entry)}])}))
+        return row[0]
+
+    def on_sqlite(self, conn: sqlite3.Connection) -> tuple[int, int] | None:
+        """The write transaction's work: (redemption id, balance), or None if the voucher refused."""
+        values = {"amount": self.amount, "voucher_id": self.voucher_id, "now": sqlite_moment(self.now),
+                  "enrolment_id": self.enrolment_id, "cap": self.cap, "scheme_id": self.scheme_id}
+        spent = conn.execute(_SPEND_SQLITE, values).fetchone()
+        if spent is None:
+            return None
+        paid = conn.execute(_PAY_SQLITE, values).fetchone()
+        if paid is None:
+            raise _Undo(_refusal("provider-cap-reached"))
+        redemption_id, entry_id = _next_ids(conn, "redemption", "ledger_entry")
+        redemption, entry, mail = self.rows(redemption_id, entry_id)
+        _insert(conn, "redemption", {"id": redemption_id, **redemption})
+        _insert(conn, "ledger_entry", {"id": entry_id, **entry})
+        _insert(conn, "outbox_message", {**mail, "status": "pending", "attempts": 0, "next_attempt_at": self.now,
+                                         "created_at": self.now})
+        counted = conn.execute(_COUNT_SQLITE, values).fetchone()  # the scheme's row last, as everywhere
+        if counted is None:
+            raise _Undo(_refusal("scheme-closed"))
+        balance, redeemed, status = spent
+        _audit(conn, self.now, [
+            ("update", "voucher", self.voucher_id,
+             {"balance_cents": balance + self.amount, "redeemed_cents": redeemed - self.amount, "status": "active"},
+             {"balance_cents": balance, "redeemed_cents": redeemed, "status": status}),
+            ("update", "enrolment", self.enrolment_id, {"received_cents": paid[0] - self.amount},
+             {"received_cents": paid[0]}),
+            ("insert", "redemption", redemption_id, {}, audit.inserted("redemption", redemption_id, redemption)),
+            ("insert", "ledger_entry", entry_id, {}, audit.inserted("ledger_entry", entry_id, entry)),
+            ("update", "scheme", self.scheme_id, {"redeemed_cents": counted[0] - self.amount},
+             {"redeemed_cents": counted[0]}),
+        ])
+        return redemption_id, balance
 
 
 async def redeem(
@@ -175,17 +352,21 @@ async def redeem(
     session_date: dt.date | None,
     recorded_by: str,
 ) -> tuple[Redemption, int]:
-    """``vouchers.find_voucher`` and ``vouchers.redeem`` in one read and one statement, committed
-    when it returns. Returns the stored redemption and the voucher's balance after it."""
+    """``vouchers.find_voucher`` and ``vouchers.redeem`` as one read and one write, committed when
+    it returns. Returns the stored redemption and the voucher's balance after it."""
     code = vouchers.parse_code(code_text)
     now = utcnow()
-    pool = await rt.fast.pool()
-    terms = await pool.fetchrow(_TERMS, *_args(_TERMS_NAMES, {
-        "code_hash": rt.keys.hash_of(code), "attempts_key": attempts_key, "since": vouchers.window_start(rt),
-        "provider_id": provider_id}))
-    (voucher_id, status, balance, expires_at, scheme_id, closed, scheme_categories, own_percent, scheme_cap,
+    read = {"code_hash": rt.keys.hash_of(code), "attempts_key": attempts_key, "since": vouchers.window_start(rt),
+            "provider_id": provider_id}
+    if rt.settings.is_sqlite:
+        terms = rt.fast.read_sqlite(_TERMS_SQLITE, read | {"since": sqlite_moment(read["since"])})
+        ids = None
+    else:
+        terms = await (await rt.fast.pool()).fetchrow(_TERMS_PG, *_args(_TERMS_PG_NAMES, read))
+        ids = terms[18], terms[19]
+    (voucher_id, _status, _balance, _expires_at, scheme_id, closed, scheme_categories, own_percent, scheme_cap,
      enrolment_id, enrolment_status, enrolment_categories, enrolment_cap, registered_name, email, locale,
-     contact_name, attempts, redemption_id, entry_id) = terms
+     contact_name, attempts) = terms[:18]
     vouchers.check_attempts(rt, attempts)
     if voucher_id is None:
         raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
@@ -206,46 +387,20 @@ async def redeem(
     if amount <= 0:
         raise InvalidInput("amount-not-positive", N_("The amount must be more than zero."), field="amount_cents")
 
-    redemption_values = {
-        "scheme_id": scheme_id, "voucher_id": voucher_id, "enrolment_id": enrolment_id, "provider_id": provider_id,
-        "hold_id": None, "category": category, "invoice_cents": invoice_cents, "amount_cents": amount,
-        "own_contribution_cents": own, "reference": reference, "session_date": session_date,
-        "recorded_by": recorded_by, "created_at": now}
-    entry_values = ledger.entry_values(
-        scheme_id=scheme_id, kind="redeem", source=(ledger.VOUCHER, voucher_id),
-        target=(ledger.PROVIDER, enrolment_id), amount_cents=amount, voucher_id=voucher_id,
-        redemption_id=redemption_id) | {"created_at": now}
-    report_token = rt.sign("report-redemption", str(redemption_id), 60 * 60 * 24 * 90)
-    message = outbox.message_values(
-        email, "redemption_recorded", locale, {
-            "contact_name": contact_name, "provider_name": registered_name, "amount_cents": amount,
-            "invoice_cents": invoice_cents, "own_contribution_cents": own, "category": category,
-            "report_url": rt.link(f"/report/{report_token}")})
-    who = audit.current_context()
-    inserted = [
-        {"table_name": "redemption", "row_id": str(redemption_id),
-         "after": audit.inserted("redemption", redemption_id, redemption_values)},
-        {"table_name": "ledger_entry", "row_id": str(entry_id),
-         "after": audit.inserted("ledger_entry", entry_id, entry_values)},
-    ]
-    try:
-        row = await pool.fetchrow(_REDEEM, *_args(_REDEEM_NAMES, {
-            "amount": amount, "voucher_id": voucher_id, "now": now, "enrolment_id": enrolment_id,
-            "cap": enrolment_cap if enrolment_cap is not None else scheme_cap, "scheme_id": scheme_id,
-            "redemption_id": redemption_id, "provider_id": provider_id, "category": category,
-            "invoice": invoice_cents, "own": own, "reference": reference, "session_date": session_date,
-            "recorded_by": recorded_by, "entry_id": entry_id, "message_id": message["message_id"],
-            "to_address": message["to_address"], "locale": message["locale"],
-            "mail_params": _json(message["params"]), "actor": who.actor, "address": who.address,
-            "inserted": _json(inserted)}))
-    except asyncpg.RaiseError as exc:
-        refused = _refused(exc)
-        if refused is None:
-            raise
-        raise refused from None
-    if row[0] is None:
+    job = _Redeeming(rt=rt, now=now, voucher_id=voucher_id, scheme_id=scheme_id, enrolment_id=enrolment_id,
+                     provider_id=provider_id, cap=enrolment_cap if enrolment_cap is not None else scheme_cap,
+                     category=category, invoice=invoice_cents, own=own, amount=amount, reference=reference,
+                     session_date=session_date, recorded_by=recorded_by,
+                     mail_to=(email, locale, contact_name, registered_name))
+    if ids is not None:
+        redemption_id = ids[0]
+        balance = await job.on_postgres(*ids)
+    else:
+        done = await _sqlite_write(rt, job.on_sqlite)
+        redemption_id, balance = done if done is not None else (0, None)
+    if balance is None:
         raise vouchers.refusal(await _voucher_now(rt, voucher_id), amount, now)
-    return Redemption(id=redemption_id, **redemption_values), row[0]
+    return Redemption(id=redemption_id, **job.redemption()), balance
 
 
 async def _voucher_now(rt: Runtime, voucher_id: int) -> Voucher:
@@ -254,35 +409,32 @@ async def _voucher_now(rt: Runtime, voucher_id: int) -> Voucher:
         return await session.get_one(Voucher, voucher_id)
 
 
-def _json(value: Any) -> str:
-    return msgspec.json.encode(value).decode()
-
-
-def _args(names: tuple[str, ...], values: dict[str, Any]) -> list[Any]:
-    return [values[name] for name in names]
-
+# --- application ---------------------------------------------------------------------------------
 
 _SCHEME_COLUMNS = tuple(Scheme.__table__.c.keys())
-_SCHEME, _SCHEME_NAMES = _numbered("""
-SELECT s.*, nextval(pg_get_serial_sequence('application', 'id')) AS new_application_id,
+_SCHEME = "SELECT s.*{ids} FROM scheme s WHERE s.slug = :slug"
+_SCHEME_PG, _SCHEME_PG_NAMES = _numbered(_SCHEME.format(ids=""",
+       nextval(pg_get_serial_sequence('application', 'id')) AS new_application_id,
        nextval(pg_get_serial_sequence('voucher', 'id')) AS new_voucher_id,
-       nextval(pg_get_serial_sequence('ledger_entry', 'id')) AS new_entry_id
-FROM scheme s WHERE s.slug = :slug
-""")
+       nextval(pg_get_serial_sequence('ledger_entry', 'id')) AS new_entry_id"""))
+_SCHEME_SQLITE = _SCHEME.format(ids="")
 
-# ``waiting`` runs only if ``placed`` changed nothing, so one statement never changes the scheme's
-# row twice. The application is written with its outcome; its audit entries are the two the session
-# path writes (received, then decided), so the log reads the same whichever path was taken.
-_APPLY, _APPLY_NAMES = _numbered("""
-WITH placed AS (
-    UPDATE scheme SET places_used = places_used + 1, committed_cents = committed_cents + value_cents
+# The rules of ``applications.take_place`` (a newcomer) and of joining the waiting list. On
+# PostgreSQL the second runs only if the first changed nothing, so one statement never changes the
+# scheme's row twice.
+_PLACE = """UPDATE scheme SET places_used = places_used + 1, committed_cents = committed_cents + value_cents
     WHERE id = :scheme_id AND closed_at IS NULL AND places_used < max_places
       AND committed_cents + value_cents <= budget_cents AND waiting_count = 0
-    RETURNING places_used, committed_cents, value_cents
+    RETURNING places_used, committed_cents, value_cents"""
+_WAIT = """UPDATE scheme SET waitlist_seq = waitlist_seq + 1, waiting_count = waiting_count + 1
+    WHERE id = :scheme_id{only_if}
+    RETURNING waitlist_seq, waiting_count"""
+
+_APPLY_PG, _APPLY_PG_NAMES = _numbered(f"""
+WITH placed AS (
+    {_PLACE}
 ), waiting AS (
-    UPDATE scheme SET waitlist_seq = waitlist_seq + 1, waiting_count = waiting_count + 1
-    WHERE id = :scheme_id AND NOT EXISTS (SELECT FROM placed)
-    RETURNING waitlist_seq, waiting_count
+    {_WAIT.format(only_if=" AND NOT EXISTS (SELECT FROM placed)")}
 ), applied AS (
     INSERT INTO application (id, public_id, scheme_id, status, kvk_number, company_name, employees, postcode,
                              contact_name, email, purpose, locale, reasons, waitlist_number, lottery_rank,
@@ -323,7 +475,7 @@ WITH placed AS (
 ), audited AS (
     INSERT INTO audit_entry (at, actor, address, action, table_name, row_id, before, after)
     SELECT :now::timestamptz, :actor::text, :address::text, 'insert', 'application', :application_id::text,
-           '{}'::json, :received::json
+           '{{}}'::json, :received::json
     FROM applied
     UNION ALL
     SELECT :now::timestamptz, :actor::text, :address::text, 'update', 'scheme', :scheme_id::text,
@@ -337,7 +489,7 @@ WITH placed AS (
            json_build_object('waitlist_seq', waiting.waitlist_seq, 'waiting_count', waiting.waiting_count)
     FROM waiting, applied
     UNION ALL
-    SELECT :now::timestamptz, :actor::text, :address::text, 'insert', table_name, row_id, '{}'::json, after
+    SELECT :now::timestamptz, :actor::text, :address::text, 'insert', table_name, row_id, '{{}}'::json, after
     FROM issued, json_to_recordset(:issued_rows::json) AS inserted(table_name text, row_id text, after json)
     UNION ALL
     SELECT :now::timestamptz, :actor::text, :address::text, 'update', 'application', :application_id::text,
@@ -351,65 +503,142 @@ SELECT applied.status, waiting.waiting_count,
        CASE WHEN applied.id IS NULL THEN vouchers_refuse('already-applied') END
 FROM (SELECT 1 AS one) AS one LEFT JOIN applied ON true LEFT JOIN waiting ON true
 """)
+_WAIT_SQLITE = _WAIT.format(only_if="")
+_APPLIED_SQLITE = " ON CONFLICT DO NOTHING RETURNING id"
 
 
-async def apply(rt: Runtime, slug: str, details: applications.ApplicantDetails
-                ) -> applications.ApplicationState | None:
-    """``applications.submit`` and ``decide`` in one read and one statement, committed when it
-    returns; None, with nothing written, for an application this path does not decide (a lottery,
-    an ineligible applicant): the caller runs the session path for those."""
-    now = utcnow()
-    pool = await rt.fast.pool()
-    row = await pool.fetchrow(_SCHEME, *_args(_SCHEME_NAMES, {"slug": slug}))
-    if row is None:
-        raise NotFound("scheme-not-found", N_("There is no scheme with this name."))
-    scheme = Scheme(**{name: row[name] for name in _SCHEME_COLUMNS})
-    scheme.categories, scheme.postcodes = json.loads(row["categories"]), json.loads(row["postcodes"])
-    values = applications.application_values(scheme, details, now)
-    if scheme.allocation != "first_come" or applications.eligibility_reasons(
-            scheme, employees=details.employees, postcode=details.postcode):
-        return None
-    application_id, voucher_id, entry_id = row["new_application_id"], row["new_voucher_id"], row["new_entry_id"]
-    voucher = vouchers.voucher_values(rt, scheme, application_id, values["kvk_number"], now)
-    entry = ledger.entry_values(scheme_id=scheme.id, kind="issue", source=(ledger.BUDGET, scheme.id),
-                                target=(ledger.VOUCHER, voucher_id), amount_cents=scheme.value_cents, places=1,
-                                voucher_id=voucher_id) | {"created_at": now}
-    message = outbox.message_values(values["email"], "voucher_issued", values["locale"], {})
-    decided = {"status": "granted", "decided_at": now}
-    who = audit.current_context()
-    try:
-        result = await pool.fetchrow(_APPLY, *_args(_APPLY_NAMES, {
-            "scheme_id": scheme.id, "application_id": application_id, "public_id": values["public_id"],
-            "kvk_number": values["kvk_number"], "company_name": values["company_name"],
-            "employees": values["employees"], "postcode": values["postcode"],
-            "contact_name": values["contact_name"], "email": values["email"], "purpose": values["purpose"],
-            "locale": values["locale"], "now": now, "voucher_id": voucher_id, "code_hash": voucher["code_hash"],
-            "code_salt": voucher["code_salt"], "expires_at": voucher["expires_at"], "entry_id": entry_id,
-            "message_id": message["message_id"],
-            "issued_mail": _json(vouchers.issued_mail(scheme, voucher_id, voucher["expires_at"], values["locale"],
-                                                      values["contact_name"])),
-            "waiting_mail": _json(applications.waiting_mail(scheme, values["public_id"], values["locale"],
-                                                            values["contact_name"])),
-            "actor": who.actor, "address": who.address,
-            "received": _json(audit.inserted("application", application_id, values)),
+@dataclass(frozen=True, slots=True)
+class _Applying:
+    """An eligible application to a first-come scheme, ready to be written."""
+
+    rt: Runtime
+    now: dt.datetime
+    scheme: Scheme
+    application: dict[str, Any]
+    """Its columns as ``applications.submit`` writes them (status ``received``)."""
+
+    def rows(self, application_id: int, voucher_id: int, entry_id: int
+             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """The voucher's and ledger entry's columns if a place is taken, and the message and mail
+        parameters for either outcome."""
+        a = self.application
+        voucher = vouchers.voucher_values(self.rt, self.scheme, application_id, a["kvk_number"], self.now)
+        entry = ledger.entry_values(scheme_id=self.scheme.id, kind="issue", source=(ledger.BUDGET, self.scheme.id),
+                                    target=(ledger.VOUCHER, voucher_id), amount_cents=self.scheme.value_cents,
+                                    places=1, voucher_id=voucher_id) | {"created_at": self.now}
+        message = outbox.message_values(a["email"], "voucher_issued", a["locale"], {})
+        issued = vouchers.issued_mail(self.scheme, voucher_id, voucher["expires_at"], a["locale"], a["contact_name"])
+        waiting = applications.waiting_mail(self.scheme, a["public_id"], a["locale"], a["contact_name"])
+        return voucher, entry, message, issued, waiting
+
+    def decided(self, status: str, waitlist_number: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The audit log's before and after of the decision, as the session's flush records it."""
+        changed = {"status": status, "decided_at": self.now}
+        if status == "waiting":
+            changed["waitlist_number"] = waitlist_number
+        return (audit.changed("application", {k: self.application[k] for k in changed}),
+                audit.changed("application", changed))
+
+    async def on_postgres(self, application_id: int, voucher_id: int, entry_id: int) -> tuple[str, int | None]:
+        a = self.application
+        voucher, entry, message, issued, waiting = self.rows(application_id, voucher_id, entry_id)
+        granted_before, granted_after = self.decided("granted", None)
+        waiting_before, _ = self.decided("waiting", None)
+        who = audit.current_context()
+        row = await _pg_write(self.rt, _APPLY_PG, _args(_APPLY_PG_NAMES, {
+            "scheme_id": self.scheme.id, "application_id": application_id, "public_id": a["public_id"],
+            "kvk_number": a["kvk_number"], "company_name": a["company_name"], "employees": a["employees"],
+            "postcode": a["postcode"], "contact_name": a["contact_name"], "email": a["email"],
+            "purpose": a["purpose"], "locale": a["locale"], "now": self.now, "voucher_id": voucher_id,
+            "code_hash": voucher["code_hash"], "code_salt": voucher["code_salt"],
+            "expires_at": voucher["expires_at"], "entry_id": entry_id, "message_id": message["message_id"],
+            "issued_mail": _json(issued), "waiting_mail": _json(waiting), "actor": who.actor,
+            "address": who.address, "received": _json(audit.inserted("application", application_id, a)),
             "issued_rows": _json([
                 {"table_name": "voucher", "row_id": str(voucher_id),
                  "after": audit.inserted("voucher", voucher_id, voucher)},
                 {"table_name": "ledger_entry", "row_id": str(entry_id),
-                 "after": audit.inserted("ledger_entry", entry_id, entry)},
-            ]),
-            "granted_before": _json(audit.changed("application", {k: values[k] for k in decided})),
-            "granted_after": _json(audit.changed("application", decided)),
-            "waiting_before": _json(audit.changed("application", {"status": "received", "waitlist_number": None,
-                                                                  "decided_at": None})),
-            "decided_at": audit.changed("application", {"decided_at": now})["decided_at"],
-        }))
-    except asyncpg.RaiseError as exc:
-        refused = _refused(exc)
-        if refused is None:
-            raise
-        raise refused from None
-    status, waiting_count = result[0], result[1]
+                 "after": audit.inserted("ledger_entry", entry_id, entry)}]),
+            "granted_before": _json(granted_before), "granted_after": _json(granted_after),
+            "waiting_before": _json(waiting_before), "decided_at": granted_after["decided_at"]}))
+        return row[0], row[1]
+
+    def on_sqlite(self, conn: sqlite3.Connection) -> tuple[str, int | None]:
+        """The write transaction's work: the outcome and, when waiting, the length of the list."""
+        application_id, voucher_id, entry_id = _next_ids(conn, "application", "voucher", "ledger_entry")
+        voucher, entry, message, issued, waiting_mail = self.rows(application_id, voucher_id, entry_id)
+        placed = conn.execute(_PLACE, {"scheme_id": self.scheme.id}).fetchone()
+        waiting = None if placed else conn.execute(_WAIT_SQLITE, {"scheme_id": self.scheme.id}).fetchone()
+        status, number = ("granted", None) if placed else ("waiting", waiting[0])
+        application = {**self.application, "status": status, "waitlist_number": number, "decided_at": self.now}
+        values = {"id": application_id, **application}
+        sql = f"INSERT INTO application ({', '.join(values)}) VALUES ({', '.join(':' + k for k in values)})"
+        if conn.execute(sql + _APPLIED_SQLITE, {k: _lite(v) for k, v in values.items()}).fetchone() is None:
+            raise _Undo(_refusal("already-applied"))
+        entries: list[tuple[str, str, Any, dict, dict]] = [
+            ("insert", "application", application_id, {}, audit.inserted("application", application_id,
+                                                                          self.application))]
+        if placed:
+            places_used, committed, value = placed
+            _insert(conn, "voucher", {"id": voucher_id, **voucher})
+            _insert(conn, "ledger_entry", {"id": entry_id, **entry})
+            entries += [
+                ("update", "scheme", self.scheme.id, {"places_used": places_used - 1,
+                                                      "committed_cents": committed - value},
+                 {"places_used": places_used, "committed_cents": committed}),
+                ("insert", "voucher", voucher_id, {}, audit.inserted("voucher", voucher_id, voucher)),
+                ("insert", "ledger_entry", entry_id, {}, audit.inserted("ledger_entry", entry_id, entry))]
+            mail = {**message, "params": issued}
+        else:
+            seq, count = waiting
+            entries.append(("update", "scheme", self.scheme.id, {"waitlist_seq": seq - 1, "waiting_count": count - 1},
+                            {"waitlist_seq": seq, "waiting_count": count}))
+            mail = {**message, "template": "application_waiting", "params": waiting_mail}
+        entries.append(("update", "application", application_id, *self.decided(status, number)))
+        _insert(conn, "outbox_message", {**mail, "status": "pending", "attempts": 0, "next_attempt_at": self.now,
+                                         "created_at": self.now})
+        _audit(conn, self.now, entries)
+        return status, waiting[1] if waiting else None
+
+
+async def apply(rt: Runtime, slug: str, details: applications.ApplicantDetails
+                ) -> applications.ApplicationState | None:
+    """``applications.submit`` and ``decide`` as one read and one write, committed when it
+    returns; None, with nothing written, for an application this path does not decide (a lottery,
+    an ineligible applicant): the caller runs the session path for those."""
+    now = utcnow()
+    if rt.settings.is_sqlite:
+        row = rt.fast.read_sqlite(_SCHEME_SQLITE, {"slug": slug})
+        row = None if row is None else dict(zip(_SCHEME_COLUMNS, row, strict=True))
+    else:
+        row = await (await rt.fast.pool()).fetchrow(_SCHEME_PG, *_args(_SCHEME_PG_NAMES, {"slug": slug}))
+    if row is None:
+        raise NotFound("scheme-not-found", N_("There is no scheme with this name."))
+    scheme = Scheme(**{name: _scheme_value(rt, name, row[name]) for name in _SCHEME_COLUMNS})
+    job = _Applying(rt=rt, now=now, scheme=scheme, application=applications.application_values(scheme, details, now))
+    if scheme.allocation != "first_come" or applications.eligibility_reasons(
+            scheme, employees=details.employees, postcode=details.postcode):
+        return None
+    if rt.settings.is_sqlite:
+        status, waiting_count = await _sqlite_write(rt, job.on_sqlite)
+    else:
+        status, waiting_count = await job.on_postgres(row["new_application_id"], row["new_voucher_id"],
+                                                      row["new_entry_id"])
     return applications.ApplicationState(
-        application_id=values["public_id"], scheme=scheme.slug, status=status,
+        application_id=job.application["public_id"], scheme=scheme.slug, status=status,
         waiting_list_position=waiting_count if status == "waiting" else None, reasons=[])
+
+
+_SCHEME_JSON = frozenset({"categories", "postcodes"})
+_SCHEME_MOMENTS = frozenset(c.name for c in Scheme.__table__.c if isinstance(c.type, type(Scheme.created_at.type)))
+
+
+def _scheme_value(rt: Runtime, name: str, value: Any) -> Any:
+    """A column of the scheme's row as the ORM would load it."""
+    if value is None:
+        return None
+    if name in _SCHEME_JSON:
+        return json.loads(value)
+    if rt.settings.is_sqlite and name in _SCHEME_MOMENTS:
+        return from_sqlite_moment(value)
+    return value

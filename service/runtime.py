@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from .codes import CodeKeys
 from .db import create_engine, make_sessionmaker
-from .fastread import FastReader
+from .fastpath import FastPath
 from .settings import Settings
 
 __all__ = ("Runtime",)
@@ -28,16 +28,16 @@ class Runtime:
     keys: CodeKeys
     reader: async_sessionmaker[AsyncSession]
     """Sessions for lookups only: on SQLite they do not queue behind writers."""
-    fast: FastReader
+    fast: FastPath
     """The coach's scan, and on PostgreSQL the redemption, through the driver without a session
-    (see ``service.fastread`` and ``service.fastwrite``)."""
+    (see ``service.fastpath`` and ``service.fastwrite``)."""
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
         engine = create_engine(settings)
         writers = 1 if settings.is_sqlite else settings.db_writers_per_process
         return cls(settings, engine, make_sessionmaker(engine, writers=writers), CodeKeys.from_settings(settings),
-                   make_sessionmaker(engine, read_only=True), FastReader(settings))
+                   make_sessionmaker(engine, read_only=True), FastPath(settings))
 
     async def close(self) -> None:
         """Close every connection this process holds."""

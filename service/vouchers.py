@@ -20,7 +20,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from . import audit, ledger, outbox
 from .codes import InvalidCode, normalise_code
 from .errors import N_, Forbidden, InvalidInput, NotFound, Refused, TooManyAttempts
-from .fastread import ScannedVoucher
+from .fastpath import ScannedVoucher
 from .models import Application, Enrolment, Hold, Provider, RateLimitCounter, Redemption, Scheme, Voucher, utcnow
 from .runtime import Runtime
 
@@ -153,7 +153,7 @@ async def find_voucher(
 async def scan(rt: Runtime, code_text: str, *, attempts_key: str) -> ScannedVoucher:
     """What a coach sees on scanning a code: :func:`find_voucher`'s rules (check symbol first, a
     client over its limit refused even for a right code) in one read without a session, because
-    this is the busiest request of the service (see ``service.fastread``)."""
+    this is the busiest request of the service (see ``service.fastpath``)."""
     code = parse_code(code_text)
     found, attempts = await rt.fast.scan(rt.keys.hash_of(code), attempts_key, window_start(rt))
     check_attempts(rt, attempts)

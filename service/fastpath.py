@@ -1,18 +1,22 @@
-"""The coach's scan, straight through the database driver.
+"""The service's hottest requests, straight through the database driver.
 
 A scan is one indexed SELECT. Through an ORM session it costs about 1 ms of Python (session, pool
 checkout, greenlet hand-off, result objects, the ROLLBACK at the end) against about 0.1 ms in the
-database, and on SQLite every aiosqlite call is a hand-off to a thread. So this one read skips them:
+database, and on SQLite every aiosqlite call is a hand-off to a thread. So the scan, and the two
+busiest writes (``service.fastwrite``), skip them:
 
-* SQLite is read with the standard library's synchronous ``sqlite3`` on the event-loop thread.
+* SQLite is used through the standard library's synchronous ``sqlite3`` on the event-loop thread.
   In WAL mode a reader never waits for the writer, and an indexed lookup takes tens of
-  microseconds: less than the hand-off it replaces. The connection is ``query_only``.
-* PostgreSQL is read through a small asyncpg pool of its own; asyncpg prepares the statement once
+  microseconds: less than the hand-off it replaces. Reads use a ``query_only`` connection. A
+  write (:meth:`FastPath.write`) runs a whole transaction in one go, with no ``await`` between
+  BEGIN and COMMIT, so it holds the database's write lock for well under a millisecond; the lock
+  is asked for without waiting in SQLite's busy handler, and while another writer has it this
+  coroutine sleeps and asks again.
+* PostgreSQL is used through a small asyncpg pool of its own; asyncpg prepares each statement once
   per connection, and the pool resets nothing on release because nothing here changes a session.
 
-Writes go through ``db.transaction`` and the domain functions, with one exception: on PostgreSQL
-a coach's redemption is one statement on this pool (``service.fastwrite``), which writes the same
-rows, ledger entry and audit entries as ``vouchers.redeem``.
+Every other change goes through ``db.transaction`` and the domain functions; ``service.fastwrite``
+writes the same rows, ledger entries and audit entries as those, and the tests compare the two.
 """
 
 from __future__ import annotations
@@ -22,14 +26,17 @@ import datetime as dt
 import json
 import sqlite3
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 from sqlalchemy.engine import make_url
 
 from .settings import Settings
 
-__all__ = ("FastReader", "ScannedVoucher")
+__all__ = ("FastPath", "ScannedVoucher")
+
+T = TypeVar("T")
 
 
 class ScannedVoucher(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,12 +72,12 @@ _SQLITE_SCAN = _SCAN.format(code_hash="?1", key="?2", since="?3")
 _POSTGRES_SCAN = _SCAN.format(code_hash="$1", key="$2", since="$3")
 
 
-def _sqlite_moment(value: dt.datetime) -> str:
+def sqlite_moment(value: dt.datetime) -> str:
     # The form SQLAlchemy stores a UTC datetime in on SQLite, so that text comparison orders it.
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _from_sqlite_moment(value: str) -> dt.datetime:
+def from_sqlite_moment(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
 
 
@@ -78,8 +85,9 @@ async def _no_reset(_connection: Any) -> None:
     """Nothing to undo: the scan runs one SELECT in autocommit and sets nothing."""
 
 
-class FastReader:
-    """Per process: a ``sqlite3`` connection per thread, or an asyncpg pool per event loop."""
+class FastPath:
+    """Per process: two ``sqlite3`` connections per thread (reads, writes), or an asyncpg pool per
+    event loop."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -90,8 +98,8 @@ class FastReader:
         """The voucher with this code hash (None if there is none), and the failed lookups counted
         against ``attempts_key`` since ``since``."""
         if self.settings.is_sqlite:
-            row = self._sqlite().execute(_SQLITE_SCAN, (code_hash, attempts_key, _sqlite_moment(since))).fetchone()
-            expires_at = _from_sqlite_moment(row[6]) if row[0] is not None else None
+            row = self._sqlite().execute(_SQLITE_SCAN, (code_hash, attempts_key, sqlite_moment(since))).fetchone()
+            expires_at = from_sqlite_moment(row[6]) if row[0] is not None else None
         else:
             pool = await self.pool()
             row = await pool.fetchrow(_POSTGRES_SCAN, code_hash, attempts_key, since)
@@ -104,6 +112,50 @@ class FastReader:
             redeemed_cents=row[5], expires_at=expires_at, scheme=row[7], scheme_closed=bool(row[8]),
             categories=json.loads(row[9]), own_contribution_percent=row[10], company_name=row[11],
         ), attempts
+
+    async def write(self, work: Callable[[sqlite3.Connection], T], writers: Any) -> T:
+        """Run ``work`` in one SQLite write transaction on this thread's writable connection,
+        committed when it returns and rolled back if it raises. ``work`` must not await: the event
+        loop waits while it runs, and the database's write lock is held only that long.
+
+        ``writers`` is the session path's turn-taking (``db.writer_turn``): in this process a
+        write waits its turn in asyncio; another process's write is waited out here."""
+        connection = self._sqlite_writer()
+        async with writers:
+            pause = 0.0002
+            while True:
+                try:
+                    connection.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                        raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.01)
+            try:
+                result = work(connection)
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+        return result
+
+    def _sqlite_writer(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "writer", None)
+        if connection is None:
+            path = make_url(self.settings.database_url).database
+            connection = sqlite3.connect(path, isolation_level=None, cached_statements=64)
+            # As the engine's connections (``db._sqlite_pragmas``), but the lock is waited for in
+            # asyncio (``write``), never in SQLite's busy handler on the event loop's thread.
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute("PRAGMA foreign_keys=ON")
+            connection.execute("PRAGMA busy_timeout=0")
+            self._local.writer = connection
+        return connection
+
+    def read_sqlite(self, sql: str, params: dict[str, Any]) -> Any:
+        """One row of a read on this thread's ``query_only`` connection."""
+        return self._sqlite().execute(sql, params).fetchone()
 
     def _sqlite(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -145,7 +197,8 @@ class FastReader:
         pool = self._pools.pop(asyncio.get_running_loop(), None)
         if pool is not None:
             await pool.close()
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-            self._local.connection = None
+        for name in ("connection", "writer"):
+            connection = getattr(self._local, name, None)
+            if connection is not None:
+                connection.close()
+                setattr(self._local, name, None)
