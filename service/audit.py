@@ -472,13 +472,15 @@ async def seal(session: AsyncSession, *, batch: int = 5000) -> int:
 
 
 async def seal_all(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
-    """:func:`seal` in batches until nothing committed is left unsealed."""
+    """:func:`seal` in batches until nothing committed is left unsealed. On SQLite a batch holds
+    the database's write lock while it hashes, so batches there are small: about 15 ms each."""
     total = 0
+    batch = 250 if sessionmaker.kw["bind"].dialect.name == "sqlite" else 5000
     while True:
         async with transaction(sessionmaker) as session:
-            done = await seal(session)
+            done = await seal(session, batch=batch)
         total += done
-        if done == 0:
+        if done < batch:
             return total
 
 

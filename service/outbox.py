@@ -139,10 +139,12 @@ async def _send_batch(rt: Runtime, now: dt.datetime, batch: int) -> tuple[int, i
         claimed = list(await session.scalars(query))
         for message in claimed:
             message.claimed_until = now + LEASE
+    if not claimed:
+        return 0, 0
+    # Rendered after the claim has committed: on SQLite the claim holds the database's write lock.
+    async with rt.reader() as session:
         salts = await _code_salts(session, claimed)
         rendered = [(message, *await render(session, rt, message, salts)) for message in claimed]
-    if not rendered:
-        return 0, 0
     delivered: list[int] = []
     async with _MailServer(rt) as server:
         for message, subject, body in rendered:
