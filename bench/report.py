@@ -55,8 +55,8 @@ def _ms(value: float | None) -> str:
 def table(results: list[dict[str, Any]]) -> str:
     """One Markdown table; also what is printed."""
     head = ("| db | scenario | conns | req/s | % of bare | p50 ms (× bare) | p99 ms (× bare) | bare req/s | "
-            "answers | wrk cpu | check |")
-    lines = [head, "|---|---|--:|--:|--:|--:|--:|--:|---|--:|---|"]
+            "answers | CPU ms/req server + db | wrk cpu | check |")
+    lines = [head, "|---|---|--:|--:|--:|--:|--:|--:|---|--:|--:|---|"]
     for r in results:
         if r.get("kind") != "http":
             continue
@@ -70,8 +70,12 @@ def table(results: list[dict[str, Any]]) -> str:
             answers += " " + " ".join(f"{k}-err:{v}" for k, v in errors.items())
         bare_rps = f"{bare['rps']:,.0f}" if bare.get("rps") else "–"
         check = "ok" if not r["problems"] else "FAIL: " + "; ".join(r["problems"])[:200]
+        extra = r.get("extra") or {}
+        cpu = (f"{extra['server_cpu_ms']:.2f} + {extra['db_cpu_ms']:.2f}" if "server_cpu_ms" in extra else "–")
+        if r["db"] == "sqlite" and "server_cpu_ms" in extra:
+            cpu = f"{extra['server_cpu_ms']:.2f}"  # SQLite runs inside the server
         lines.append(f"| {r['db']} | {r['scenario']} | {r['connections']} | {r['rps']:,.0f} | {ratio} | {p50} | {p99} | "
-                     f"{bare_rps} | {answers} | {r['wrk_cpu']:.2f} | {check} |")
+                     f"{bare_rps} | {answers} | {cpu} | {r['wrk_cpu']:.2f} | {check} |")
     return "\n".join(lines)
 
 

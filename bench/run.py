@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data, inproc, report
+from .cpu import cpu_seconds
 from .profile import Profiler, summarise
 from .servers import ROOT, bare_server, service_server
 from .wrk import LoadResult, require_wrk, run_wrk
@@ -55,13 +56,23 @@ class Run:
         self.results.append(row)
         ratio = f"{load.rps / bare.rps * 100:.1f}% of bare" if bare and bare.rps else ""
         status = "ok" if not problems else "FAIL " + "; ".join(problems)
+        cpu = load.extra.get("server_cpu_ms")
+        cpu_text = f"  cpu/req: server {cpu:.2f} ms, db {load.extra['db_cpu_ms']:.2f} ms" if cpu is not None else ""
         say(f"  {scenario:<14} {load.rps:9,.0f} req/s  p50 {load.p50_ms:6.1f} ms  p99 {load.p99_ms:6.1f} ms  "
-            f"{ratio:>16}  {dict(sorted(load.statuses.items()))}  wrk cpu {load.wrk_cpu:.2f}  {status}")
+            f"{ratio:>16}  {dict(sorted(load.statuses.items()))}  wrk cpu {load.wrk_cpu:.2f}{cpu_text}  {status}")
         return row
 
     def wrk(self, url: str, **kw: Any) -> LoadResult:
+        """Run wrk, and measure the CPU time the server and PostgreSQL spent meanwhile."""
         kw.setdefault("threads", self.args.wrk_threads)
-        return run_wrk(url, **kw)
+        server = f"--port {url.rsplit(':', 1)[1]}"
+        before = cpu_seconds(server), cpu_seconds("postgres:")
+        load = run_wrk(url, **kw)
+        after = cpu_seconds(server), cpu_seconds("postgres:")
+        if load.requests:
+            load.extra["server_cpu_ms"] = round((after[0] - before[0]) * 1000 / load.requests, 3)
+            load.extra["db_cpu_ms"] = round((after[1] - before[1]) * 1000 / load.requests, 3)
+        return load
 
     # --- the yardstick ------------------------------------------------------------------------
 

@@ -136,10 +136,11 @@ class FastPath:
                 pause = min(pause * 2, 0.002)
             try:
                 result = work(connection)
+                connection.execute("COMMIT")
             except BaseException:
-                connection.execute("ROLLBACK")
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
                 raise
-            connection.execute("COMMIT")
         return result
 
     def _sqlite_writer(self) -> sqlite3.Connection:
