@@ -31,6 +31,7 @@ ineligible applicant). The tests compare the two paths row by row on both databa
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import re
@@ -130,14 +131,24 @@ def _refusal(code: str) -> DomainError:
     raise ValueError(code)
 
 
-async def _pg_write(rt: Runtime, sql: str, args: list[Any]) -> Any:
-    try:
-        return await (await rt.fast.pool()).fetchrow(sql, *args)
-    except asyncpg.RaiseError as exc:
-        message = str(exc)
-        if not message.startswith(_REFUSED_PREFIX):
-            raise
-        raise _refusal(message.removeprefix(_REFUSED_PREFIX)) from None
+async def _pg_write(rt: Runtime, sql: str, args: list[Any], *, attempts: int = 5) -> Any:
+    """Run one statement in autocommit; again if PostgreSQL reports a deadlock (a session-path
+    application takes the KvK number's index entry before the scheme's row, this the other way
+    round), as ``db.run_in_transaction`` does."""
+    pool = await rt.fast.pool()
+    for attempt in range(1, attempts + 1):
+        try:
+            return await pool.fetchrow(sql, *args)
+        except asyncpg.RaiseError as exc:
+            message = str(exc)
+            if not message.startswith(_REFUSED_PREFIX):
+                raise
+            raise _refusal(message.removeprefix(_REFUSED_PREFIX)) from None
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(0.005 * attempt)
+    raise AssertionError("unreachable")
 
 
 async def _sqlite_write(rt: Runtime, work: Any) -> Any:

@@ -55,10 +55,14 @@ async def test_the_same_kvk_number_racing_gets_one_voucher(rt, server) -> None:
     token = await admin_token(rt)
     body = {"kvk_number": "55555555", "company_name": "Dubbel", "employees": 1, "postcode": "6811 AB",
             "contact_name": "Naam", "email": "dubbel@example.org"}
+    # Half with an Idempotency-Key (the session path), half without (the driver path): the two
+    # take the scheme's row and the KvK number's index entry in opposite order.
     answers = await fire([("POST", f"{server.url}/api/v1/admin/schemes/test-scheme/applications",
-                           {"headers": bearer(token), "json": body})] * 30)
+                           {"headers": {**bearer(token), **({"Idempotency-Key": str(uuid.uuid4())} if n % 2 else {})},
+                            "json": body}) for n in range(30)])
     codes = sorted(r.status_code for r in answers)
     assert codes.count(201) == 1 and codes.count(409) == 29, codes
+    assert {r.json()["code"] for r in answers if r.status_code == 409} == {"already-applied"}
     async with rt.sessionmaker() as session:
         assert await session.scalar(select(func.count()).select_from(Voucher)) == 1
 
