@@ -182,7 +182,7 @@ class FastPath:
         import asyncpg
 
         url = make_url(self.settings.database_url).set(drivername="postgresql")
-        server_settings = {"application_name": "vouchers-scan"}
+        server_settings = {"application_name": "vouchers-fastpath"}
         if self.settings.database_schema:
             server_settings["search_path"] = self.settings.database_schema
         pool = await asyncpg.create_pool(

@@ -9,6 +9,7 @@ the same one.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import gettext as _gettext
 import io
 from collections.abc import Iterator
@@ -110,7 +111,13 @@ def negotiate(accept_language: str | None) -> str:
 
 def format_money(cents: int) -> str:
     """``€ 1.350,00`` in Dutch, ``€1,350.00`` in English; never through a float."""
-    return format_currency(Decimal(cents) / 100, "EUR", locale=_BABEL_LOCALE[_current.get()])
+    return _money(cents, _current.get())
+
+
+@functools.lru_cache(maxsize=4096)
+def _money(cents: int, locale: str) -> str:
+    # Babel takes about 0.1 ms a call, and pages and mails show the same few amounts again and again.
+    return format_currency(Decimal(cents) / 100, "EUR", locale=_BABEL_LOCALE[locale])
 
 
 def format_day(day: dt.date | dt.datetime) -> str:
