@@ -85,7 +85,7 @@ async def test_sign_in_links_are_made_when_the_mail_goes_out_not_stored(rt: Runt
     assert await run_in_transaction(rt.sessionmaker, lambda s: signin.use_sign_in_token(s, rt, token)) is None
 
 
-def test_mail_with_accents_and_euro_signs_reads_back_exactly(rt: Runtime) -> None:
+async def test_mail_with_accents_and_euro_signs_reads_back_exactly(rt: Runtime, smtp_server) -> None:
     import email
     import email.policy
 
@@ -97,3 +97,8 @@ def test_mail_with_accents_and_euro_signs_reads_back_exactly(rt: Runtime) -> Non
     back = email.message_from_bytes(raw, policy=email.policy.default)
     assert back["Subject"] == subject and back.get_content() == body
     assert back["Message-ID"] == "<1@vouchers.local>"
+    async with outbox._MailServer(rt) as server:  # and the same through the mail server
+        await server.deliver(message, outbox._mime(rt, message, subject, body))
+    [received] = smtp_server.to("zoe@example.org")
+    received = email.message_from_bytes(received.as_bytes(), policy=email.policy.default)
+    assert received["Subject"] == subject and received.get_content().rstrip("\n") == body
