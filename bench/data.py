@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from service import applications, check, providers, schemes
 from service.codes import format_code
 from service.db import run_in_transaction
-from service.models import Application, Enrolment, Redemption, Scheme, Voucher, utcnow
+from service.models import Application, Enrolment, OutboxMessage, Redemption, Scheme, Voucher, utcnow
+from service.models_admin import AuditEntry
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -178,6 +179,19 @@ def _run(env: dict[str, str], work: Any) -> Any:
             await rt.close()
 
     return asyncio.run(main())
+
+
+def backlog(env: dict[str, str]) -> tuple[int, int]:
+    """Mails not yet sent and audit entries not yet sealed: the background work still to do."""
+
+    async def work(session: Any) -> tuple[int, int]:
+        mails = await session.scalar(select(func.count()).select_from(OutboxMessage)
+                                     .where(OutboxMessage.status == "pending"))
+        unsealed = await session.scalar(select(func.count()).select_from(AuditEntry)
+                                        .where(AuditEntry.chain_seq.is_(None)))
+        return int(mails or 0), int(unsealed or 0)
+
+    return _run(env, work)
 
 
 def reconcile(env: dict[str, str]) -> list[str]:

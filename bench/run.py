@@ -117,14 +117,35 @@ class Run:
                          seconds=self.warmup, connections=min(c, 16))
                 if "rush" in http:
                     self.rush(db, srv.url, env, fx, bare[("POST", c)])
+                    self.drain(db, env, "rush")
                 if "scan" in http:
                     self.scan(db, srv, fx.spread_codes, fx.coach_token, bare[("GET", c)], "scan")
                 if "redeem" in http:
                     self.redeem(db, srv, env, fx, fx.spread_ids, fx.spread_codes, c, bare[("POST", c)], "redeem")
+                    self.drain(db, env, "redeem")
                     self.redeem(db, srv, env, fx, fx.hot_ids, fx.hot_codes, hot_c, bare[("POST", hot_c)],
                                 "redeem hot-10")
+                    self.drain(db, env, "redeem hot-10")
         if scale:
             self.scale(db, env, bare)
+
+    def drain(self, db: str, env: dict[str, str], after: str, *, limit: float = 300.0) -> None:
+        """Wait until the server has sent every mail and sealed every audit entry the scenario
+        caused, so the next one is measured on its own; report how long that took (on opening
+        day: how long until the last applicant has their mail)."""
+        started = time.monotonic()
+        mails, unsealed = data.backlog(env)
+        first = (mails, unsealed)
+        while (mails or unsealed) and time.monotonic() - started < limit:
+            time.sleep(0.5)
+            mails, unsealed = data.backlog(env)
+        seconds = time.monotonic() - started
+        text = (f"After *{after}* ({db}): {first[0]:,} mails still to send and {first[1]:,} audit entries to "
+                f"seal when the last answer came; done {seconds:.1f} s later.")
+        if mails or unsealed:
+            text = f"After *{after}* ({db}): {mails:,} mails and {unsealed:,} audit entries still waiting after {limit:.0f} s."
+        self.results.append({"kind": "note", "text": text})
+        say(f"  backlog after {after}: {first[0]:,} mails, {first[1]:,} audit entries; cleared in {seconds:.1f} s")
 
     def rush(self, db: str, url: str, env: dict[str, str], fx: data.Fixture, bare: LoadResult) -> None:
         n = self.rush_applicants
