@@ -144,32 +144,28 @@ class FastPath:
         return result
 
     def _sqlite_writer(self) -> sqlite3.Connection:
-        connection = getattr(self._local, "writer", None)
-        if connection is None:
-            path = make_url(self.settings.database_url).database
-            connection = sqlite3.connect(path, isolation_level=None, cached_statements=64)
-            # As the engine's connections (``db._sqlite_pragmas``), but the lock is waited for in
-            # asyncio (``write``), never in SQLite's busy handler on the event loop's thread.
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.execute("PRAGMA foreign_keys=ON")
-            connection.execute("PRAGMA busy_timeout=0")
-            self._local.writer = connection
-        return connection
+        # As the engine's connections (``db._sqlite_pragmas``), but the lock is waited for in
+        # asyncio (``write``), never in SQLite's busy handler on the event loop's thread.
+        return self._sqlite_connection("writer", ("synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=0"), 64)
 
     def read_sqlite(self, sql: str, params: dict[str, Any]) -> Any:
         """One row of a read on this thread's ``query_only`` connection."""
         return self._sqlite().execute(sql, params).fetchone()
 
     def _sqlite(self) -> sqlite3.Connection:
-        connection = getattr(self._local, "connection", None)
+        # A reader in WAL mode does not wait for writers; the timeout covers the rare moments (a
+        # checkpoint restarting the log) when it must.
+        return self._sqlite_connection("connection", ("busy_timeout=5000", "query_only=ON"), 16)
+
+    def _sqlite_connection(self, slot: str, pragmas: tuple[str, ...], cached_statements: int) -> sqlite3.Connection:
+        """This thread's connection in ``slot``, opened on first use, in autocommit (we say BEGIN)."""
+        connection = getattr(self._local, slot, None)
         if connection is None:
             path = make_url(self.settings.database_url).database
-            connection = sqlite3.connect(path, isolation_level=None, cached_statements=16)
-            # A reader in WAL mode does not wait for writers; the timeout covers the rare moments
-            # (a checkpoint restarting the log) when it must.
-            connection.execute("PRAGMA busy_timeout=5000")
-            connection.execute("PRAGMA query_only=ON")
-            self._local.connection = connection
+            connection = sqlite3.connect(path, isolation_level=None, cached_statements=cached_statements)
+            for pragma in pragmas:
+                connection.execute(f"PRAGMA {pragma}")
+            setattr(self._local, slot, connection)
         return connection
 
     async def pool(self) -> Any:
