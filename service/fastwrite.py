@@ -291,12 +291,11 @@ class _Redeeming:
             scheme_id=self.scheme_id, kind="redeem", source=(ledger.VOUCHER, self.voucher_id),
             target=(ledger.PROVIDER, self.enrolment_id), amount_cents=self.amount, voucher_id=self.voucher_id,
             redemption_id=redemption_id) | {"created_at": self.now}
-        token = self.rt.sign("report-redemption", str(redemption_id), 60 * 60 * 24 * 90)
         email, locale, contact_name, provider_name = self.mail_to
         mail = outbox.message_values(email, "redemption_recorded", locale, {
             "contact_name": contact_name, "provider_name": provider_name, "amount_cents": self.amount,
             "invoice_cents": self.invoice, "own_contribution_cents": self.own, "category": self.category,
-            "report_url": self.rt.link(f"/report/{token}")})
+            "report_redemption_id": redemption_id})
         return redemption, entry, mail
 
     async def on_postgres(self, redemption_id: int, entry_id: int) -> int | None:

@@ -79,7 +79,8 @@ async def enqueue_now(session: AsyncSession, *, to: str, template: str, locale: 
 async def render(session: AsyncSession, rt: Runtime, message: OutboxMessage,
                  salts: dict[int, bytes] | None = None) -> tuple[str, str]:
     """Subject and body. Secrets are derived here, not stored: ``voucher_id`` gives the voucher's
-    code, ``sign_in_token_ids`` the sign-in links, ``confirm_for`` an application's confirmation link.
+    code, ``sign_in_token_ids`` the sign-in links, ``confirm_for`` an application's confirmation link,
+    ``report_redemption_id`` the link that reports a redemption as wrong.
     ``salts``: the vouchers' code salts, read for a whole batch at once."""
     context = dict(message.params)
     if "voucher_id" in context:
@@ -95,6 +96,8 @@ async def render(session: AsyncSession, rt: Runtime, message: OutboxMessage,
         context["links"] = await signin.sign_in_links(session, rt, context["sign_in_token_ids"])
     if "confirm_for" in context:
         context["confirm_url"] = signin.confirm_link(rt, context["confirm_for"])
+    if "report_redemption_id" in context:
+        context["report_url"] = signin.report_link(rt, context["report_redemption_id"])
     context["base_url"] = rt.settings.base_url.rstrip("/")
     context["locale"] = message.locale
     with i18n.use_locale(message.locale):

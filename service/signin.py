@@ -22,8 +22,8 @@ from . import outbox
 from .models import Application, Scheme, SignInToken, Voucher, utcnow
 from .runtime import Runtime
 
-__all__ = ("confirm_email", "confirm_link", "confirm_token_valid", "request_sign_in", "sign_in_links", "sign_in_token",
-           "use_sign_in_token")
+__all__ = ("REPORT_REDEMPTION", "confirm_email", "confirm_link", "confirm_token_valid", "report_link", "request_sign_in",
+           "sign_in_links", "sign_in_token", "use_sign_in_token")
 
 _CONFIRM = "confirm-email"
 
@@ -31,6 +31,14 @@ _CONFIRM = "confirm-email"
 def confirm_link(rt: Runtime, public_id: str) -> str:
     token = rt.sign(_CONFIRM, public_id, rt.settings.confirm_link_hours * 3600)
     return rt.link(f"/aanvraag/bevestigen/{token}")
+
+
+REPORT_REDEMPTION = "report-redemption"
+
+
+def report_link(rt: Runtime, redemption_id: int) -> str:
+    """The link in a redemption's mail that lets the entrepreneur report it as wrong (90 days)."""
+    return rt.link(f"/report/{rt.sign(REPORT_REDEMPTION, str(redemption_id), 60 * 60 * 24 * 90)}")
 
 
 def confirm_token_valid(rt: Runtime, token: str) -> bool:

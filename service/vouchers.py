@@ -234,7 +234,6 @@ async def _notify_redemption(
     session: AsyncSession, rt: Runtime, voucher: Voucher, redemption: Redemption, provider_name: str
 ) -> None:
     application = await session.get_one(Application, voucher.application_id)
-    token = rt.sign("report-redemption", str(redemption.id), 60 * 60 * 24 * 90)
     outbox.enqueue(
         session,
         to=application.email,
@@ -246,7 +245,7 @@ async def _notify_redemption(
         invoice_cents=redemption.invoice_cents,
         own_contribution_cents=redemption.own_contribution_cents,
         category=redemption.category,
-        report_url=rt.link(f"/report/{token}"),
+        report_redemption_id=redemption.id,
     )
 
 
@@ -383,7 +382,7 @@ async def redeem(
         session, to=email, template="redemption_recorded", locale=locale,
         contact_name=contact_name, provider_name=provider_name or registered_name, amount_cents=amount,
         invoice_cents=invoice_cents, own_contribution_cents=own, category=category,
-        report_url=rt.link(f"/report/{rt.sign('report-redemption', str(redemption_id), 60 * 60 * 24 * 90)}"),
+        report_redemption_id=redemption_id,
     )
     await _count_redeemed(session, voucher.scheme_id, amount)
     return redemption

@@ -17,7 +17,7 @@ from litestar.response import Redirect, Template
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import idempotency, vouchers
+from .. import idempotency, signin, vouchers
 from ..api import failed_lookups_counted, find_voucher_limited
 from ..auth import requires
 from ..codes import format_code, normalise_code
@@ -112,7 +112,7 @@ class PublicVoucherPages(Controller):
 
 
 async def _reported(session: AsyncSession, rt: Runtime, token: str) -> tuple[Redemption, Provider]:
-    value = rt.unsign("report-redemption", token)
+    value = rt.unsign(signin.REPORT_REDEMPTION, token)
     redemption = await session.get(Redemption, int(value)) if value and value.isdigit() else None
     if redemption is None:
         raise NotFound("report-link-invalid", N_("This link is not valid or has expired. "
