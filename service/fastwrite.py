@@ -161,7 +161,7 @@ async def _sqlite_write(rt: Runtime, work: Any) -> Any:
 # --- redemption ----------------------------------------------------------------------------------
 
 _TERMS = """
-SELECT v.id, v.status, v.balance_cents, v.expires_at, v.scheme_id,
+SELECT v.id, v.scheme_id,
        s.closed_at IS NOT NULL, s.categories, s.own_contribution_percent, s.provider_cap_cents,
        e.id, e.status, e.categories, e.cap_cents, p.name, a.email, a.locale, a.contact_name,
        (SELECT r.count FROM rate_limit_counter r WHERE r.key = :attempts_key AND r.window_start >= :since){ids}
@@ -373,10 +373,9 @@ async def redeem(
         ids = None
     else:
         terms = await (await rt.fast.pool()).fetchrow(_TERMS_PG, *_args(_TERMS_PG_NAMES, read))
-        ids = terms[18], terms[19]
-    (voucher_id, _status, _balance, _expires_at, scheme_id, closed, scheme_categories, own_percent, scheme_cap,
-     enrolment_id, enrolment_status, enrolment_categories, enrolment_cap, registered_name, email, locale,
-     contact_name, attempts) = terms[:18]
+        ids = terms[15], terms[16]
+    (voucher_id, scheme_id, closed, scheme_categories, own_percent, scheme_cap, enrolment_id, enrolment_status,
+     enrolment_categories, enrolment_cap, registered_name, email, locale, contact_name, attempts) = terms[:15]
     vouchers.check_attempts(rt, attempts)
     if voucher_id is None:
         raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
