@@ -26,6 +26,7 @@ import datetime as dt
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -124,13 +125,16 @@ class FastPath:
         async with writers:
             # Another process's write lasts well under a millisecond (or, for the session path's
             # writes, a few): ask again often, and a failed ask costs microseconds.
-            pause = 0.0001
+            # Given up after as long as the engine's busy timeout (``db._sqlite_pragmas``).
+            pause, deadline = 0.0001, time.monotonic() + 30
             while True:
                 try:
                     connection.execute("BEGIN IMMEDIATE")
                     break
                 except sqlite3.OperationalError as exc:
                     if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                        raise
+                    if time.monotonic() > deadline:
                         raise
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 0.002)

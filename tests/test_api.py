@@ -333,3 +333,4 @@ async def test_driver_application_writes_what_the_session_path_writes(client, rt
     assert waiting[0] == waiting[1]
     async with rt.sessionmaker() as session:
         assert await reconcile(session) == []
+

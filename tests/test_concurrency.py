@@ -151,3 +151,32 @@ async def test_write_transactions_take_turns_per_process(rt) -> None:
 
     await asyncio.wait_for(asyncio.gather(*(work() for _ in range(12))), timeout=30)
     assert most == allowed
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_a_write_waits_for_sqlites_lock_without_blocking_the_server(rt, server) -> None:
+    """Another process holds SQLite's write lock: a redemption waits for it in asyncio (not in
+    SQLite's busy handler on the event loop's thread), so the server keeps answering meanwhile."""
+    import sqlite3
+    import time
+
+    from sqlalchemy.engine import make_url
+
+    scheme = await make_scheme(rt)
+    voucher, code = await make_voucher(rt, scheme)
+    _, token = await make_provider(rt, scheme)
+    other = sqlite3.connect(make_url(rt.settings.database_url).database, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    async with httpx.AsyncClient(timeout=60) as http:
+        started = time.monotonic()
+        redeem = asyncio.create_task(http.post(f"{server.url}/api/v1/vouchers/{code}/redemptions", headers=bearer(token),
+                                               json={"amount_cents": 1000, "category": "coaching", "reference": "w"}))
+        await asyncio.sleep(0.3)
+        assert not redeem.done()
+        scan = await http.get(f"{server.url}/api/v1/vouchers/{code}", headers=bearer(token))
+        assert scan.status_code == 200 and scan.json()["balance_cents"] == 135000
+        other.execute("COMMIT")
+        other.close()
+        answer = await redeem
+    assert answer.status_code == 201 and time.monotonic() - started >= 0.3
+    assert (await reload(rt, Voucher, voucher.id)).balance_cents == 134000
