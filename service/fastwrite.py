@@ -46,7 +46,7 @@ from . import applications, audit, ledger, outbox, vouchers
 from .db import writer_turn
 from .errors import N_, Conflict, DomainError, Forbidden, InvalidInput, NotFound, Refused
 from .fastpath import from_sqlite_moment, sqlite_moment
-from .models import Redemption, Scheme, Voucher, utcnow
+from .models import Redemption, Scheme, UTCDateTime, Voucher, utcnow
 from .runtime import Runtime
 
 __all__ = ("apply", "redeem")
@@ -639,7 +639,7 @@ async def apply(rt: Runtime, slug: str, details: applications.ApplicantDetails
 
 
 _SCHEME_JSON = frozenset({"categories", "postcodes"})
-_SCHEME_MOMENTS = frozenset(c.name for c in Scheme.__table__.c if isinstance(c.type, type(Scheme.created_at.type)))
+_SCHEME_MOMENTS = frozenset(c.name for c in Scheme.__table__.c if isinstance(c.type, UTCDateTime))
 
 
 def _scheme_value(rt: Runtime, name: str, value: Any) -> Any:
