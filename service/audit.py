@@ -205,8 +205,7 @@ def record_update(session: AsyncSession | Session, table: str, row_id: Any, befo
     """Record a change made with a Core statement on the session's connection, which the session's
     events do not see (the hot paths of ``service.vouchers``)."""
     sync = session.sync_session if isinstance(session, AsyncSession) else session
-    _add(sync, "update", table, row_id, {k: _value(table, k, v) for k, v in before.items()},
-         {k: _value(table, k, v) for k, v in after.items()})
+    _add(sync, "update", table, row_id, changed(table, before), changed(table, after))
 
 
 def record_insert(session: AsyncSession | Session, table: str, row_id: Any, values: dict[str, Any]) -> None:
@@ -219,7 +218,7 @@ def inserted(table: str, row_id: Any, values: dict[str, Any]) -> dict[str, Any]:
     """The "after" of an inserted row's entry: its values as the log keeps them (secrets and
     personal data redacted). For statements that write their entries themselves
     (``service.fastwrite``)."""
-    return {"id": row_id, **{k: _value(table, k, v) for k, v in values.items()}}
+    return {"id": row_id, **changed(table, values)}
 
 
 def changed(table: str, values: dict[str, Any]) -> dict[str, Any]:

@@ -74,28 +74,13 @@ def post(
     return entry
 
 
-async def post_now(
-    session: AsyncSession,
-    *,
-    scheme_id: int,
-    kind: str,
-    source: Account,
-    target: Account,
-    amount_cents: int,
-    places: int = 0,
-    voucher_id: int | None = None,
-    redemption_id: int | None = None,
-    hold_id: int | None = None,
-    memo: str = "",
-) -> None:
-    """:func:`post` for the hot paths that write with Core statements: one INSERT now, on the
-    session's connection, recorded in the audit log as the ORM would."""
+async def post_now(session: AsyncSession, **entry: Any) -> None:
+    """:func:`post` (the same arguments, checked by :func:`entry_values`) for the hot paths that
+    write with Core statements: one INSERT now, on the session's connection, recorded in the audit
+    log as the ORM would."""
     from . import audit  # audit imports the models, which import nothing of this module
 
-    values = entry_values(
-        scheme_id=scheme_id, kind=kind, source=source, target=target, amount_cents=amount_cents, places=places,
-        voucher_id=voucher_id, redemption_id=redemption_id, hold_id=hold_id, memo=memo)
-    values["created_at"] = utcnow()
+    values = entry_values(**entry) | {"created_at": utcnow()}
     conn = await session.connection()
     entry_id = (await conn.execute(_INSERT, values)).scalar_one()
     audit.record_insert(session, "ledger_entry", entry_id, values)

@@ -29,8 +29,8 @@ class Runtime:
     reader: async_sessionmaker[AsyncSession]
     """Sessions for lookups only: on SQLite they do not queue behind writers."""
     fast: FastPath
-    """The coach's scan, and on PostgreSQL the redemption, through the driver without a session
-    (see ``service.fastpath`` and ``service.fastwrite``)."""
+    """The driver's own connections, without a session: the coach's scan, and the redemption and
+    application of ``service.fastwrite``."""
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
