@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import select
 
-from . import __version__, audit, i18n, outbox, schemes, sweep
+from . import __version__, i18n, schemes, worker
 from .admin import AuditContextMiddleware, admin_router
 from .api import api_router
 from .auth import AuthMiddleware
@@ -39,7 +38,6 @@ from .settings import Settings
 
 __all__ = ("create_app",)
 
-log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 
 # Pages send no script and load nothing from other hosts; this says so to the browser.
@@ -107,29 +105,13 @@ async def health(rt: NamedDependency[Runtime]) -> dict[str, str]:
     return {"status": "ok"}
 
 
-async def _every(seconds: float, work: Any, name: str) -> None:
-    while True:
-        try:
-            await work()
-        except Exception:  # keep the loop alive; the next round tries again
-            log.exception("%s failed", name)
-        await asyncio.sleep(seconds)
-
-
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     rt = runtime or Runtime.create(settings)
 
     @contextlib.asynccontextmanager
     async def background(app: Litestar) -> AsyncIterator[None]:
-        tasks = []
-        if settings.background_tasks:
-            tasks = [
-                asyncio.create_task(_every(settings.outbox_interval_seconds, lambda: outbox.send_due(rt), "outbox")),
-                asyncio.create_task(_every(settings.sweep_interval_seconds, lambda: sweep.sweep(rt), "sweep")),
-                asyncio.create_task(_every(settings.audit_seal_interval_seconds,
-                                           lambda: audit.seal_all(rt.sessionmaker), "audit seal")),
-            ]
+        tasks = worker.tasks(rt) if settings.background_tasks else []
         try:
             yield
         finally:

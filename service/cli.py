@@ -63,15 +63,43 @@ def main() -> None:
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Server processes; use PostgreSQL for more than one.")
 def serve(host: str, port: int, workers: int) -> None:
-    """Serve the app with granian (production ASGI server). Access logs stay off: URLs carry codes."""
+    """Serve the app with granian (production ASGI server), and the background work (mail, sweep,
+    audit sealing) in one process beside it. Access logs stay off: URLs carry codes."""
+    import multiprocessing
+    import os
+
     from granian import Granian
     from granian.constants import Interfaces
+
+    from . import worker
 
     settings = _runtime().settings
     if workers > 1 and settings.is_sqlite:
         click.echo("Note: with SQLite, several workers share one file; PostgreSQL is advised.", err=True)
-    Granian("service.asgi:app", address=host, port=port, workers=workers, interface=Interfaces.ASGI,
-            log_access=False).serve()
+    background = None
+    if settings.background_tasks:
+        # Forked, so it shows as this command in the process list and stops with it.
+        background = multiprocessing.get_context("fork").Process(
+            target=worker.main, args=(settings,), kwargs={"nice": settings.background_nice, "parent": os.getpid()},
+            name="vouchers-background", daemon=True)
+        background.start()
+    os.environ["VOUCHERS_BACKGROUND_TASKS"] = "false"  # the web processes leave it to that one
+    try:
+        Granian("service.asgi:app", address=host, port=port, workers=workers, interface=Interfaces.ASGI,
+                log_access=False).serve()
+    finally:
+        if background is not None and background.is_alive():
+            background.terminate()
+            background.join(timeout=10)
+
+
+@main.command("worker")
+def worker_command() -> None:
+    """Run only the background work (mail, sweep, audit sealing) until stopped, for hosts whose web
+    processes run without it (VOUCHERS_BACKGROUND_TASKS=false)."""
+    from . import worker
+
+    worker.main(_runtime().settings)
 
 
 @main.group()

@@ -73,8 +73,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Use STARTTLS on the SMTP connection (required by most relays outside this machine)."""
 
     background_tasks: bool = True
-    """Run the outbox sender and the sweep inside the server process. Several processes may
-    run them at once: rows are claimed in the database, never in memory."""
+    """Send mail, run the sweep and seal the audit log (``service.worker``). ``vouchers serve``
+    runs them in one process of its own beside the web processes; an app made by ``create_app``
+    elsewhere runs them inside itself. Several processes may run them at once: rows are claimed
+    in the database, never in memory."""
+
+    background_nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 10
+    """How much lower the CPU priority of the background process of ``vouchers serve`` is than
+    the web processes': under load, answers come first and mail follows in the CPU time they
+    leave (0: the same priority)."""
 
     sweep_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     """How often expiry, lapsed holds and waiting-list promotion run."""

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,7 +76,8 @@ def test_a_bad_scheme_file_is_explained(env: dict[str, str], tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("command", [[], ["serve"], ["db", "upgrade"], ["scheme", "load"], ["scheme", "draw"],
-                                     ["provider", "add"], ["token", "create"], ["check"], ["sweep"], ["outbox", "send"]])
+                                     ["provider", "add"], ["token", "create"], ["check"], ["sweep"], ["outbox", "send"],
+                                     ["worker"]])
 def test_every_command_has_help(command: list[str], env: dict[str, str]) -> None:
     result = vouchers(*command, "--help", env=env)
     assert result.returncode == 0 and "Usage:" in result.stdout
@@ -103,3 +109,73 @@ def test_tokens_are_listed_without_their_secret_and_can_be_revoked(env: dict[str
     assert "revoked" in vouchers("token", "list", env=env).stdout
     again = vouchers("token", "revoke", "1", env=env)
     assert again.returncode != 0 and "revoked already" in again.stderr
+
+
+def _children(pid: int) -> list[tuple[int, int]]:
+    """(pid, nice) of the living processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append((int(entry.name), int(fields[16])))
+    return found
+
+
+def _wait_for_mail(folder: Path, count: int, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while len(list(folder.glob("*.eml"))) < count:
+        assert time.monotonic() < deadline, f"{len(list(folder.glob('*.eml')))} of {count} mails sent"
+        time.sleep(0.1)
+
+
+def test_serve_sends_mail_from_one_background_process_of_lower_priority(env: dict[str, str], tmp_path: Path) -> None:
+    vouchers("db", "upgrade", env=env)
+    vouchers("scheme", "load", "schemes/arnhem-2021.toml", env=env)
+    assert vouchers("demo", env=env).returncode == 0  # leaves three mails in the outbox
+    port, log = free_port(), tmp_path / "serve.log"
+    with log.open("w") as output:
+        serving = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", "2"], cwd=ROOT,
+            env={**os.environ, **env, "VOUCHERS_BACKGROUND_NICE": "5", "VOUCHERS_OUTBOX_INTERVAL_SECONDS": "0.2"},
+            stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_mail(Path(env["VOUCHERS_MAIL_DIR"]), 3)
+        deadline = time.monotonic() + 30
+        # Both web processes up: granian misses a worker that starts while it shuts down.
+        while "Started worker-2" not in log.read_text():
+            assert time.monotonic() < deadline, "the web processes did not start"
+            time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        children = _children(serving.pid)
+        background = [pid for pid, nice in children if nice == 5]
+        assert len(background) == 1, children  # one, however many web processes
+        assert any(nice == 0 for _, nice in children)  # granian's, at the server's priority
+        serving.send_signal(signal.SIGINT)
+        assert serving.wait(timeout=30) == 0
+        assert not Path(f"/proc/{background[0]}").exists()
+    finally:
+        if serving.poll() is None:
+            os.killpg(serving.pid, signal.SIGKILL)
+            serving.wait()
+
+
+def test_the_worker_command_runs_the_background_work_until_stopped(env: dict[str, str]) -> None:
+    vouchers("db", "upgrade", env=env)
+    vouchers("scheme", "load", "schemes/arnhem-2021.toml", env=env)
+    vouchers("demo", env=env)
+    working = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], cwd=ROOT,
+                               env={**os.environ, **env, "VOUCHERS_OUTBOX_INTERVAL_SECONDS": "0.2"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_for_mail(Path(env["VOUCHERS_MAIL_DIR"]), 3)
+        working.terminate()
+        _, err = working.communicate(timeout=30)
+        assert working.returncode == 0, err
+    finally:
+        if working.poll() is None:
+            working.kill()
+            working.communicate()

@@ -1,0 +1,84 @@
+"""The background work: the outbox, the sweep and the audit log's sealing, each every few seconds.
+
+``vouchers serve`` runs it in one process of its own beside the web processes, at a lower CPU
+priority (``Settings.background_nice``): on opening day the applicants' answers come first and
+their mails follow in seconds, in the CPU time the requests leave. Measured on two cores, mail and
+sealing took about a third of the server's CPU in the redemption runs when every web process did
+them in between requests (BENCHMARKS.md). ``vouchers worker`` runs the same loop alone, for hosts
+that run the web processes some other way; an app made by ``create_app`` with
+``background_tasks`` on runs it inside its own process instead.
+
+Every task claims its rows in the database, never in memory, so several of these may run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+
+from . import audit, outbox, sweep
+from .runtime import Runtime
+from .settings import Settings
+
+__all__ = ("run_forever", "tasks", "main")
+
+log = logging.getLogger(__name__)
+
+
+async def _every(seconds: float, work: Callable[[], Awaitable[object]], name: str) -> None:
+    while True:
+        try:
+            await work()
+        except Exception:  # keep the loop alive; the next round tries again
+            log.exception("%s failed", name)
+        await asyncio.sleep(seconds)
+
+
+def tasks(rt: Runtime) -> list[asyncio.Task[None]]:
+    """Start the three loops on the running event loop."""
+    s = rt.settings
+    return [
+        asyncio.create_task(_every(s.outbox_interval_seconds, lambda: outbox.send_due(rt), "outbox")),
+        asyncio.create_task(_every(s.sweep_interval_seconds, lambda: sweep.sweep(rt), "sweep")),
+        asyncio.create_task(_every(s.audit_seal_interval_seconds, lambda: audit.seal_all(rt.sessionmaker),
+                                   "audit seal")),
+    ]
+
+
+async def _orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+
+
+async def run_forever(rt: Runtime, *, parent: int | None = None) -> None:
+    """Run the loops until SIGTERM or SIGINT, or until the process ``parent`` is gone, then stop
+    them and close the runtime."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    running = tasks(rt)
+    if parent is not None:
+        watch = asyncio.create_task(_orphaned(parent))
+        watch.add_done_callback(lambda _: stop.set())
+        running.append(watch)
+    try:
+        await stop.wait()
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        await rt.close()
+
+
+def main(settings: Settings, *, nice: int = 0, parent: int | None = None) -> None:
+    """The background process: lower its CPU priority by ``nice``, then run until stopped (or
+    until ``parent``, the process that started it, is gone)."""
+    if nice:
+        os.nice(nice)
+    audit.set_context(audit.AuditContext().actor)  # "system", as inside a web process
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run_forever(Runtime.create(settings), parent=parent))
