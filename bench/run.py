@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data, inproc, report
-from .cpu import cpu_seconds
+from .cpu import cpu_seconds, group_cpu_seconds
 from .profile import Profiler, summarise
 from .servers import ROOT, bare_server, service_server
 from .wrk import LoadResult, require_wrk, run_wrk
@@ -66,9 +66,9 @@ class Run:
         """Run wrk, and measure the CPU time the server and PostgreSQL spent meanwhile."""
         kw.setdefault("threads", self.args.wrk_threads)
         server = f"--port {url.rsplit(':', 1)[1]}"
-        before = cpu_seconds(server), cpu_seconds("postgres:")
+        before = group_cpu_seconds(server), cpu_seconds("postgres:")
         load = run_wrk(url, **kw)
-        after = cpu_seconds(server), cpu_seconds("postgres:")
+        after = group_cpu_seconds(server), cpu_seconds("postgres:")
         if load.requests:
             load.extra["server_cpu_ms"] = round((after[0] - before[0]) * 1000 / load.requests, 3)
             load.extra["db_cpu_ms"] = round((after[1] - before[1]) * 1000 / load.requests, 3)

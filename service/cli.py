@@ -65,7 +65,6 @@ def main() -> None:
 def serve(host: str, port: int, workers: int) -> None:
     """Serve the app with granian (production ASGI server), and the background work (mail, sweep,
     audit sealing) in one process beside it. Access logs stay off: URLs carry codes."""
-    import multiprocessing
     import os
 
     from granian import Granian
@@ -76,30 +75,26 @@ def serve(host: str, port: int, workers: int) -> None:
     settings = _runtime().settings
     if workers > 1 and settings.is_sqlite:
         click.echo("Note: with SQLite, several workers share one file; PostgreSQL is advised.", err=True)
-    background = None
-    if settings.background_tasks:
-        # Forked, so it shows as this command in the process list and stops with it.
-        background = multiprocessing.get_context("fork").Process(
-            target=worker.main, args=(settings,), kwargs={"nice": settings.background_nice, "parent": os.getpid()},
-            name="vouchers-background", daemon=True)
-        background.start()
+    background = worker.Beside(settings.background_nice).start() if settings.background_tasks else None
     os.environ["VOUCHERS_BACKGROUND_TASKS"] = "false"  # the web processes leave it to that one
     try:
         Granian("service.asgi:app", address=host, port=port, workers=workers, interface=Interfaces.ASGI,
                 log_access=False).serve()
     finally:
-        if background is not None and background.is_alive():
-            background.terminate()
-            background.join(timeout=10)
+        if background is not None:
+            background.stop()
 
 
 @main.command("worker")
-def worker_command() -> None:
+@click.option("--nice", default=0, show_default=True, type=click.IntRange(0, 19),
+              help="Lower this process's CPU priority by this much.")
+@click.option("--parent", type=int, hidden=True, help="Stop when this process is gone (set by serve).")
+def worker_command(nice: int, parent: int | None) -> None:
     """Run only the background work (mail, sweep, audit sealing) until stopped, for hosts whose web
     processes run without it (VOUCHERS_BACKGROUND_TASKS=false)."""
     from . import worker
 
-    worker.main(_runtime().settings)
+    worker.main(_runtime().settings, nice=nice, parent=parent)
 
 
 @main.group()

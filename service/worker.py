@@ -17,13 +17,16 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Awaitable, Callable
 
 from . import audit, outbox, sweep
 from .runtime import Runtime
 from .settings import Settings
 
-__all__ = ("run_forever", "tasks", "main")
+__all__ = ("Beside", "main", "run_forever", "tasks")
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +85,50 @@ def main(settings: Settings, *, nice: int = 0, parent: int | None = None) -> Non
     audit.set_context(audit.AuditContext().actor)  # "system", as inside a web process
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
     asyncio.run(run_forever(Runtime.create(settings), parent=parent))
+
+
+class Beside:
+    """The background process of ``vouchers serve``: ``vouchers worker`` at a lower priority,
+    started again a second after it fails or is killed (mail waits in the outbox meanwhile), and
+    stopped with the server. It stops by itself if the server is killed outright, and for good
+    when it is told to stop (Ctrl-C reaches it with the server)."""
+
+    RESTART_DELAY_SECONDS = 1.0
+
+    def __init__(self, nice: int) -> None:
+        self.command = [sys.executable, "-m", "service.cli", "worker", "--nice", str(nice),
+                        "--parent", str(os.getpid())]
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._keep_running, name="vouchers-background", daemon=True)
+
+    def start(self) -> Beside:
+        self._thread.start()
+        return self
+
+    def _keep_running(self) -> None:
+        while not self._stopping.is_set():
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self.process = subprocess.Popen(self.command)
+            code = self.process.wait()
+            if code == 0:  # asked to stop
+                return
+            if not self._stopping.is_set():
+                log.error("the background process ended with %s; starting it again", code)
+                self._stopping.wait(self.RESTART_DELAY_SECONDS)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            self._stopping.set()
+            process = self.process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._thread.join(timeout=timeout)

@@ -154,9 +154,18 @@ def test_serve_sends_mail_from_one_background_process_of_lower_priority(env: dic
         background = [pid for pid, nice in children if nice == 5]
         assert len(background) == 1, children  # one, however many web processes
         assert any(nice == 0 for _, nice in children)  # granian's, at the server's priority
+        os.kill(background[0], signal.SIGKILL)  # a crash: it is started again, and sends what is new
+        while not (again := [pid for pid, nice in _children(serving.pid) if nice == 5 and pid != background[0]]):
+            assert time.monotonic() < deadline + 30, "the background process was not started again"
+            time.sleep(0.2)
+        assert vouchers("provider", "add", "--name", "Coach Rijn", "--kvk", "77777777", "--email", "rijn@example.org",
+                        "--iban", "NL91ABNA0417164300", "--scheme", "arnhem-2021", "--category", "coaching",
+                        env=env).returncode == 0
+        assert vouchers("provider", "approve", "2", env=env).returncode == 0
+        _wait_for_mail(Path(env["VOUCHERS_MAIL_DIR"]), 4)
         serving.send_signal(signal.SIGINT)
         assert serving.wait(timeout=30) == 0
-        assert not Path(f"/proc/{background[0]}").exists()
+        assert not Path(f"/proc/{again[0]}").exists()
     finally:
         if serving.poll() is None:
             os.killpg(serving.pid, signal.SIGKILL)
