@@ -104,21 +104,26 @@ class Beside:
         self._thread = threading.Thread(target=self._keep_running, name="vouchers-background", daemon=True)
 
     def start(self) -> Beside:
+        """Start the process here, before the web processes are forked: ``Popen`` waits for the
+        end of a pipe that a process forked meanwhile would keep open for as long as it lives,
+        and the thread would never get to ``wait``."""
+        self.process = subprocess.Popen(self.command)
         self._thread.start()
         return self
 
     def _keep_running(self) -> None:
         while not self._stopping.is_set():
-            with self._lock:
-                if self._stopping.is_set():
-                    return
-                self.process = subprocess.Popen(self.command)
+            assert self.process is not None
             code = self.process.wait()
             if code == 0:  # asked to stop
                 return
             if not self._stopping.is_set():
                 log.error("the background process ended with %s; starting it again", code)
                 self._stopping.wait(self.RESTART_DELAY_SECONDS)
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self.process = subprocess.Popen(self.command)
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._lock:
