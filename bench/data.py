@@ -36,6 +36,7 @@ BIN = Path(sys.executable).parent
 VALUE_CENTS = 1_350_00
 REDEEM_AMOUNT = 100  # cents per redemption; the schemes have no own contribution, so the voucher pays all of it
 RUSH_KVK_BASE = 20_000_000
+PROVIDERS = 10  # enrolled in the pool scheme; the spread-over-providers run uses a coach of each in turn
 RUSH_BODY = ('{"kvk_number":"{item}","company_name":"Bench BV {item}","employees":3,"postcode":"6811 AB",'
              '"contact_name":"Jan Bench","email":"b{item}@example.org"}')
 REDEEM_BODY = '{"amount_cents":%d,"category":"coaching","reference":"bench-{n}"}' % REDEEM_AMOUNT
@@ -103,6 +104,10 @@ class Fixture:
     admin_token: str
     coach_token: str
     provider_id: int
+    provider_ids: list[int]
+    """Every provider's, the first being ``provider_id``: the coaches of ``coach_tokens``."""
+    coach_tokens: Path
+    """A coach token of each provider, one per line, for the run spread over providers."""
     rush_slug: str
     pool_slug: str
     spread_ids: list[int]
@@ -142,18 +147,23 @@ async def setup_data(env: dict[str, str], workdir: Path, *, pool: int, hot: int,
                      rush_applicants: int) -> Fixture:
     rt = Runtime.create(settings_from(env))
     try:
-        async def base(session: Any) -> tuple[str, str, int]:
+        async def base(session: Any) -> tuple[str, list[str], list[int]]:
             await schemes.load_scheme(session, scheme_spec("bench-rush", places=rush_cap))
             pool_scheme, _ = await schemes.load_scheme(session, scheme_spec("bench-pool", places=pool + hot))
-            provider = await providers.add_provider(session, providers.ProviderDetails(
-                name="Bench Coaching", kvk_number="19999999", email="coach@example.org", iban="NL91ABNA0417164300"))
-            enrolment = await providers.enrol(session, pool_scheme, provider, list(pool_scheme.categories))
-            await providers.decide_enrolment(session, enrolment.id, approve=True)
-            coach = await providers.create_token(session, rt, role="coach", name="bench coach", provider_id=provider.id)
+            coaches, provider_ids = [], []
+            for n in range(PROVIDERS):
+                provider = await providers.add_provider(session, providers.ProviderDetails(
+                    name=f"Bench Coaching {n + 1}", kvk_number=str(19999999 - n), email=f"coach{n + 1}@example.org",
+                    iban="NL91ABNA0417164300"))
+                enrolment = await providers.enrol(session, pool_scheme, provider, list(pool_scheme.categories))
+                await providers.decide_enrolment(session, enrolment.id, approve=True)
+                coaches.append(await providers.create_token(session, rt, role="coach", name=f"bench coach {n + 1}",
+                                                            provider_id=provider.id))
+                provider_ids.append(provider.id)
             admin = await providers.create_token(session, rt, role="admin", name="bench intake", provider_id=None)
-            return admin, coach, provider.id
+            return admin, coaches, provider_ids
 
-        admin, coach, provider_id = await run_in_transaction(rt.sessionmaker, base)
+        admin, coaches, provider_ids = await run_in_transaction(rt.sessionmaker, base)
         made = await _make_vouchers(rt, "bench-pool", pool + hot, 10_000_000, progress="setup")
         if not rt.settings.is_sqlite:
             # A database in service has planner statistics: autovacuum gathers them within a
@@ -170,7 +180,10 @@ async def setup_data(env: dict[str, str], workdir: Path, *, pool: int, hot: int,
         files[name].write_text("".join(code + "\n" for _, code in rows))
     kvks = workdir / "rush-kvk.txt"
     kvks.write_text("".join(f"{RUSH_KVK_BASE + i}\n" for i in range(rush_applicants)))
-    return Fixture(admin_token=admin, coach_token=coach, provider_id=provider_id, rush_slug="bench-rush",
+    tokens = workdir / "coach-tokens.txt"
+    tokens.write_text("".join(token + "\n" for token in coaches))
+    return Fixture(admin_token=admin, coach_token=coaches[0], provider_id=provider_ids[0], provider_ids=provider_ids,
+                   coach_tokens=tokens, rush_slug="bench-rush",
                    pool_slug="bench-pool", spread_ids=[i for i, _ in spread], hot_ids=[i for i, _ in hot_made],
                    spread_codes=files["spread-codes.txt"], hot_codes=files["hot-codes.txt"], rush_kvks=kvks)
 
@@ -228,8 +241,8 @@ def rush_check(env: dict[str, str], slug: str, *, cap: int, applicants: int) -> 
     return _run(env, work)
 
 
-def money_snapshot(env: dict[str, str], voucher_ids: list[int], provider_id: int) -> dict[str, int]:
-    """Balances of the given vouchers, their redemptions, and what the provider has received."""
+def money_snapshot(env: dict[str, str], voucher_ids: list[int], provider_ids: list[int]) -> dict[str, int]:
+    """Balances of the given vouchers, their redemptions, and what the providers have received."""
 
     async def work(session: Any) -> dict[str, int]:
         balance, redeemed = (await session.execute(
@@ -237,7 +250,7 @@ def money_snapshot(env: dict[str, str], voucher_ids: list[int], provider_id: int
             .where(Voucher.id.in_(voucher_ids)))).one()
         count = await session.scalar(select(func.count()).select_from(Redemption).where(Redemption.voucher_id.in_(voucher_ids)))
         received = await session.scalar(select(func.coalesce(func.sum(Enrolment.received_cents), 0))
-                                        .where(Enrolment.provider_id == provider_id))
+                                        .where(Enrolment.provider_id.in_(provider_ids)))
         return {"balance": int(balance), "redeemed": int(redeemed), "redemptions": int(count), "provider": int(received)}
 
     return _run(env, work)

@@ -6,7 +6,7 @@
 --   LIMIT       total requests for the run split over the threads (0 = as many as SECONDS allow);
 --               with a limit, thread t takes its own slice of the items, each item once
 --   SECONDS     after this long a thread sends nothing new
---   AUTH        bearer token or "-"
+--   AUTH        bearer token, "@FILE" (one token per line, taken in turn request by request) or "-"
 --
 -- Bounded and exact: once a thread has sent its share (or its time is up) it sends nothing
 -- more (delay() parks the connection) and stops itself as soon as every request it sent has
@@ -34,7 +34,7 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local items, path_tpl, body_tpl, method, hdrs
+local items, path_tpl, body_tpl, method, hdrs, tokens
 local limit, first, deadline, nthreads
 sent, received, statuses = 0, 0, {}
 local draining, stopped, reserved = false, false, 0
@@ -57,7 +57,14 @@ function init(args)
   end
   if #items == 0 then items[1] = "x" end
   hdrs = {}
-  if auth ~= "-" then hdrs["Authorization"] = "Bearer " .. auth end
+  if auth:sub(1, 1) == "@" then
+    tokens = {}
+    for line in io.lines(auth:sub(2)) do
+      if #line > 0 then tokens[#tokens + 1] = line end
+    end
+  elseif auth ~= "-" then
+    hdrs["Authorization"] = "Bearer " .. auth
+  end
   if body_tpl == "" then
     method = "GET"
   else
@@ -87,6 +94,7 @@ function request()
   end
   local item = items[((first + k) % #items) + 1]
   local path = path_tpl:gsub("{item}", item)
+  if tokens then hdrs["Authorization"] = "Bearer " .. tokens[((first + k) % #tokens) + 1] end
   local body = nil
   if method == "POST" then
     body = body_tpl:gsub("{item}", item):gsub("{n}", tostring(tid * 100000000 + k))

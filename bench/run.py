@@ -123,6 +123,9 @@ class Run:
                 if "redeem" in http:
                     self.redeem(db, srv, env, fx, fx.spread_ids, fx.spread_codes, c, bare[("POST", c)], "redeem")
                     self.drain(db, env, "redeem")
+                    self.redeem(db, srv, env, fx, fx.spread_ids, fx.spread_codes, c, bare[("POST", c)],
+                                f"redeem {len(fx.provider_ids)} providers", providers=True)
+                    self.drain(db, env, f"redeem {len(fx.provider_ids)} providers")
                     self.redeem(db, srv, env, fx, fx.hot_ids, fx.hot_codes, hot_c, bare[("POST", hot_c)],
                                 "redeem hot-10")
                     self.drain(db, env, "redeem hot-10")
@@ -171,13 +174,17 @@ class Run:
         self.record(db, name, load, bare, problems)
 
     def redeem(self, db: str, srv: Any, env: dict[str, str], fx: data.Fixture, ids: list[int], codes: Path,
-               conns: int, bare: LoadResult, name: str, *, full_reconcile: bool = True) -> None:
-        before = data.money_snapshot(env, ids, fx.provider_id)
+               conns: int, bare: LoadResult, name: str, *, full_reconcile: bool = True, providers: bool = False) -> None:
+        """Redemptions by the first provider's coach, or (``providers``) by a coach of each
+        provider in turn."""
+        provider_ids = fx.provider_ids if providers else [fx.provider_id]
+        before = data.money_snapshot(env, ids, provider_ids)
         profiler = self.profiler(srv, db, name) if name == "redeem" or name.startswith("scale redeem") else None
         load = self.wrk(srv.url, path="/api/v1/vouchers/{item}/redemptions", body=data.REDEEM_BODY, items_file=codes,
-                        token=fx.coach_token, seconds=self.args.duration, connections=conns)
+                        token=f"@{fx.coach_tokens}" if providers else fx.coach_token, seconds=self.args.duration,
+                        connections=conns)
         self.finish_profile(profiler)
-        after = data.money_snapshot(env, ids, fx.provider_id)
+        after = data.money_snapshot(env, ids, provider_ids)
         ok = load.count(201)
         amount = ok * data.REDEEM_AMOUNT
         problems = []

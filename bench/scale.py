@@ -102,7 +102,10 @@ async def _load(env: dict[str, str], workdir: Path, n: int) -> Fixture:
         await conn.close()
     codes = workdir / "scale-codes.txt"
     codes.write_text("".join(code + "\n" for _, code in sample))
-    return Fixture(admin_token=admin, coach_token=coach, provider_id=provider_id, rush_slug="", pool_slug=SLUG,
+    tokens = workdir / "scale-coach-tokens.txt"
+    tokens.write_text(coach + "\n")
+    return Fixture(admin_token=admin, coach_token=coach, provider_id=provider_id, provider_ids=[provider_id],
+                   coach_tokens=tokens, rush_slug="", pool_slug=SLUG,
                    spread_ids=[i for i, _ in sample], hot_ids=[], spread_codes=codes, hot_codes=codes,
                    rush_kvks=codes)
 
@@ -125,7 +128,8 @@ CHECKS = {
         select count(*) from scheme s left join (
             select scheme_id, sum(balance_cents + held_cents + redeemed_cents) c, sum(redeemed_cents) r,
                    count(*) filter (where holds_place) p from voucher group by scheme_id) v on v.scheme_id = s.id
-        where s.committed_cents <> coalesce(v.c, 0) or s.redeemed_cents <> coalesce(v.r, 0)
+        left join (select scheme_id, sum(received_cents) r from enrolment group by scheme_id) e on e.scheme_id = s.id
+        where s.committed_cents <> coalesce(v.c, 0) or coalesce(e.r, 0) <> coalesce(v.r, 0)
            or s.places_used <> coalesce(v.p, 0)""",
     "enrolments whose received figure differs from the ledger": """
         with moves as (

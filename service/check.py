@@ -8,7 +8,7 @@ from collections import defaultdict
 from sqlalchemy import and_, func, not_, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import ledger
+from . import ledger, schemes
 from .models import Enrolment, Hold, LedgerEntry, Scheme, Voucher
 
 __all__ = ("reconcile",)
@@ -65,7 +65,7 @@ async def reconcile(session: AsyncSession) -> list[str]:
             )
         ).one()
         expect(f"{name} committed", scheme.committed_cents, int(totals[0]))
-        expect(f"{name} redeemed", scheme.redeemed_cents, int(totals[1]))
+        expect(f"{name} redeemed", await schemes.redeemed(session, scheme.id), int(totals[1]))
         expect(f"{name} places held by vouchers", scheme.places_used, int(totals[2]))
         if scheme.places_used > scheme.max_places:
             problems.append(f"{name}: {scheme.places_used} places used, cap {scheme.max_places}")

@@ -1,7 +1,7 @@
 """The two busiest writes, a coach's redemption and an application, straight through the driver.
 
-Every redemption of a scheme changes the provider's enrolment row and the scheme's row, and every
-application the scheme's row. Through a session those rows stay locked from their UPDATE until the
+Every redemption of a scheme changes the provider's enrolment row, and every application the
+scheme's row. Through a session those rows stay locked from their UPDATE until the
 COMMIT, across several round trips to this process, and every other request waits in line for
 them: measured, that line, not the CPU, held both to about 150 a second on PostgreSQL. On SQLite
 the whole database is locked that long, and each statement is a hand-off to aiosqlite's thread.
@@ -14,8 +14,9 @@ So here each is a read without a lock, then one short write:
 * SQLite: the same statements one after the other in one transaction on the event loop's thread
   (``FastPath.write``), with no ``await`` between BEGIN and COMMIT.
 
-A redemption writes: the voucher's, the enrolment's and the scheme's conditional UPDATEs (the
-rules of ``vouchers.redeem``), the redemption, its ledger entry, its mail and its audit entries.
+A redemption writes: the voucher's and the enrolment's conditional UPDATEs (the rules of
+``vouchers.redeem``; the enrolment's refuses once the scheme has closed), the redemption, its
+ledger entry, its mail and its audit entries. It does not touch the scheme's row.
 An application to a first-come scheme by an eligible applicant writes: a place and a voucher's
 value taken from the scheme if both are left and nobody waits (``applications.take_place``), else
 the next waiting-list number; the application with its outcome, the voucher and its ledger entry,
@@ -124,11 +125,11 @@ _REFUSED_PREFIX = "vouchers-refused:"
 def _refusal(code: str) -> DomainError:
     if code == "already-applied":
         return Conflict("already-applied", applications.ALREADY_APPLIED, field="kvk_number")
-    if code == "provider-cap-reached":
-        return Refused(code, N_("Your organisation has reached the most this scheme pays one provider."))
-    if code == "scheme-closed":
-        return Refused(code, N_("This scheme has been closed; vouchers can no longer be used."))
     raise ValueError(code)
+
+
+class _EnrolmentRefused(Exception):
+    """The enrolment's UPDATE of a redemption changed nothing: why is read afterwards."""
 
 
 async def _pg_write(rt: Runtime, sql: str, args: list[Any], *, attempts: int = 5) -> Any:
@@ -143,7 +144,10 @@ async def _pg_write(rt: Runtime, sql: str, args: list[Any], *, attempts: int = 5
             message = str(exc)
             if not message.startswith(_REFUSED_PREFIX):
                 raise
-            raise _refusal(message.removeprefix(_REFUSED_PREFIX)) from None
+            code = message.removeprefix(_REFUSED_PREFIX)
+            if code == "enrolment":
+                raise _EnrolmentRefused() from None
+            raise _refusal(code) from None
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             if attempt == attempts:
                 raise
@@ -177,36 +181,31 @@ _TERMS_PG, _TERMS_PG_NAMES = _numbered(_TERMS.format(ids=""",
        CASE WHEN v.id IS NOT NULL THEN nextval(pg_get_serial_sequence('ledger_entry', 'id')) END"""))
 _TERMS_SQLITE = _TERMS.format(ids="")
 
-# The three conditional UPDATEs of a redemption, as in ``vouchers.redeem``. On PostgreSQL each
-# runs only if the one before it changed its row (``only_if``), which also keeps the lock order of
-# ``service.vouchers``: voucher, enrolment, scheme.
+# The two conditional UPDATEs of a redemption, as in ``vouchers.redeem``. On PostgreSQL the
+# second runs only if the first changed its row (``only_if``), which also keeps the lock order of
+# ``service.vouchers``: voucher, then enrolment.
 _SPEND = """UPDATE voucher
     SET balance_cents = balance_cents - :amount, redeemed_cents = redeemed_cents + :amount,
         status = CASE WHEN balance_cents - :amount + held_cents = 0 THEN 'used_up' ELSE 'active' END
     WHERE id = :voucher_id AND status = 'active' AND expires_at > :now AND balance_cents >= :amount
     RETURNING balance_cents, redeemed_cents, status"""
 _PAY = """UPDATE enrolment SET received_cents = received_cents + :amount
-    WHERE id = :enrolment_id AND status = 'approved'
+    WHERE id = :enrolment_id AND status = 'approved' AND scheme_closed_at IS NULL
       AND (CAST(:cap AS BIGINT) IS NULL OR received_cents + :amount <= CAST(:cap AS BIGINT)){only_if}
     RETURNING received_cents"""
-_COUNT = """UPDATE scheme SET redeemed_cents = redeemed_cents + :amount
-    WHERE id = :scheme_id AND closed_at IS NULL{only_if}
-    RETURNING redeemed_cents"""
 
 _REDEEM_PG, _REDEEM_PG_NAMES = _numbered(f"""
 WITH spent AS (
     {_SPEND}
 ), paid AS (
     {_PAY.format(only_if=" AND EXISTS (SELECT FROM spent)")}
-), counted AS (
-    {_COUNT.format(only_if=" AND EXISTS (SELECT FROM paid)")}
 ), recorded AS (
     INSERT INTO redemption (id, scheme_id, voucher_id, enrolment_id, provider_id, hold_id, category, invoice_cents,
                             amount_cents, own_contribution_cents, reference, session_date, recorded_by, created_at)
     SELECT :redemption_id::bigint, :scheme_id::bigint, :voucher_id::bigint, :enrolment_id::bigint,
            :provider_id::bigint, NULL, :category::text, :invoice::bigint, :amount::bigint, :own::bigint,
            :reference::text, :session_date::date, :recorded_by::text, :now::timestamptz
-    FROM counted
+    FROM paid
     RETURNING id
 ), posted AS (
     INSERT INTO ledger_entry (id, scheme_id, kind, from_kind, from_id, to_kind, to_id, amount_cents, places,
@@ -236,22 +235,15 @@ WITH spent AS (
     UNION ALL
     SELECT :now::timestamptz, :actor::text, :address::text, 'insert', table_name, row_id, '{{}}'::json, after
     FROM recorded, json_to_recordset(:inserted::json) AS inserted(table_name text, row_id text, after json)
-    UNION ALL
-    SELECT :now::timestamptz, :actor::text, :address::text, 'update', 'scheme', :scheme_id::text,
-           json_build_object('redeemed_cents', counted.redeemed_cents - :amount),
-           json_build_object('redeemed_cents', counted.redeemed_cents)
-    FROM counted
 )
 SELECT spent.balance_cents,
-       CASE WHEN spent.status IS NOT NULL AND paid.received_cents IS NULL
-                THEN vouchers_refuse('provider-cap-reached')
-            WHEN paid.received_cents IS NOT NULL AND counted.redeemed_cents IS NULL
-                THEN vouchers_refuse('scheme-closed')
-       END
+       CASE WHEN spent.status IS NOT NULL AND paid.received_cents IS NULL THEN vouchers_refuse('enrolment') END
 FROM (SELECT 1 AS one) AS one
-LEFT JOIN spent ON true LEFT JOIN paid ON true LEFT JOIN counted ON true
+LEFT JOIN spent ON true LEFT JOIN paid ON true
 """)
-_SPEND_SQLITE, _PAY_SQLITE, _COUNT_SQLITE = _SPEND, _PAY.format(only_if=""), _COUNT.format(only_if="")
+_SPEND_SQLITE, _PAY_SQLITE = _SPEND, _PAY.format(only_if="")
+_ENROLMENT_NOW = "SELECT status, scheme_closed_at FROM enrolment WHERE id = :enrolment_id"
+_ENROLMENT_NOW_PG, _ENROLMENT_NOW_PG_NAMES = _numbered(_ENROLMENT_NOW)
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,19 +293,26 @@ class _Redeeming:
     async def on_postgres(self, redemption_id: int, entry_id: int) -> int | None:
         redemption, entry, mail = self.rows(redemption_id, entry_id)
         who = audit.current_context()
-        row = await _pg_write(self.rt, _REDEEM_PG, _args(_REDEEM_PG_NAMES, {
-            "amount": self.amount, "voucher_id": self.voucher_id, "now": self.now,
-            "enrolment_id": self.enrolment_id, "cap": self.cap, "scheme_id": self.scheme_id,
-            "redemption_id": redemption_id, "provider_id": self.provider_id, "category": self.category,
-            "invoice": self.invoice, "own": self.own, "reference": self.reference,
-            "session_date": self.session_date, "recorded_by": self.recorded_by, "entry_id": entry_id,
-            "message_id": mail["message_id"], "to_address": mail["to_address"], "locale": mail["locale"],
-            "mail_params": _json(mail["params"]), "actor": who.actor, "address": who.address,
-            "inserted": _json([
-                {"table_name": "redemption", "row_id": str(redemption_id),
-                 "after": audit.inserted("redemption", redemption_id, redemption)},
-                {"table_name": "ledger_entry", "row_id": str(entry_id),
-                 "after": audit.inserted("ledger_entry", entry_id, entry)}])}))
+        try:
+            row = await _pg_write(self.rt, _REDEEM_PG, _args(_REDEEM_PG_NAMES, {
+                "amount": self.amount, "voucher_id": self.voucher_id, "now": self.now,
+                "enrolment_id": self.enrolment_id, "cap": self.cap, "scheme_id": self.scheme_id,
+                "redemption_id": redemption_id, "provider_id": self.provider_id, "category": self.category,
+                "invoice": self.invoice, "own": self.own, "reference": self.reference,
+                "session_date": self.session_date, "recorded_by": self.recorded_by, "entry_id": entry_id,
+                "message_id": mail["message_id"], "to_address": mail["to_address"], "locale": mail["locale"],
+                "mail_params": _json(mail["params"]), "actor": who.actor, "address": who.address,
+                "inserted": _json([
+                    {"table_name": "redemption", "row_id": str(redemption_id),
+                     "after": audit.inserted("redemption", redemption_id, redemption)},
+                    {"table_name": "ledger_entry", "row_id": str(entry_id),
+                     "after": audit.inserted("ledger_entry", entry_id, entry)}])}))
+        except _EnrolmentRefused:
+            # The statement ran in autocommit: this read sees the change that stopped it.
+            pool = await self.rt.fast.pool()
+            now = await pool.fetchrow(_ENROLMENT_NOW_PG, *_args(_ENROLMENT_NOW_PG_NAMES,
+                                                                 {"enrolment_id": self.enrolment_id}))
+            raise vouchers.enrolment_refusal(*now) from None
         return row[0]
 
     def on_sqlite(self, conn: sqlite3.Connection) -> tuple[int, int] | None:
@@ -325,16 +324,14 @@ class _Redeeming:
             return None
         paid = conn.execute(_PAY_SQLITE, values).fetchone()
         if paid is None:
-            raise _Undo(_refusal("provider-cap-reached"))
+            now = conn.execute(_ENROLMENT_NOW, {"enrolment_id": self.enrolment_id}).fetchone()
+            raise _Undo(vouchers.enrolment_refusal(*now))
         redemption_id, entry_id = _next_ids(conn, "redemption", "ledger_entry")
         redemption, entry, mail = self.rows(redemption_id, entry_id)
         _insert(conn, "redemption", {"id": redemption_id, **redemption})
         _insert(conn, "ledger_entry", {"id": entry_id, **entry})
         _insert(conn, "outbox_message", {**mail, "status": "pending", "attempts": 0, "next_attempt_at": self.now,
                                          "created_at": self.now})
-        counted = conn.execute(_COUNT_SQLITE, values).fetchone()  # the scheme's row last, as everywhere
-        if counted is None:
-            raise _Undo(_refusal("scheme-closed"))
         balance, redeemed, status = spent
         _audit(conn, self.now, [
             ("update", "voucher", self.voucher_id,
@@ -344,8 +341,6 @@ class _Redeeming:
              {"received_cents": paid[0]}),
             ("insert", "redemption", redemption_id, {}, audit.inserted("redemption", redemption_id, redemption)),
             ("insert", "ledger_entry", entry_id, {}, audit.inserted("ledger_entry", entry_id, entry)),
-            ("update", "scheme", self.scheme_id, {"redeemed_cents": counted[0] - self.amount},
-             {"redeemed_cents": counted[0]}),
         ])
         return redemption_id, balance
 

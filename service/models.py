@@ -88,7 +88,6 @@ class Scheme(Base):
     __table_args__ = (
         CheckConstraint("places_used >= 0 AND places_used <= max_places", name="places_within_cap"),
         CheckConstraint("committed_cents >= 0 AND committed_cents <= budget_cents", name="committed_within_budget"),
-        CheckConstraint("redeemed_cents >= 0 AND redeemed_cents <= committed_cents", name="redeemed_within_committed"),
         CheckConstraint("budget_cents >= 0 AND reserve_cents >= 0", name="budget_not_negative"),
         CheckConstraint("allocation IN ('first_come', 'lottery')", name="allocation_known"),
         CheckConstraint("waiting_count >= 0", name="waiting_count_not_negative"),
@@ -124,7 +123,9 @@ class Scheme(Base):
     max_places: Mapped[int] = mapped_column(Integer)
     places_used: Mapped[int] = mapped_column(Integer, default=0)
     committed_cents: Mapped[int] = mapped_column(BigInteger, default=0)
-    redeemed_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    # What has been redeemed is the sum of its enrolments' ``received_cents`` (``schemes.redeemed``):
+    # a redemption changes the voucher's and the provider's rows, never this one, so coaches of
+    # different providers do not wait for each other.
     waitlist_seq: Mapped[int] = mapped_column(Integer, default=0)
     """Last waiting-list number handed out; numbers only grow, so positions are stable."""
     waiting_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -249,6 +250,11 @@ class Enrolment(Base):
     paid_cents: Mapped[int] = mapped_column(BigInteger, default=0)
     decided_at: Mapped[dt.datetime | None]
     decision_reason: Mapped[str | None] = mapped_column(Text)
+    scheme_closed_at: Mapped[dt.datetime | None]
+    """When the scheme closed, set on all its enrolments by ``close_scheme``. Every redemption
+    updates its enrolment's row on the condition that this is empty, and PostgreSQL checks that
+    condition again on the newest version of a row it waited for: so no redemption commits after
+    the close, without every redemption of the scheme locking the scheme's row."""
 
 
 class ApiToken(Base):

@@ -71,7 +71,8 @@ async def enrol(session: AsyncSession, scheme: Scheme, provider: Provider, categ
     unknown = [c for c in categories if c not in CATEGORIES or c not in scheme.categories]
     if unknown or not categories:
         raise InvalidInput("category-not-allowed", N_("Choose one or more of the scheme's categories."), field="categories")
-    enrolment = Enrolment(scheme_id=scheme.id, provider_id=provider.id, status="pending", categories=sorted(set(categories)))
+    enrolment = Enrolment(scheme_id=scheme.id, provider_id=provider.id, status="pending", categories=sorted(set(categories)),
+                          scheme_closed_at=scheme.closed_at)
     try:
         async with session.begin_nested():
             session.add(enrolment)

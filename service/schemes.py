@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import ledger
 from .errors import N_, InvalidInput, NotFound, Refused
-from .models import Scheme, utcnow
+from .models import Enrolment, Scheme, utcnow
 
 __all__ = (
     "CATEGORIES",
@@ -195,8 +195,19 @@ def postcode_accepted(scheme: Scheme, postcode: str) -> bool:
     return False
 
 
+_REDEEMED = (select(func.coalesce(func.sum(Enrolment.received_cents), 0))
+             .where(Enrolment.scheme_id == bindparam("scheme_id")))
+
+
+async def redeemed(session: AsyncSession, scheme_id: int) -> int:
+    """What the scheme's vouchers have paid providers, less reversals: the sum of what each
+    provider received, one row per provider, so it does not grow with the vouchers."""
+    return int(await session.scalar(_REDEEMED, {"scheme_id": scheme_id}) or 0)
+
+
 async def summary(session: AsyncSession, scheme: Scheme) -> SchemeSummary:
-    """Public figures. Reads stored counters, so its cost does not grow with the vouchers."""
+    """Public figures. Reads stored counters (one per scheme or per provider), so its cost does
+    not grow with the vouchers."""
     return SchemeSummary(
         slug=scheme.slug,
         name=scheme.name,
@@ -210,7 +221,7 @@ async def summary(session: AsyncSession, scheme: Scheme) -> SchemeSummary:
         applications_close_at=scheme.applications_close_at,
         budget_cents=scheme.budget_cents,
         committed_cents=scheme.committed_cents,
-        redeemed_cents=scheme.redeemed_cents,
+        redeemed_cents=await redeemed(session, scheme.id),
         left_cents=scheme.budget_cents - scheme.committed_cents,
         max_places=scheme.max_places,
         places_used=scheme.places_used,

@@ -53,7 +53,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_writers_per_process: Annotated[int, msgspec.Meta(ge=1, le=200)] = 4
     """Write transactions one server process runs at once on PostgreSQL; more wait their turn in
     the process (SQLite: always one). Few is faster: between its statements a transaction waits for
-    the event loop while it holds its row locks (the scheme's row is everyone's), and every other
+    the event loop while it holds its row locks (a scheme's row, a provider's enrolment), and every other
     transaction in flight in the process makes that wait longer (see BENCHMARKS.md)."""
 
     mail_backend: Literal["file", "smtp"] = "file"

@@ -19,7 +19,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from . import audit, ledger, outbox
 from .codes import InvalidCode, normalise_code
-from .errors import N_, Forbidden, InvalidInput, NotFound, Refused, TooManyAttempts
+from .errors import N_, DomainError, Forbidden, InvalidInput, NotFound, Refused, TooManyAttempts
 from .fastpath import ScannedVoucher
 from .models import Application, Enrolment, Hold, Provider, RateLimitCounter, Redemption, Scheme, Voucher, utcnow
 from .runtime import Runtime
@@ -253,7 +253,7 @@ async def _notify_redemption(
 # once here (their compiled form is cached; a request only binds values) on the session's
 # connection, not through the ORM's unit of work, and feeds the audit log itself. The rules are
 # the same conditional UPDATEs as everywhere else in this module; a confirmed hold pays the
-# provider and counts the scheme's figure through the same two helpers.
+# provider through the same helper.
 _V, _S, _E = Voucher.__table__, Scheme.__table__, Enrolment.__table__
 _A, _P = Application.__table__, Provider.__table__
 _REDEEM_TERMS = (
@@ -277,40 +277,35 @@ _REDEEM_SPEND = (
     .returning(_V.c.balance_cents, _V.c.held_cents, _V.c.redeemed_cents, _V.c.status)
 )
 _REDEEM_PAY = (
-    update(_E).where(_E.c.id == bindparam("enrolment_id"), _E.c.status == "approved")
+    update(_E).where(_E.c.id == bindparam("enrolment_id"), _E.c.status == "approved", _E.c.scheme_closed_at.is_(None))
     .values(received_cents=_E.c.received_cents + bindparam("amount")).returning(_E.c.received_cents)
 )
 _REDEEM_PAY_CAPPED = _REDEEM_PAY.where(_E.c.received_cents + bindparam("amount") <= bindparam("cap"))
 _REDEEM_RECORD = insert(Redemption.__table__).returning(Redemption.__table__.c.id)
-_REDEEM_COUNT = (
-    update(_S).where(_S.c.id == bindparam("scheme_id"), _S.c.closed_at.is_(None))
-    .values(redeemed_cents=_S.c.redeemed_cents + bindparam("amount")).returning(_S.c.redeemed_cents)
-)
+_ENROLMENT_NOW = select(_E.c.status, _E.c.scheme_closed_at).where(_E.c.id == bindparam("enrolment_id"))
+
+
+def enrolment_refusal(status: str | None, scheme_closed_at: dt.datetime | str | None) -> DomainError:
+    """Why the enrolment's UPDATE of a redemption changed nothing, from the row as it is now."""
+    if scheme_closed_at is not None:
+        return Refused("scheme-closed", N_("This scheme has been closed; vouchers can no longer be used."))
+    if status != "approved":
+        return Forbidden("provider-not-approved", N_("Your organisation is not approved for this scheme."))
+    return Refused("provider-cap-reached", N_("Your organisation has reached the most this scheme pays one provider."))
 
 
 async def _pay_provider(session: AsyncSession, enrolment_id: int, amount_cents: int, cap_cents: int | None) -> None:
-    """What the provider is owed grows, within the most one provider may receive."""
+    """What the provider is owed grows, within the most one provider may receive, while the
+    enrolment is approved and its scheme open (see ``Enrolment.scheme_closed_at``)."""
     conn = await session.connection()
     pay = _REDEEM_PAY if cap_cents is None else _REDEEM_PAY_CAPPED
     received = (await conn.execute(pay, {"enrolment_id": enrolment_id, "amount": amount_cents,
                                          "cap": cap_cents})).scalar()
     if received is None:
-        raise Refused(
-            "provider-cap-reached", N_("Your organisation has reached the most this scheme pays one provider.")
-        )
+        # A new statement sees the row as the change that stopped this one left it.
+        raise enrolment_refusal(*(await conn.execute(_ENROLMENT_NOW, {"enrolment_id": enrolment_id})).one())
     audit.record_update(session, "enrolment", enrolment_id, {"received_cents": received - amount_cents},
                         {"received_cents": received})
-
-
-async def _count_redeemed(session: AsyncSession, scheme_id: int, amount_cents: int) -> None:
-    """Add to the scheme's redeemed figure. Called last, just before commit: every redemption
-    in a scheme updates this one row, so its lock should be held as briefly as possible."""
-    conn = await session.connection()
-    redeemed = (await conn.execute(_REDEEM_COUNT, {"scheme_id": scheme_id, "amount": amount_cents})).scalar()
-    if redeemed is None:
-        raise Refused("scheme-closed", N_("This scheme has been closed; vouchers can no longer be used."))
-    audit.record_update(session, "scheme", scheme_id, {"redeemed_cents": redeemed - amount_cents},
-                        {"redeemed_cents": redeemed})
 
 
 async def redeem(
@@ -329,8 +324,8 @@ async def redeem(
     """Record what a coach delivered. The voucher pays the invoice less the own contribution.
     The mail to the entrepreneur names the provider (``provider_name``, or its registered name).
 
-    Locks, in order: the voucher's row, the provider's enrolment, and the scheme's row last,
-    held for one statement and the commit. Returns the stored redemption (not in the session).
+    Locks, in order: the voucher's row and the provider's enrolment; not the scheme's row, so
+    coaches of different providers do not wait for each other. Returns the stored redemption (not in the session).
     """
     if invoice_cents <= 0:
         raise InvalidInput("amount-not-positive", N_("The amount must be more than zero."), field="amount_cents")
@@ -384,7 +379,6 @@ async def redeem(
         invoice_cents=invoice_cents, own_contribution_cents=own, category=category,
         report_redemption_id=redemption_id,
     )
-    await _count_redeemed(session, voucher.scheme_id, amount)
     return redemption
 
 
@@ -521,8 +515,6 @@ async def confirm_hold(session: AsyncSession, rt: Runtime, hold_id: int, *, prov
         hold_id=hold.id,
     )
     await _notify_redemption(session, rt, voucher, redemption, provider_name)
-    await session.flush()  # the inserts first: the scheme's row is locked last
-    await _count_redeemed(session, scheme.id, hold.amount_cents)
     return redemption
 
 
@@ -610,14 +602,10 @@ async def reverse_redemption(
         .where(Enrolment.id == redemption.enrolment_id)
         .values(received_cents=Enrolment.received_cents - amount)
     )
-    await session.execute(
-        update(Scheme)
-        .where(Scheme.id == scheme.id)
-        .values(
-            redeemed_cents=Scheme.redeemed_cents - amount,
-            **({} if usable else {"committed_cents": Scheme.committed_cents - amount}),
+    if not usable:
+        await session.execute(
+            update(Scheme).where(Scheme.id == scheme.id).values(committed_cents=Scheme.committed_cents - amount)
         )
-    )
     entry = {"scheme_id": scheme.id, "voucher_id": voucher.id, "redemption_id": redemption.id, "memo": reason}
     ledger.post(session, kind="reverse", source=(ledger.PROVIDER, redemption.enrolment_id),
                 target=(ledger.VOUCHER, voucher.id), amount_cents=amount, **entry)

@@ -49,8 +49,8 @@ async def test_changes_are_recorded_with_actor_before_and_after(rt) -> None:
     # Inserts by the ORM flush.
     assert any(e.action == "insert" and e.table_name == "voucher" and e.row_id == str(voucher.id) for e in entries)
     # Counters changed by update() statements, with before and after.
-    redeemed = [e for e in entries if e.table_name == "scheme" and e.action == "update" and "redeemed_cents" in e.after]
-    assert [(e.before["redeemed_cents"], e.after["redeemed_cents"]) for e in redeemed] == [(0, 10000), (10000, 0)]
+    received = [e for e in entries if e.table_name == "enrolment" and e.action == "update" and "received_cents" in e.after]
+    assert [(e.before["received_cents"], e.after["received_cents"]) for e in received] == [(0, 10000), (10000, 0)]
     balance = [e for e in entries if e.table_name == "voucher" and e.action == "update" and "balance_cents" in e.after]
     assert (balance[0].before["balance_cents"], balance[0].after["balance_cents"]) == (135000, 125000)
     reversal = [e for e in entries if e.table_name == "redemption" and e.action == "update"]

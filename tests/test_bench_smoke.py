@@ -31,9 +31,10 @@ def test_bench_quick_run_on_sqlite(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     results = json.loads((out / "results.json").read_text())["results"]
     http = {r["scenario"]: r for r in results if r["kind"] == "http"}
-    assert {"bare GET c32", "bare POST c32", "scan", "redeem", "redeem hot-10"} <= set(http)
+    assert {"bare GET c32", "bare POST c32", "scan", "redeem", "redeem 10 providers", "redeem hot-10"} <= set(http)
     rush = next(r for name, r in http.items() if name.startswith("rush"))
     assert rush["statuses"] == {"201": 200} and rush["problems"] == []
     assert http["scan"]["requests"] > 0 and http["redeem"]["statuses"].get("201", 0) > 0
+    assert http["redeem 10 providers"]["statuses"].get("201", 0) > 0
     assert all(not r["problems"] for r in http.values())
     assert any(r["kind"] == "qr" for r in results)

@@ -101,6 +101,34 @@ async def test_parallel_redemptions_never_pass_the_provider_cap(rt, server) -> N
         assert await reconcile(session) == []
 
 
+async def test_no_redemption_commits_after_the_scheme_closes(rt, server) -> None:
+    """Redemptions do not lock the scheme's row: closing marks every enrolment, and a redemption
+    that read the scheme as open while the close was under way waits for the enrolment's row and
+    is then refused. Both ways in: the driver path and (with an Idempotency-Key) the session path."""
+    from service.admin.interventions import close_scheme
+    from service.db import transaction
+
+    scheme = await make_scheme(rt)
+    codes = [(await make_voucher(rt, scheme))[1] for _ in range(2)]
+    _, token = await make_provider(rt, scheme)
+    body = {"amount_cents": 1000, "category": "coaching", "reference": "late"}
+    async with httpx.AsyncClient(timeout=60) as http:
+        async with transaction(rt.sessionmaker) as session:
+            await close_scheme(session, scheme.id, reason="budget op")
+            late = [asyncio.create_task(http.post(
+                f"{server.url}/api/v1/vouchers/{code}/redemptions", json=body,
+                headers={**bearer(token), **({"Idempotency-Key": str(uuid.uuid4())} if n else {})}))
+                for n, code in enumerate(codes)]
+            await asyncio.sleep(0.5)
+            assert not any(task.done() for task in late)  # waiting for the close's locks
+        answers = await asyncio.gather(*late)
+    assert [(r.status_code, r.json()["code"]) for r in answers] == [(422, "scheme-closed")] * 2
+    async with rt.sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(Redemption)) == 0
+        assert await session.scalar(select(func.sum(Voucher.balance_cents))) == 2 * 135000
+        assert await reconcile(session) == []
+
+
 async def test_retries_with_one_idempotency_key_have_one_effect(rt, server) -> None:
     scheme = await make_scheme(rt)
     voucher, code = await make_voucher(rt, scheme)

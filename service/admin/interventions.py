@@ -102,9 +102,17 @@ async def extend_voucher(session: AsyncSession, voucher_id: int, *, until: dt.da
 
 async def close_scheme(session: AsyncSession, scheme_id: int, *, reason: str, now: dt.datetime | None = None) -> Scheme:
     """Close a scheme early: no applications, no redemptions, no new vouchers from here on.
-    Vouchers keep their money until they expire (the sweep returns it to the budget)."""
+    Vouchers keep their money until they expire (the sweep returns it to the budget).
+
+    The enrolments are marked first (``Enrolment.scheme_closed_at``): a redemption changes its
+    enrolment's row and not the scheme's, so that row is where it meets the close. The order,
+    enrolments then scheme, is the order in which a reversal locks them."""
     reason = _reason(reason)
     now = now or utcnow()
+    await session.execute(
+        update(Enrolment).where(Enrolment.scheme_id == scheme_id, Enrolment.scheme_closed_at.is_(None))
+        .values(scheme_closed_at=now)
+    )
     result = await session.execute(
         update(Scheme).where(Scheme.id == scheme_id, Scheme.closed_at.is_(None)).values(closed_at=now)
         .returning(Scheme.id)

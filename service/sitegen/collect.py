@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..models import Enrolment, LedgerEntry, Offer, Provider, Scheme, utcnow
-from ..schemes import scheme_status
+from ..schemes import redeemed, scheme_status
 from .snapshot import ContactFacts, FiguresPoint, OfferFacts, ProviderFacts, PublicSnapshot, SchemeFacts
 
 __all__ = ("ARNHEM_CONTACT", "collect_snapshot")
@@ -67,7 +67,7 @@ async def collect_snapshot(session: AsyncSession, *, service_url: str,
             applications_open_at=scheme.applications_open_at, applications_close_at=scheme.applications_close_at,
             validity_days=scheme.validity_days, max_places=scheme.max_places, places_used=scheme.places_used,
             waiting_list_length=scheme.waiting_count, budget_cents=scheme.budget_cents,
-            committed_cents=scheme.committed_cents, redeemed_cents=scheme.redeemed_cents,
+            committed_cents=scheme.committed_cents, redeemed_cents=await redeemed(session, scheme.id),
             # The site knows upcoming, open and closed; vouchers in use after the window count as closed.
             status="open" if status == "open" else "upcoming" if status == "upcoming" else "closed",
             apply_url=f"{service_url.rstrip('/')}/regeling/{scheme.slug}",
