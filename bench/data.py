@@ -153,7 +153,7 @@ async def setup_data(env: dict[str, str], workdir: Path, *, pool: int, hot: int,
             coaches, provider_ids = [], []
             for n in range(PROVIDERS):
                 provider = await providers.add_provider(session, providers.ProviderDetails(
-                    name=f"Bench Coaching {n + 1}", kvk_number=str(19999999 - n), email=f"coach{n + 1}@example.org",
+                    name=f"Bench Coaching {n + 1}", kvk_number=str(19_990_000 + n), email=f"coach{n + 1}@example.org",
                     iban="NL91ABNA0417164300"))
                 enrolment = await providers.enrol(session, pool_scheme, provider, list(pool_scheme.categories))
                 await providers.decide_enrolment(session, enrolment.id, approve=True)
