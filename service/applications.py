@@ -23,7 +23,7 @@ from .codes import new_public_id
 from .errors import N_, Conflict, InvalidInput, NotFound, Refused
 from .models import Application, Scheme, utcnow
 from .runtime import Runtime
-from .schemes import postcode_accepted, scheme_status
+from .schemes import postcode_accepted, scheme_name, scheme_status
 from .vouchers import issue_voucher
 
 __all__ = (
@@ -205,7 +205,7 @@ async def decide(session: AsyncSession, rt: Runtime, scheme: Scheme, application
         outbox.enqueue(session, to=application.email, template="application_entered", locale=application.locale,
                        contact_name=application.contact_name, application_id=application.public_id,
                        closes_at=scheme.applications_close_at.date().isoformat(),
-                       scheme_name=_scheme_name(scheme, application.locale))
+                       scheme_name=scheme_name(scheme, application.locale))
     elif await take_place(session, scheme, from_waiting_list=False):
         await issue_voucher(session, rt, scheme, application)
     else:
@@ -231,16 +231,12 @@ def reject(session: AsyncSession, scheme: Scheme, application: Application, reas
     application.decided_at = utcnow()
     outbox.enqueue(session, to=application.email, template="application_rejected", locale=application.locale,
                    contact_name=application.contact_name, reasons=reasons,
-                   scheme_name=_scheme_name(scheme, application.locale))
+                   scheme_name=scheme_name(scheme, application.locale))
 
 
 def waiting_mail(scheme: Scheme, public_id: str, locale: str, contact_name: str) -> dict[str, Any]:
     """The parameters of the ``application_waiting`` mail."""
-    return {"contact_name": contact_name, "application_id": public_id, "scheme_name": _scheme_name(scheme, locale)}
-
-
-def _scheme_name(scheme: Scheme, locale: str) -> str:
-    return scheme.name if locale == "nl" else scheme.name_en
+    return {"contact_name": contact_name, "application_id": public_id, "scheme_name": scheme_name(scheme, locale)}
 
 
 async def promote_waiting(session: AsyncSession, rt: Runtime, scheme_id: int) -> int:

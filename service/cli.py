@@ -174,16 +174,18 @@ def provider() -> None:
 @click.option("--iban", required=True)
 @click.option("--website")
 @click.option("--description", default="")
+@click.option("--locale", type=click.Choice(["nl", "en"]), default="nl", show_default=True,
+              help="The language of the mails to the provider.")
 @click.option("--scheme", "scheme_slug", help="Also enrol in this scheme.")
 @click.option("--category", "categories", multiple=True, help="Category to enrol for (repeat).")
 @click.option("--approve", is_flag=True, help="Approve the enrolment at once.")
 def provider_add(name: str, kvk_number: str, email: str, iban: str, website: str | None, description: str,
-                 scheme_slug: str | None, categories: tuple[str, ...], approve: bool) -> None:
+                 locale: str, scheme_slug: str | None, categories: tuple[str, ...], approve: bool) -> None:
     """Register a provider, optionally enrolled in (and approved for) a scheme."""
     try:
         details = msgspec.convert(
             {"name": name, "kvk_number": kvk_number, "email": email, "iban": iban, "website": website,
-             "description": description}, providers.ProviderDetails)
+             "description": description, "locale": locale}, providers.ProviderDetails)
     except msgspec.ValidationError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -227,6 +227,8 @@ class Provider(Base):
     website: Mapped[str | None] = mapped_column(String(300))
     description: Mapped[str] = mapped_column(Text, default="")
     iban: Mapped[str] = mapped_column(String(34))
+    locale: Mapped[str] = mapped_column(String(8), default="nl")
+    """The language of the mails to the provider: the one its first application was made in."""
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

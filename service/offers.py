@@ -132,7 +132,7 @@ async def confirm_reservation(session: AsyncSession, rt: Runtime, hold_id: int, 
                                              provider_name=provider.name)
     hold = await session.get_one(Hold, hold_id)
     application, _ = await _parties(session, hold)
-    outbox.enqueue(session, to=provider.email, template="reservation_confirmed", locale="nl",
+    outbox.enqueue(session, to=provider.email, template="reservation_confirmed", locale=provider.locale,
                    provider_name=provider.name, company_name=application.company_name,
                    amount_cents=redemption.amount_cents, reference=hold.reference)
     return redemption
@@ -144,7 +144,7 @@ async def decline_reservation(session: AsyncSession, hold_id: int, *, provider_i
     application, provider = await _parties(session, hold)
     outbox.enqueue(session, to=application.email, template="hold_released", locale=application.locale,
                    contact_name=application.contact_name, reason="declined", amount_cents=hold.amount_cents)
-    outbox.enqueue(session, to=provider.email, template="reservation_declined", locale="nl",
+    outbox.enqueue(session, to=provider.email, template="reservation_declined", locale=provider.locale,
                    provider_name=provider.name, company_name=application.company_name,
                    amount_cents=hold.amount_cents, reference=hold.reference)
     return hold

@@ -29,6 +29,8 @@ class ProviderDetails(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     iban: Annotated[str, msgspec.Meta(min_length=15, max_length=42)]
     website: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$", max_length=300)] | None = None
     description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    locale: Annotated[str, msgspec.Meta(pattern=r"^(nl|en)$")] = "nl"
+    """The language of the mails to the provider."""
 
 
 def slugify(name: str) -> str:
@@ -56,6 +58,7 @@ async def add_provider(session: AsyncSession, details: ProviderDetails) -> Provi
         iban=normalise_iban(details.iban),
         website=details.website,
         description=details.description.strip(),
+        locale=details.locale,
     )
     try:
         async with session.begin_nested():

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stdnum.exceptions import ValidationError
 from stdnum.nl import postcode as nl_postcode
 
-from . import applications, outbox
+from . import applications, outbox, schemes
 from .db import run_in_transaction
 from .models import Application, Scheme, Voucher, utcnow
 from .runtime import Runtime
@@ -253,7 +253,7 @@ async def _still_waiting(session: AsyncSession, rt: Runtime, application_id: int
         outbox.enqueue(session, to=application.email, template="application_registry_pending",
                        locale=application.locale, contact_name=application.contact_name,
                        application_id=application.public_id,
-                       scheme_name=scheme.name if application.locale == "nl" else scheme.name_en)
+                       scheme_name=schemes.scheme_name(scheme, application.locale))
     return PENDING
 
 

@@ -186,6 +186,11 @@ def scheme_status(scheme: Scheme, now: dt.datetime | None = None) -> str:
     return "running"
 
 
+def scheme_name(scheme: Scheme, locale: str) -> str:
+    """The scheme's name in a reader's language (``nl`` or ``en``), for mails and pages."""
+    return scheme.name if locale == "nl" else scheme.name_en
+
+
 def postcode_accepted(scheme: Scheme, postcode: str) -> bool:
     area = int(postcode[:4])
     for item in scheme.postcodes:

@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import outbox, providers
+from . import outbox, providers, schemes
 from .errors import N_, Conflict, InvalidInput, NotFound, Refused
 from .models import Enrolment, Provider, ProviderUser, Scheme, utcnow
 
@@ -58,6 +58,8 @@ class ProviderApplication(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
     categories: Annotated[list[str], msgspec.Meta(min_length=1, max_length=3)]
     website: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$", max_length=300)] | None = None
     description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    locale: Annotated[str, msgspec.Meta(pattern=r"^(nl|en)$")] = "nl"
+    """The language of the mails to the provider (``nl`` or ``en``); the form sends the page's."""
 
 
 class SignInRefused(Refused):
@@ -78,15 +80,15 @@ async def apply(session: AsyncSession, details: ProviderApplication) -> Enrolmen
     if provider is None:
         provider = await providers.add_provider(session, providers.ProviderDetails(
             name=details.name, kvk_number=details.kvk_number, email=details.email, iban=details.iban,
-            website=details.website, description=details.description))
+            website=details.website, description=details.description, locale=details.locale))
     elif provider.email.lower() != details.email.strip().lower():
         raise Conflict("provider-exists", N_("A provider with this KvK number already exists. "
                                              "Apply with the e-mail address we know for it."), field="kvk_number")
     else:
         providers.normalise_iban(details.iban)  # a wrong IBAN is refused even for a known provider
     enrolment = await providers.enrol(session, scheme, provider, list(details.categories))
-    outbox.enqueue(session, to=provider.email, template="provider_application_received", locale="nl",
-                   provider_name=provider.name, scheme_name=scheme.name)
+    outbox.enqueue(session, to=provider.email, template="provider_application_received", locale=provider.locale,
+                   provider_name=provider.name, scheme_name=schemes.scheme_name(scheme, provider.locale))
     return enrolment
 
 

@@ -235,3 +235,38 @@ async def test_report_link_flags_redemption(client, rt, smtp_server) -> None:
     assert flagged.flagged_at is not None and flagged.flag_note == "Ken ik niet"
     r = await client.get(f"/report/{token[:-3]}xyz")
     assert r.status_code == 404
+
+
+async def test_a_provider_gets_its_mails_in_the_language_it_applied_in(client, rt, smtp_server) -> None:
+    """The form sends the page's language; the API takes ``locale``; without it, Dutch."""
+    from service.models import Provider
+    from tests.helpers import admin_token, bearer
+
+    await make_scheme(rt)
+    await csrf(client, "/coach/apply?lang=en")
+    form = {"scheme": "test-scheme", "name": "Learn & Grow", "kvk_number": "87654321", "email": "info@learn.example",
+            "iban": "NL91 ABNA 0417 1643 00", "cat_coaching": "on"}
+    done = await post_form(client, "/coach/apply?lang=en", form)
+    assert done.status_code == 200 and "info@learn.example" in done.text
+    api = {"scheme": "test-scheme", "name": "Leer & Groei", "kvk_number": "87654322", "email": "info@leer.example",
+           "iban": "NL91 ABNA 0417 1643 00", "categories": ["coaching"]}
+    r = await client.post("/api/v1/provider-applications", json=api)
+    assert r.status_code == 201, r.text
+    r = await client.post("/api/v1/provider-applications", json={**api, "kvk_number": "87654323", "locale": "de"})
+    assert r.status_code == 400
+    async with rt.sessionmaker() as session:
+        assert dict((p.email, p.locale) for p in await session.scalars(select(Provider))) == {
+            "info@learn.example": "en", "info@leer.example": "nl"}
+        enrolments = list(await session.scalars(select(Enrolment).order_by(Enrolment.id)))
+    admin = await admin_token(rt)
+    for enrolment in enrolments:
+        r = await client.post(f"/api/v1/admin/enrolments/{enrolment.id}/approval", headers=bearer(admin))
+        assert r.status_code == 200
+    await outbox.send_due(rt)
+    subjects = sorted((m["To"], str(m["Subject"])) for m in smtp_server.messages)
+    assert subjects == [
+        ("info@learn.example", "We have received your application as a provider"),
+        ("info@learn.example", "You can take part in Test scheme"),
+        ("info@leer.example", "U kunt meedoen aan Testregeling"),
+        ("info@leer.example", "Wij hebben uw aanmelding als aanbieder ontvangen"),
+    ], subjects

@@ -56,7 +56,7 @@ async def reverse(session: AsyncSession, redemption_id: int, *, reason: str) -> 
     """Reverse any redemption at any time (the municipality's right) and tell the provider."""
     redemption = await vouchers.reverse_redemption(session, redemption_id, reason=_reason(reason), provider_id=None)
     provider = await session.get_one(Provider, redemption.provider_id)
-    outbox.enqueue(session, to=provider.email, template="admin_redemption_reversed", locale="nl",
+    outbox.enqueue(session, to=provider.email, template="admin_redemption_reversed", locale=provider.locale,
                    provider_name=provider.name, amount_cents=redemption.amount_cents,
                    reference=redemption.reference, reason=redemption.reversal_reason or "")
     return redemption
@@ -182,8 +182,9 @@ async def decide_provider(session: AsyncSession, enrolment_id: int, *, approve: 
     enrolment = await providers.decide_enrolment(session, enrolment_id, approve=approve, reason=reason)
     provider = await session.get_one(Provider, enrolment.provider_id)
     scheme = await session.get_one(Scheme, enrolment.scheme_id)
-    outbox.enqueue(session, to=provider.email, template="admin_enrolment_decided", locale="nl",
-                   provider_name=provider.name, scheme_name=scheme.name, approved=approve, reason=reason)
+    outbox.enqueue(session, to=provider.email, template="admin_enrolment_decided", locale=provider.locale,
+                   provider_name=provider.name, scheme_name=schemes.scheme_name(scheme, provider.locale), approved=approve,
+                   reason=reason)
     return enrolment
 
 

@@ -12,7 +12,7 @@ from litestar.params import Body, QueryParameter
 from litestar.response import Redirect, Template
 from sqlalchemy import select
 
-from .. import ratelimit, staff
+from .. import i18n, ratelimit, staff
 from ..auth import Principal, sign_in, sign_out
 from ..db import run_in_transaction, transaction
 from ..errors import N_, DomainError, InvalidInput
@@ -120,7 +120,8 @@ def _application(data: ApplyForm, categories: list[str]) -> staff.ProviderApplic
     """The form as the domain's Struct; the first wrong field becomes an error next to it."""
     raw = {"scheme": data.scheme, "name": data.name.strip(), "kvk_number": data.kvk_number.replace(" ", ""),
            "email": data.email.strip(), "iban": data.iban, "categories": categories,
-           "website": data.website.strip() or None, "description": data.description.strip()}
+           "website": data.website.strip() or None, "description": data.description.strip(),
+           "locale": i18n.current_locale()}  # mails to the provider in the language of this page
     try:
         return msgspec.convert(raw, staff.ProviderApplication)
     except msgspec.ValidationError as exc:

@@ -46,7 +46,7 @@ async def reserve_offer(session: AsyncSession, rt: Runtime, voucher_id: int, off
               "own_contribution_cents": hold.own_contribution_cents, "expires_at": hold.expires_at.date().isoformat()}
     outbox.enqueue(session, to=application.email, template="reservation_made", locale=application.locale,
                    contact_name=application.contact_name, provider_name=provider.name, **common)
-    outbox.enqueue(session, to=provider.email, template="reservation_requested", locale="nl",
+    outbox.enqueue(session, to=provider.email, template="reservation_requested", locale=provider.locale,
                    provider_name=provider.name, company_name=application.company_name,
                    contact_name=application.contact_name, contact_email=application.email, **common)
     return hold
@@ -60,7 +60,7 @@ async def cancel_reservation(session: AsyncSession, voucher_id: int, hold_id: in
     provider = await session.get_one(Provider, hold.provider_id)
     outbox.enqueue(session, to=application.email, template="hold_released", locale=application.locale,
                    contact_name=application.contact_name, reason="cancelled", amount_cents=hold.amount_cents)
-    outbox.enqueue(session, to=provider.email, template="reservation_cancelled", locale="nl",
+    outbox.enqueue(session, to=provider.email, template="reservation_cancelled", locale=provider.locale,
                    provider_name=provider.name, company_name=application.company_name,
                    amount_cents=hold.amount_cents, reference=hold.reference)
     return hold
