@@ -24,6 +24,8 @@ __all__ = (
     "move_to_reserve",
     "postcode_accepted",
     "read_scheme_file",
+    "redeemed",
+    "scheme_name",
     "scheme_status",
     "summary",
 )
