@@ -27,7 +27,7 @@ from .errors import N_, DomainError, Forbidden, InvalidInput, NotFound
 from .models import Application, Enrolment, Provider, Scheme, Voucher
 from .problems import problem_body
 from .runtime import Runtime
-from .web import NO_STORE
+from .web import NO_STORE, client_ip
 
 __all__ = ("api_router",)
 
@@ -153,8 +153,7 @@ def lookup_client(request: Request[Any, Any, Any]) -> str:
     principal = request.scope.get("user")
     if principal is not None:
         return principal.actor
-    client = request.client
-    return f"ip:{client.host if client else 'unknown'}"
+    return f"ip:{client_ip(request)}"
 
 
 async def run_idempotent(
@@ -493,7 +492,7 @@ class ProviderApplicationController(Controller):
     @post("/")
     async def apply(self, request: Request[Any, Any, Any], data: JSONBody[staff.ProviderApplication],
                     rt: NamedDependency[Runtime]) -> Response[bytes]:
-        client = request.client.host if request.client else "unknown"
+        client = client_ip(request)
         async with rt.sessionmaker() as session, session.begin():
             await ratelimit.check_limit(session, f"provider-apply:{client}", limit=rt.settings.limit_per_ip,
                                         window_seconds=rt.settings.limit_window_seconds)

@@ -35,6 +35,7 @@ from .models import Scheme
 from .problems import domain_error_handler, http_error_handler
 from .runtime import Runtime
 from .settings import Settings
+from .web import ForwardedClientMiddleware
 
 __all__ = ("create_app",)
 
@@ -134,6 +135,10 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     async def provide_runtime() -> Runtime:
         return rt
 
+    # First, so that everything after it (rate limits, the audit log) sees the real client.
+    proxies = rt.settings.proxy_networks()
+    forwarded = [ForwardedClientMiddleware(proxies)] if proxies else []
+
     return Litestar(
         route_handlers=[
             home,
@@ -145,7 +150,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             create_static_files_router("/static", [HERE / "static"], include_in_schema=False),
         ],
         dependencies={"rt": Provide(provide_runtime, use_cache=True)},
-        middleware=[LocaleAndHeadersMiddleware(), session_config.middleware, AuthMiddleware(rt), AuditContextMiddleware()],
+        middleware=[*forwarded, LocaleAndHeadersMiddleware(), session_config.middleware, AuthMiddleware(rt),
+                    AuditContextMiddleware()],
         exception_handlers={DomainError: domain_error_handler, HTTPException: http_error_handler},
         csrf_config=CSRFConfig(
             secret=settings.derive_key("csrf").hex(),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -131,6 +132,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     limit_per_ip: Annotated[int, msgspec.Meta(ge=1)] = 30
     """Applications or sign-in links one IP address may ask for per window."""
 
+    trusted_proxies: str = ""
+    """Addresses or networks of the reverse proxies in front of the service, comma-separated
+    (``127.0.0.1,10.0.0.0/8``). A request that comes from one of them is counted (rate limits, audit
+    log) under the address its ``X-Forwarded-For`` names; empty: under the connection's own
+    address, which is right only when nothing sits in front of the service."""
+
     def __post_init__(self) -> None:
         if self.environment == "production" and self.secret_key == DEV_SECRET:
             raise ConfigError("VOUCHERS_SECRET_KEY must be set to a long random value in production")
@@ -140,6 +147,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.registry == "kvk" and not self.kvk_api_key:
             raise ConfigError("VOUCHERS_KVK_API_KEY must be set when VOUCHERS_REGISTRY is kvk")
+        try:
+            self.proxy_networks()
+        except ValueError as exc:
+            raise ConfigError(f"VOUCHERS_TRUSTED_PROXIES: {exc}") from None
+
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``trusted_proxies`` as networks (a single address is a network of one)."""
+        return tuple(ipaddress.ip_network(part.strip(), strict=False)
+                     for part in self.trusted_proxies.split(",") if part.strip())
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:

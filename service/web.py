@@ -3,23 +3,64 @@ data, the client's address, safe return paths, and errors placed next to their f
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 from urllib.parse import quote
 
 from litestar import Request
+from litestar.middleware import ASGIMiddleware
 from litestar.response import Redirect
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from .errors import DomainError
 from .problems import problem_body
 
-__all__ = ("NO_STORE", "client_ip", "errors_of", "login_redirect", "safe_next")
+__all__ = ("NO_STORE", "ForwardedClientMiddleware", "client_ip", "errors_of", "login_redirect", "safe_next")
 
 #: Pages and answers that show a voucher code or personal data: never cached, never sent on as Referer.
 NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 
 
 def client_ip(request: Request[Any, Any, Any]) -> str:
+    """The client's address: the connection's, or the one a trusted proxy forwarded
+    (``ForwardedClientMiddleware``)."""
     return request.client.host if request.client else "unknown"
+
+
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def _within(address: str, networks: Networks) -> bool | None:
+    """Whether ``address`` is in one of ``networks``; None when it is no IP address at all."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    return any(ip in network for network in networks)
+
+
+class ForwardedClientMiddleware(ASGIMiddleware):
+    """Behind reverse proxies, the client is who the proxies saw. When the connection comes from a
+    trusted proxy, the client becomes the right-most address in ``X-Forwarded-For`` that is not a
+    trusted proxy: the one the nearest proxy appended itself. Addresses further left were sent by
+    the client and could be anything, so they are never used; nor is a value that is no address."""
+
+    def __init__(self, trusted: Networks) -> None:
+        self.trusted = trusted
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        peer = scope.get("client")
+        if peer and _within(peer[0], self.trusted):
+            hops = [hop.strip() for name, value in scope.get("headers", ()) if name.lower() == b"x-forwarded-for"
+                    for hop in value.decode("latin-1").split(",") if hop.strip()]
+            for hop in reversed(hops):
+                trusted = _within(hop, self.trusted)
+                if trusted is None:
+                    break  # not an address: keep the proxy's own
+                if not trusted:
+                    scope["client"] = (hop, 0)
+                    break
+        await next_app(scope, receive, send)
 
 
 def safe_next(value: str | None, default: str, *, prefix: str = "/") -> str:
