@@ -325,7 +325,8 @@ async def redeem(
     The mail to the entrepreneur names the provider (``provider_name``, or its registered name).
 
     Locks, in order: the voucher's row and the provider's enrolment; not the scheme's row, so
-    coaches of different providers do not wait for each other. Returns the stored redemption (not in the session).
+    coaches of different providers do not wait for each other. Returns the stored redemption
+    (not in the session).
     """
     if invoice_cents <= 0:
         raise InvalidInput("amount-not-positive", N_("The amount must be more than zero."), field="amount_cents")

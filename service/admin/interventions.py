@@ -183,8 +183,8 @@ async def decide_provider(session: AsyncSession, enrolment_id: int, *, approve: 
     provider = await session.get_one(Provider, enrolment.provider_id)
     scheme = await session.get_one(Scheme, enrolment.scheme_id)
     outbox.enqueue(session, to=provider.email, template="admin_enrolment_decided", locale=provider.locale,
-                   provider_name=provider.name, scheme_name=schemes.scheme_name(scheme, provider.locale), approved=approve,
-                   reason=reason)
+                   provider_name=provider.name, scheme_name=schemes.scheme_name(scheme, provider.locale),
+                   approved=approve, reason=reason)
     return enrolment
 
 
