@@ -26,11 +26,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help=f"comma-separated, from {','.join(SCENARIOS)} (default: all)")
     p.add_argument("--scale", action="store_true",
-                   help="also load 1,000,000 vouchers into PostgreSQL and run scan and redeem again (slow)")
+                   help="also load 1,000,000 vouchers into PostgreSQL and run scan and redeem again, at "
+                        "saturation and at a fixed rate, as at 1,000 (slow)")
     p.add_argument("--scale-vouchers", type=int, default=1_000_000, help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true",
                    help="a tiny run to prove the harness works: 1 s scenarios, small counts; no BENCHMARKS.md update")
-    p.add_argument("--profile", action="store_true", help="sample the server with py-spy during scan and redeem")
+    p.add_argument("--profile", action="store_true", help="sample the server with py-spy during rush, scan and redeem")
     p.add_argument("--connections", type=int, default=64, help="wrk connections (hot spot: --hot-connections)")
     p.add_argument("--hot-connections", type=int, default=200)
     p.add_argument("--wrk-threads", type=int, default=1)

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service import applications, check, providers, schemes
@@ -60,7 +61,7 @@ def prepare_database(db: str, workdir: Path) -> str:
             await engine.dispose()
 
     asyncio.run(recreate())
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + PG_DATABASE
+    return make_url(PG_ADMIN_URL).set(database=PG_DATABASE).render_as_string(hide_password=False)
 
 
 def server_env(url: str, workdir: Path) -> dict[str, str]:

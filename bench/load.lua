@@ -1,12 +1,18 @@
 -- Load script for wrk (Debian's wrk 4.1, LuaJIT). One script for every scenario.
 --
--- wrk <opts> -s load.lua URL -- ITEMS_FILE PATH_TPL BODY_TPL LIMIT SECONDS AUTH NTHREADS
+-- wrk <opts> -s load.lua URL -- ITEMS_FILE PATH_TPL BODY_TPL LIMIT SECONDS AUTH NTHREADS [RATE]
 --   ITEMS_FILE  one item per line ("-" for none); "{item}" in PATH_TPL/BODY_TPL is replaced by it
 --   BODY_TPL    "" for GET, else the POST body; "{n}" becomes a number unique in the run
 --   LIMIT       total requests for the run split over the threads (0 = as many as SECONDS allow);
 --               with a limit, thread t takes its own slice of the items, each item once
 --   SECONDS     after this long a thread sends nothing new
 --   AUTH        bearer token, "@FILE" (one token per line, taken in turn request by request) or "-"
+--   RATE        requests per second for the whole run, split over the threads (0 or absent = as
+--               fast as the server answers). Request k of a thread is due at k / (its rate)
+--               after its first; a connection waits in delay() until then. wrk measures a
+--               request's latency from when it is written, so a request sent after its time
+--               (every connection busy) would hide the wait: such requests are counted as late
+--               (over 10 ms after their time), with the largest lateness, and reported.
 --
 -- Bounded and exact: once a thread has sent its share (or its time is up) it sends nothing
 -- more (delay() parks the connection) and stops itself as soon as every request it sent has
@@ -35,8 +41,9 @@ function setup(thread)
 end
 
 local items, path_tpl, body_tpl, method, hdrs, tokens
-local limit, first, deadline, nthreads
+local limit, first, deadline, nthreads, interval, paced_from
 sent, received, statuses = 0, 0, {}
+late, late_max = 0, 0
 local draining, stopped, reserved = false, false, 0
 -- wrk 4.1 calls request() once on thread 0's state right after init() to check the request
 -- (script_verify_request); that call is not sent, so it is not counted.
@@ -49,6 +56,8 @@ function init(args)
   local seconds = tonumber(args[5])
   local auth = args[6]
   nthreads = tonumber(args[7])
+  local rate = tonumber(args[8] or "0") or 0
+  interval = rate > 0 and nthreads / rate or nil
   items = {}
   if file ~= "-" then
     for line in io.lines(file) do
@@ -117,32 +126,53 @@ local function stop()
   end
 end
 
+-- Every request reserved in delay() has been sent, and every request sent has been answered.
+-- (At a fixed rate a reserved request may still be waiting for its time.)
+local function idle()
+  return sent >= reserved and received >= sent
+end
+
 -- wrk calls delay() before every request it sends, so a request is reserved here: several
 -- connections may pass this point before any of them calls request().
 function delay()
   if not draining and finished() then draining = true end
+  local t, due
+  if not draining and interval then
+    t = now()
+    paced_from = paced_from or t
+    due = paced_from + reserved * interval
+    if due >= deadline then draining = true end
+  end
   if draining then
-    if received >= sent then stop() end
+    if idle() then stop() end
     return 3600000 -- park this connection; the thread stops first
   end
   reserved = reserved + 1
+  if interval then
+    local wait = due - t
+    if wait > 0 then return math.ceil(wait * 1000) end
+    if -wait > 0.010 then late = late + 1 end
+    if -wait > late_max then late_max = -wait end
+  end
   return 0
 end
 
 function response(status, headers, body)
   received = received + 1
   statuses[status] = (statuses[status] or 0) + 1
-  if draining and received >= sent then stop() end
+  if draining and idle() then stop() end
 end
 
 function done(summary, latency, requests)
-  local by_status, total_sent, total_received = {}, 0, 0
+  local by_status, total_sent, total_received, total_late, max_late = {}, 0, 0, 0, 0
   for _, t in ipairs(threads) do
     for code, count in pairs(t:get("statuses")) do
       by_status[code] = (by_status[code] or 0) + count
     end
     total_sent = total_sent + t:get("sent")
     total_received = total_received + t:get("received")
+    total_late = total_late + t:get("late")
+    max_late = math.max(max_late, t:get("late_max"))
   end
   local parts = {}
   for code, count in pairs(by_status) do parts[#parts + 1] = string.format('"%d": %d', code, count) end
@@ -150,9 +180,10 @@ function done(summary, latency, requests)
   io.write(string.format(
     'BENCH-JSON {"duration_us": %d, "requests": %d, "sent": %d, "received": %d, ' ..
     '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, ' ..
+    '"late": %d, "max_late_us": %d, ' ..
     '"latency_us": {"p50": %d, "p90": %d, "p99": %d, "max": %d, "mean": %.1f}, "statuses": {%s}}\n',
     summary.duration, summary.requests, total_sent, total_received,
-    e.connect, e.read, e.write, e.status, e.timeout,
+    e.connect, e.read, e.write, e.status, e.timeout, total_late, math.floor(max_late * 1e6),
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean,
     table.concat(parts, ", ")))
 end

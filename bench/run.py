@@ -23,6 +23,15 @@ SCENARIOS = ("rush", "scan", "redeem", "qr", "site")
 BARE_POST_BODY = '{"amount_cents":100,"category":"coaching","reference":"bench-{n}"}'
 
 
+PACED_SHARE = 0.25
+"""The paced runs send at this share of the throughput measured at saturation: well within what
+the server keeps up with, so latency is the time a request takes rather than a queue's length."""
+
+
+def _paced_rate(saturated_rps: float) -> float:
+    return max(10.0, round(saturated_rps * PACED_SHARE, -1))
+
+
 def say(text: str) -> None:
     print(text, flush=True)
 
@@ -35,6 +44,10 @@ class Run:
         self.work.mkdir(parents=True, exist_ok=True)
         self.results: list[dict[str, Any]] = []
         self.db_versions: dict[str, str] = {}
+        # The 1,000-voucher runs the scale runs are compared with, and the fixed rates of the
+        # paced runs (a share of those runs' throughput).
+        self.small: dict[str, LoadResult] = {}
+        self.rates: dict[str, float] = {}
         q = args.quick
         self.pool = 50 if q else 1000
         self.hot = 10
@@ -116,12 +129,13 @@ class Run:
                 self.wrk(srv.url, path="/api/v1/vouchers/{item}", items_file=fx.spread_codes, token=fx.coach_token,
                          seconds=self.warmup, connections=min(c, 16))
                 if "rush" in http:
-                    self.rush(db, srv.url, env, fx, bare[("POST", c)])
+                    self.rush(db, srv, env, fx, bare[("POST", c)])
                     self.drain(db, env, "rush")
                 if "scan" in http:
-                    self.scan(db, srv, fx.spread_codes, fx.coach_token, bare[("GET", c)], "scan")
+                    self.small["scan"] = self.scan(db, srv, fx.spread_codes, fx.coach_token, bare[("GET", c)], "scan")
                 if "redeem" in http:
-                    self.redeem(db, srv, env, fx, fx.spread_ids, fx.spread_codes, c, bare[("POST", c)], "redeem")
+                    self.small["redeem"] = self.redeem(db, srv, env, fx, fx.spread_ids, fx.spread_codes, c,
+                                                       bare[("POST", c)], "redeem")
                     self.drain(db, env, "redeem")
                     self.redeem(db, srv, env, fx, fx.spread_ids, fx.spread_codes, c, bare[("POST", c)],
                                 f"redeem {len(fx.provider_ids)} providers", providers=True)
@@ -129,6 +143,10 @@ class Run:
                     self.redeem(db, srv, env, fx, fx.hot_ids, fx.hot_codes, hot_c, bare[("POST", hot_c)],
                                 "redeem hot-10")
                     self.drain(db, env, "redeem hot-10")
+                if scale and {"scan", "redeem"} <= set(http):
+                    # The 1,000-voucher side of the scale comparison at a fixed rate.
+                    self.rates = {kind: _paced_rate(self.small[kind].rps) for kind in ("scan", "redeem")}
+                    self.small |= self.steady(db, srv, env, fx, bare, "")
         if scale:
             self.scale(db, env, bare)
 
@@ -150,12 +168,14 @@ class Run:
         self.results.append({"kind": "note", "text": text})
         say(f"  backlog after {after}: {first[0]:,} mails, {first[1]:,} audit entries; cleared in {seconds:.1f} s")
 
-    def rush(self, db: str, url: str, env: dict[str, str], fx: data.Fixture, bare: LoadResult) -> None:
+    def rush(self, db: str, srv: Any, env: dict[str, str], fx: data.Fixture, bare: LoadResult) -> None:
         n = self.rush_applicants
+        profiler = self.profiler(srv, db, "rush")
         # Bounded by count (each applicant once); the time bound is only a safety net.
-        load = self.wrk(url, path=f"/api/v1/admin/schemes/{fx.rush_slug}/applications", body=data.RUSH_BODY,
+        load = self.wrk(srv.url, path=f"/api/v1/admin/schemes/{fx.rush_slug}/applications", body=data.RUSH_BODY,
                         items_file=fx.rush_kvks, limit=n, seconds=max(120.0, n / 8), token=fx.admin_token,
                         connections=self.args.connections)
+        self.finish_profile(profiler)
         problems = []
         if load.sent < n:
             problems.append(f"time bound reached after {load.sent} of {n} applicants (under {n / 8:.0f} s)")
@@ -165,24 +185,28 @@ class Run:
         problems += [f"reconcile: {p}" for p in data.reconcile(env)[:5]]
         self.record(db, f"rush {n}→{self.rush_cap}", load, bare, problems)
 
-    def scan(self, db: str, srv: Any, codes: Path, token: str, bare: LoadResult, name: str) -> None:
-        profiler = self.profiler(srv, db, name)
+    def scan(self, db: str, srv: Any, codes: Path, token: str, bare: LoadResult, name: str, *,
+             rate: float = 0.0) -> LoadResult:
+        profiler = self.profiler(srv, db, name) if not rate else None
         load = self.wrk(srv.url, path="/api/v1/vouchers/{item}", items_file=codes, token=token,
-                        seconds=self.args.duration, connections=self.args.connections)
+                        seconds=self.args.duration, connections=self.args.connections, rate=rate)
         self.finish_profile(profiler)
         problems = [] if load.count(200) == load.requests else [f"{load.requests - load.count(200)} answers not 200"]
         self.record(db, name, load, bare, problems)
+        return load
 
     def redeem(self, db: str, srv: Any, env: dict[str, str], fx: data.Fixture, ids: list[int], codes: Path,
-               conns: int, bare: LoadResult, name: str, *, full_reconcile: bool = True, providers: bool = False) -> None:
+               conns: int, bare: LoadResult, name: str, *, full_reconcile: bool = True, providers: bool = False,
+               rate: float = 0.0) -> LoadResult:
         """Redemptions by the first provider's coach, or (``providers``) by a coach of each
-        provider in turn."""
+        provider in turn; as fast as they are answered, or at ``rate`` a second."""
         provider_ids = fx.provider_ids if providers else [fx.provider_id]
         before = data.money_snapshot(env, ids, provider_ids)
-        profiler = self.profiler(srv, db, name) if name == "redeem" or name.startswith("scale redeem") else None
+        profiled = not rate and (name == "redeem" or name.startswith("scale redeem"))
+        profiler = self.profiler(srv, db, name) if profiled else None
         load = self.wrk(srv.url, path="/api/v1/vouchers/{item}/redemptions", body=data.REDEEM_BODY, items_file=codes,
                         token=f"@{fx.coach_tokens}" if providers else fx.coach_token, seconds=self.args.duration,
-                        connections=conns)
+                        connections=conns, rate=rate)
         self.finish_profile(profiler)
         after = data.money_snapshot(env, ids, provider_ids)
         ok = load.count(201)
@@ -197,6 +221,7 @@ class Run:
         if full_reconcile:
             problems += [f"reconcile: {p}" for p in data.reconcile(env)[:5]]
         self.record(db, name, load, bare, problems, redeemed_cents=amount, vouchers=len(ids))
+        return load
 
     # --- profiling -------------------------------------------------------------------------------
 
@@ -234,9 +259,14 @@ class Run:
         with service_server(env, self.args.workers, self.out / "logs" / f"server-{db}-scale.log") as srv:
             self.wrk(srv.url, path="/api/v1/vouchers/{item}", items_file=fx.spread_codes, token=fx.coach_token,
                      seconds=self.warmup, connections=min(c, 16))
-            self.scan(db, srv, fx.spread_codes, fx.coach_token, bare[("GET", c)], f"scale scan {n // 1000}k")
-            self.redeem(db, srv, env, fx, fx.spread_ids, fx.spread_codes, c, bare[("POST", c)],
-                        f"scale redeem {n // 1000}k", full_reconcile=False)
+            large = {"scan": self.scan(db, srv, fx.spread_codes, fx.coach_token, bare[("GET", c)],
+                                       f"scale scan {n // 1000}k"),
+                     "redeem": self.redeem(db, srv, env, fx, fx.spread_ids, fx.spread_codes, c, bare[("POST", c)],
+                                           f"scale redeem {n // 1000}k", full_reconcile=False)}
+            self.drain(db, env, f"scale redeem {n // 1000}k")
+            if self.rates:
+                large |= self.steady(db, srv, env, fx, bare, f"scale {n // 1000}k ", full_reconcile=False)
+        self.compare_scale(db, n, large)
         problems = scale.set_based_check(env)
         started = time.monotonic()
         problems += [f"reconcile: {p}" for p in data.reconcile(env)[:5]]
@@ -248,6 +278,36 @@ class Run:
             f"{'clean' if not problems else '; '.join(problems)}.")})
         if problems:
             self.failed_checks.extend(problems)
+
+    def steady(self, db: str, srv: Any, env: dict[str, str], fx: Any, bare: dict[tuple[str, int], LoadResult],
+               prefix: str, *, full_reconcile: bool = True) -> dict[str, LoadResult]:
+        """Scan and redeem at the fixed rates of ``self.rates``: the latency of a server that keeps
+        up, which a run at saturation cannot show (there, latency is connections / throughput)."""
+        c = self.args.connections
+        scan_rate, redeem_rate = self.rates["scan"], self.rates["redeem"]
+        found = {"scan paced": self.scan(db, srv, fx.spread_codes, fx.coach_token, bare[("GET", c)],
+                                         f"{prefix}scan at {scan_rate:,.0f}/s", rate=scan_rate)}
+        name = f"{prefix}redeem at {redeem_rate:,.0f}/s"
+        found["redeem paced"] = self.redeem(db, srv, env, fx, fx.spread_ids, fx.spread_codes, c, bare[("POST", c)],
+                                            name, full_reconcile=full_reconcile, rate=redeem_rate)
+        self.drain(db, env, name)
+        return found
+
+    def compare_scale(self, db: str, n: int, large: dict[str, LoadResult]) -> None:
+        """A note comparing the latency at 1,000 and at ``n`` vouchers, run by run."""
+        parts = []
+        for kind in ("scan", "redeem", "scan paced", "redeem paced"):
+            small, big = self.small.get(kind), large.get(kind)
+            if small is None or big is None:
+                continue
+            how = (f"at {big.rate:,.0f}/s" if big.rate else "at saturation")
+            change = [f"{label} {a:.1f} → {b:.1f} ms ({(b - a) / a * 100:+.0f}%)" if a else f"{label} {b:.1f} ms"
+                      for label, a, b in (("p50", small.p50_ms, big.p50_ms), ("p99", small.p99_ms, big.p99_ms))]
+            late = f"; late sends {small.late} and {big.late}" if big.rate else ""
+            parts.append(f"{kind.split()[0]} {how}: {', '.join(change)}{late}")
+        if parts:
+            self.results.append({"kind": "note", "text": f"Scale ({db}), 1,000 → {n:,} vouchers: " + "; ".join(parts)
+                                 + "."})
 
     failed_checks: list[str] = []
 

@@ -44,6 +44,13 @@ class LoadResult:
     connections: int
     wrk_cpu: float
     """wrk's CPU time over the run's wall time, in cores: well under 1 means wrk was not the limit."""
+    rate: float = 0.0
+    """The fixed rate the requests were sent at (0: as fast as the server answered)."""
+    late: int = 0
+    """At a fixed rate: requests sent more than 10 ms after their time because every connection was
+    busy. Their latency, measured from the send, leaves that wait out: with more than a few, the
+    rate was above what the server keeps up with."""
+    max_late_ms: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
 
     def count(self, *codes: int) -> int:
@@ -59,10 +66,11 @@ class LoadResult:
 
 def run_wrk(base_url: str, *, path: str, body: str = "", items_file: Path | None = None, limit: int = 0,
             seconds: float, token: str | None = None, connections: int = 64, threads: int = 1,
-            grace: float = 60.0) -> LoadResult:
+            rate: float = 0.0, grace: float = 60.0) -> LoadResult:
     """One bounded run: until ``limit`` requests (split over the threads, each item once) or
     ``seconds``, whichever comes first; every request sent has been answered when this returns
-    (unless the server stopped answering, which shows as sent > received)."""
+    (unless the server stopped answering, which shows as sent > received). With ``rate``, the
+    requests are sent at that many per second rather than as fast as they are answered."""
     assert base_url.startswith("http://127.0.0.1:"), "only loopback is ever a target"
     threads = max(1, min(threads, connections))
     safety = int(seconds + grace)
@@ -70,6 +78,7 @@ def run_wrk(base_url: str, *, path: str, body: str = "", items_file: Path | None
         require_wrk(), f"-t{threads}", f"-c{connections}", f"-d{safety}s", "--timeout", "60s",
         "-s", str(SCRIPT), base_url, "--",
         str(items_file) if items_file else "-", path, body, str(limit), f"{seconds:.3f}", token or "-", str(threads),
+        f"{rate:.3f}",
     ]
     before = os.times()
     started = time.monotonic()
@@ -118,5 +127,6 @@ def run_wrk(base_url: str, *, path: str, body: str = "", items_file: Path | None
         statuses={str(k): v for k, v in data["statuses"].items()},
         socket_errors={k: v for k, v in data["errors"].items() if k != "status"},
         sent=data["sent"], received=data["received"], connections=connections,
-        wrk_cpu=round(cpu / wall, 3) if wall else 0.0,
+        wrk_cpu=round(cpu / wall, 3) if wall else 0.0, rate=rate, late=data["late"],
+        max_late_ms=data["max_late_us"] / 1000,
     )

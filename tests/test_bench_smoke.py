@@ -16,12 +16,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_bench_quick_run_on_sqlite(tmp_path: Path) -> None:
+def _need_wrk() -> None:
     if shutil.which("wrk") is None:
         message = "wrk is not installed (apt-get install -y wrk)"
         if os.environ.get("VOUCHERS_REQUIRE_WRK") == "1":
             pytest.fail(message)
         pytest.skip(message + "; set VOUCHERS_REQUIRE_WRK=1 to make this an error")
+
+
+def test_bench_quick_run_on_sqlite(tmp_path: Path) -> None:
+    _need_wrk()
     out = tmp_path / "bench"
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--db", "sqlite", "--duration", "1",
@@ -38,3 +42,19 @@ def test_bench_quick_run_on_sqlite(tmp_path: Path) -> None:
     assert http["redeem 10 providers"]["statuses"].get("201", 0) > 0
     assert all(not r["problems"] for r in http.values())
     assert any(r["kind"] == "qr" for r in results)
+
+
+def test_a_paced_run_sends_at_its_rate_and_counts_late_sends(tmp_path: Path) -> None:
+    """The fixed-rate runs the scale comparison uses: request k goes out k / rate after the
+    first, so a 1-second run at 200/s sends exactly 200; at a rate no server keeps up with,
+    the requests that went out after their time are counted."""
+    _need_wrk()
+    from bench.servers import bare_server  # `python -m pytest` runs from the project's root
+    from bench.wrk import run_wrk
+
+    with bare_server(1, tmp_path / "bare.log") as srv:
+        paced = run_wrk(srv.url, path="/bare", seconds=1.0, connections=8, rate=200)
+        flooded = run_wrk(srv.url, path="/bare", seconds=1.0, connections=8, rate=1_000_000)
+    assert paced.requests == paced.sent == paced.received == 200
+    assert paced.statuses == {"200": 200} and paced.seconds >= 0.99
+    assert flooded.sent == flooded.received and flooded.late > 0 and flooded.max_late_ms > 10
