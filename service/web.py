@@ -30,12 +30,17 @@ def client_ip(request: Request[Any, Any, Any]) -> str:
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 
-def _within(address: str, networks: Networks) -> bool | None:
-    """Whether ``address`` is in one of ``networks``; None when it is no IP address at all."""
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP address, an IPv4 address written in IPv6 (``::ffff:192.0.2.1``, as a dual-stack
+    socket reports IPv4 clients) as the IPv4 address it is; None when it is no address."""
     try:
-        ip = ipaddress.ip_address(address)
+        ip = ipaddress.ip_address(text)
     except ValueError:
         return None
+    return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
+
+
+def _within(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: Networks) -> bool:
     return any(ip in network for network in networks)
 
 
@@ -50,15 +55,16 @@ class ForwardedClientMiddleware(ASGIMiddleware):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         peer = scope.get("client")
-        if peer and _within(peer[0], self.trusted):
+        peer_ip = _address(peer[0]) if peer else None
+        if peer_ip is not None and _within(peer_ip, self.trusted):
             hops = [hop.strip() for name, value in scope.get("headers", ()) if name.lower() == b"x-forwarded-for"
                     for hop in value.decode("latin-1").split(",") if hop.strip()]
             for hop in reversed(hops):
-                trusted = _within(hop, self.trusted)
-                if trusted is None:
+                ip = _address(hop)
+                if ip is None:
                     break  # not an address: keep the proxy's own
-                if not trusted:
-                    scope["client"] = (hop, 0)
+                if not _within(ip, self.trusted):
+                    scope["client"] = (str(ip), 0)
                     break
         await next_app(scope, receive, send)
 

@@ -40,6 +40,11 @@ async def test_the_client_is_the_address_the_nearest_trusted_proxy_appended() ->
     assert await _client_seen("127.0.0.1", [], proxies) == "127.0.0.1"
     assert await _client_seen("127.0.0.1", ["203.0.113.7, unknown"], proxies) == "127.0.0.1"
     assert await _client_seen("::1", ["2001:db8::7"], "::1") == "2001:db8::7"
+    # An IPv4 address in IPv6 form (a dual-stack socket's way) is that IPv4 address, on either
+    # side: the proxy is trusted as 127.0.0.1, and the client is counted in one form.
+    assert await _client_seen("::ffff:127.0.0.1", ["::ffff:203.0.113.7"], proxies) == "203.0.113.7"
+    assert await _client_seen("::ffff:10.0.0.2", ["203.0.113.7, ::ffff:10.0.0.9"], proxies) == "203.0.113.7"
+    assert await _client_seen("::ffff:198.51.100.5", ["203.0.113.7"], proxies) == "::ffff:198.51.100.5"
 
 
 def test_a_wrong_proxy_setting_names_its_variable() -> None:
