@@ -18,8 +18,11 @@ from .models import ApiToken, Enrolment, Provider, Scheme, utcnow
 from .runtime import Runtime
 from .schemes import CATEGORIES
 
-__all__ = ("ProviderDetails", "add_provider", "authenticate_token", "create_token", "decide_enrolment", "enrol", "revoke_token",
-           "slugify")
+__all__ = ("MAIL_LOCALES", "ProviderDetails", "add_provider", "authenticate_token", "create_token", "decide_enrolment",
+           "enrol", "revoke_token", "set_mail_locale", "slugify")
+
+MAIL_LOCALES = ("nl", "en")
+"""The languages a provider's mails can be in."""
 
 
 class ProviderDetails(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -125,3 +128,15 @@ async def revoke_token(session: AsyncSession, token_id: int) -> ApiToken:
     if result.first() is None:
         raise NotFound("token-not-found", N_("There is no such token, or it was revoked already."))
     return await session.get_one(ApiToken, token_id)
+
+
+async def set_mail_locale(session: AsyncSession, provider_id: int, locale: str) -> Provider:
+    """The language of the provider's mails from now on (mails already queued keep theirs)."""
+    if locale not in MAIL_LOCALES:
+        raise InvalidInput("locale-unknown", N_("Choose Dutch or English."), field="locale")
+    provider = await session.get(Provider, provider_id)
+    if provider is None:
+        raise NotFound("provider-not-found", N_("There is no such provider."))
+    provider.locale = locale
+    await session.flush()
+    return provider

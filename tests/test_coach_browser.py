@@ -105,9 +105,16 @@ def test_coach_redeems_on_a_phone(rt, live_server_factory) -> None:
         assert_accessible(page, "coach/voucher-refused-phone")
         for path, name in [("/coach", "home"), ("/coach/redemptions", "redemptions"),
                            ("/coach/reservations", "reservations"), ("/coach/offers", "offers"),
-                           ("/coach/statement", "statement"), ("/coach/apply", "apply")]:
+                           ("/coach/statement", "statement"), ("/coach/settings", "settings"),
+                           ("/coach/apply", "apply")]:
             page.goto(server.url + path)
             assert_accessible(page, f"coach/{name}-phone")
+        # The settings form with its error, as a phone shows it.
+        page.goto(server.url + "/coach/settings")
+        page.get_by_label("Taal van de e-mails", exact=False).select_option("")
+        page.get_by_role("button", name="Opslaan").click()
+        page.locator("#locale-error").wait_for()
+        assert_accessible(page, "coach/settings-refused-phone")
     balance = httpx.get(f"{server.url}/api/v1/vouchers/{code}", headers={"Authorization": f"Bearer {token}"})
     assert balance.json()["balance_cents"] == 135000 - 12550
     # The entrepreneur signs in with the mailed link and sees the same balance and the redemption.

@@ -270,3 +270,44 @@ async def test_a_provider_gets_its_mails_in_the_language_it_applied_in(client, r
         ("info@leer.example", "U kunt meedoen aan Testregeling"),
         ("info@leer.example", "Wij hebben uw aanmelding als aanbieder ontvangen"),
     ], subjects
+
+
+async def test_a_provider_changes_the_language_of_its_mails(client, rt) -> None:
+    """A provider that applied in Dutch can have its mails in English from then on, and back."""
+    from service import offers
+    from service.models import OutboxMessage, Provider
+    from service.models_admin import AuditEntry
+
+    _scheme, voucher, _code, provider, email = await _setup(rt)
+    await sign_in(client, email)
+    r = await client.get("/coach/settings")
+    assert r.status_code == 200 and '<option value="nl" selected>' in r.text
+    # Anything but Dutch or English is refused next to the field and changes nothing.
+    r = await post_form(client, "/coach/settings", {"locale": "de"})
+    assert r.status_code == 422 and 'id="locale-error"' in r.text and "Kies Nederlands of Engels." in r.text
+    assert (await reload(rt, Provider, provider.id)).locale == "nl"
+    r = await post_form(client, "/coach/settings", {"locale": "en"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/coach/settings?done=true"
+    r = await client.get(r.headers["location"])
+    assert 'role="status"' in r.text and '<option value="en" selected>' in r.text
+    assert (await reload(rt, Provider, provider.id)).locale == "en"
+    async with rt.sessionmaker() as session:
+        changes = [(e.before, e.after) for e in await session.scalars(
+            select(AuditEntry).where(AuditEntry.table_name == "provider", AuditEntry.action == "update"))]
+    assert changes == [({"locale": "nl"}, {"locale": "en"})], changes
+
+    # The next mail to the provider is in English.
+    async def hold(session):  # type: ignore[no-untyped-def]
+        v = await session.get_one(Voucher, voucher.id)
+        return (await vouchers.create_hold(session, rt, v, provider_id=provider.id, category="coaching",
+                                           invoice_cents=200_00, reference="H", created_by="entrepreneur")).id
+
+    hold_id = await run_in_transaction(rt.sessionmaker, hold)
+    await run_in_transaction(rt.sessionmaker, lambda s: offers.decline_reservation(s, hold_id, provider_id=provider.id))
+    async with rt.sessionmaker() as session:
+        declined = await session.scalar(select(OutboxMessage).where(OutboxMessage.template == "reservation_declined"))
+    assert declined is not None and declined.to_address == provider.email and declined.locale == "en"
+    # Signed out, the page sends the visitor to the sign-in page.
+    assert (await post_form(client, "/coach/logout", {}, follow_redirects=False)).status_code == 303
+    r = await client.get("/coach/settings", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/coach/login")

@@ -16,11 +16,11 @@ from litestar.response import Redirect, Template
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import i18n, offers, payouts, vouchers
+from .. import i18n, offers, payouts, providers, vouchers
 from ..auth import Principal, requires
 from ..db import run_in_transaction
 from ..errors import N_, DomainError, InvalidInput
-from ..models import Application, Enrolment, Redemption, Scheme, Voucher, utcnow
+from ..models import Application, Enrolment, Provider, Redemption, Scheme, Voucher, utcnow
 from ..runtime import Runtime
 from .common import CATEGORY_LABELS, NO_STORE, errors_of, page, parse_euros, principal, status, to_login
 
@@ -41,6 +41,10 @@ class OfferForm(msgspec.Struct, frozen=True, kw_only=True):
     price: Short = ""
     duration: Short = ""
     description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+
+
+class LanguageForm(msgspec.Struct, frozen=True, kw_only=True):
+    locale: Annotated[str, msgspec.Meta(max_length=8)] = ""
 
 
 class EmptyForm(msgspec.Struct, frozen=True, kw_only=True):
@@ -146,6 +150,31 @@ class ProviderPages(Controller):
         await run_in_transaction(rt.sessionmaker, lambda s: offers.hide_offer(
             s, offer_id, by="provider", reason="withdrawn by provider", provider_id=who.provider_id))
         return Redirect("/coach/offers", status_code=303, headers=NO_STORE)
+
+    # --- settings ------------------------------------------------------------------------------
+
+    @get("/settings")
+    async def settings_page(self, request: Request[Any, Any, Any], rt: NamedDependency[Runtime],
+                            done: FromQuery[bool] = False) -> Template:
+        who = principal(request)
+        async with rt.reader() as session:
+            provider = await session.get_one(Provider, who.provider_id)
+        return page("coach/settings.html", values={"locale": provider.locale}, errors={}, done=done,
+                    provider=provider.name, who=who)
+
+    @post("/settings")
+    async def save_settings(self, request: Request[Any, Any, Any], data: Annotated[LanguageForm, Form],
+                            rt: NamedDependency[Runtime]) -> Template | Redirect:
+        who = principal(request)
+        try:
+            await run_in_transaction(
+                rt.sessionmaker, lambda s: providers.set_mail_locale(s, who.provider_id, data.locale))
+        except DomainError as exc:
+            async with rt.reader() as session:
+                name = (await session.get_one(Provider, who.provider_id)).name
+            return page("coach/settings.html", status=status(exc), values={"locale": data.locale},
+                        errors=errors_of(exc), done=False, provider=name, who=who)
+        return Redirect("/coach/settings?done=true", status_code=303, headers=NO_STORE)
 
     # --- statement -----------------------------------------------------------------------------
 
