@@ -379,9 +379,9 @@ async def redeem(
     if invoice_cents <= 0:
         raise InvalidInput("amount-not-positive", N_("The amount must be more than zero."), field="amount_cents")
     if closed:
-        raise Refused("scheme-closed", N_("This scheme has been closed; vouchers can no longer be used."))
+        raise vouchers.scheme_closed()
     if enrolment_id is None or enrolment_status != "approved":
-        raise Forbidden("provider-not-approved", N_("Your organisation is not approved for this scheme."))
+        raise vouchers.provider_not_approved()
     if category not in json.loads(scheme_categories) or category not in json.loads(enrolment_categories):
         raise Refused(
             "category-not-allowed", N_("This voucher cannot be used for this kind of service."), field="category"

@@ -58,8 +58,7 @@ async def publish_offer(session: AsyncSession, provider_id: int, data: OfferIn) 
     enrolment = await session.scalar(
         select(Enrolment).where(Enrolment.scheme_id == scheme.id, Enrolment.provider_id == provider_id))
     if enrolment is None or enrolment.status != "approved":
-        raise Forbidden("provider-not-approved", N_("Your organisation is not approved for this scheme."),
-                        field="scheme")
+        raise vouchers.provider_not_approved(field="scheme")
     if data.category not in enrolment.categories or data.category not in scheme.categories:
         raise Forbidden("category-not-allowed", N_("This voucher cannot be used for this kind of service."),
                         field="category")

@@ -26,6 +26,8 @@ from .runtime import Runtime
 
 __all__ = (
     "ScannedVoucher",
+    "provider_not_approved",
+    "scheme_closed",
     "confirm_hold",
     "create_hold",
     "effective_status",
@@ -167,7 +169,7 @@ async def _approved_enrolment(session: AsyncSession, scheme: Scheme, provider_id
         select(Enrolment).where(Enrolment.scheme_id == scheme.id, Enrolment.provider_id == provider_id)
     )
     if enrolment is None or enrolment.status != "approved":
-        raise Forbidden("provider-not-approved", N_("Your organisation is not approved for this scheme."))
+        raise provider_not_approved()
     if category not in scheme.categories or category not in enrolment.categories:
         raise Refused(
             "category-not-allowed", N_("This voucher cannot be used for this kind of service."), field="category"
@@ -194,7 +196,7 @@ def refusal(voucher: Voucher, amount_cents: int, now: dt.datetime) -> Refused:
 
 def _check_scheme_running(scheme: Scheme) -> None:
     if scheme.closed_at is not None:
-        raise Refused("scheme-closed", N_("This scheme has been closed; vouchers can no longer be used."))
+        raise scheme_closed()
 
 
 async def _take_from_voucher(
@@ -285,12 +287,22 @@ _REDEEM_RECORD = insert(Redemption.__table__).returning(Redemption.__table__.c.i
 _ENROLMENT_NOW = select(_E.c.status, _E.c.scheme_closed_at).where(_E.c.id == bindparam("enrolment_id"))
 
 
+def scheme_closed() -> Refused:
+    """The refusal of every use of a voucher once its scheme has closed."""
+    return Refused("scheme-closed", N_("This scheme has been closed; vouchers can no longer be used."))
+
+
+def provider_not_approved(field: str | None = None) -> Forbidden:
+    """The refusal of a provider that is not (or no longer) approved for the scheme."""
+    return Forbidden("provider-not-approved", N_("Your organisation is not approved for this scheme."), field=field)
+
+
 def enrolment_refusal(status: str | None, scheme_closed_at: dt.datetime | str | None) -> DomainError:
     """Why the enrolment's UPDATE of a redemption changed nothing, from the row as it is now."""
     if scheme_closed_at is not None:
-        return Refused("scheme-closed", N_("This scheme has been closed; vouchers can no longer be used."))
+        return scheme_closed()
     if status != "approved":
-        return Forbidden("provider-not-approved", N_("Your organisation is not approved for this scheme."))
+        return provider_not_approved()
     return Refused("provider-cap-reached", N_("Your organisation has reached the most this scheme pays one provider."))
 
 
@@ -336,9 +348,9 @@ async def redeem(
     (closed_at, scheme_categories, own_percent, scheme_cap, enrolment_id, enrolment_status, enrolment_categories,
      enrolment_cap, registered_name, email, locale, contact_name) = terms
     if closed_at is not None:
-        raise Refused("scheme-closed", N_("This scheme has been closed; vouchers can no longer be used."))
+        raise scheme_closed()
     if enrolment_id is None or enrolment_status != "approved":
-        raise Forbidden("provider-not-approved", N_("Your organisation is not approved for this scheme."))
+        raise provider_not_approved()
     if category not in scheme_categories or category not in enrolment_categories:
         raise Refused(
             "category-not-allowed", N_("This voucher cannot be used for this kind of service."), field="category"

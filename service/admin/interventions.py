@@ -76,7 +76,7 @@ async def extend_voucher(session: AsyncSession, voucher_id: int, *, until: dt.da
         raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
     scheme = await session.get_one(Scheme, voucher.scheme_id)
     if scheme.closed_at is not None:
-        raise Refused("scheme-closed", N_("This scheme has been closed; vouchers can no longer be used."))
+        raise vouchers.scheme_closed()
     old_expiry = voucher.expires_at
     result = await session.execute(
         update(Voucher)
