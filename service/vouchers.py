@@ -26,8 +26,6 @@ from .runtime import Runtime
 
 __all__ = (
     "ScannedVoucher",
-    "provider_not_approved",
-    "scheme_closed",
     "confirm_hold",
     "create_hold",
     "effective_status",
@@ -35,10 +33,12 @@ __all__ = (
     "find_voucher",
     "issue_voucher",
     "own_contribution",
+    "provider_not_approved",
     "redeem",
     "release_hold",
     "reverse_redemption",
     "scan",
+    "scheme_closed",
 )
 
 
