@@ -273,7 +273,7 @@ async def test_a_provider_gets_its_mails_in_the_language_it_applied_in(client, r
 
 
 async def test_a_provider_changes_the_language_of_its_mails(client, rt) -> None:
-    """A provider that applied in Dutch can have its mails in English from then on, and back."""
+    """A provider that applied in Dutch can have its mails in English from then on."""
     from service import offers
     from service.models import OutboxMessage, Provider
     from service.models_admin import AuditEntry
