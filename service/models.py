@@ -228,7 +228,8 @@ class Provider(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     iban: Mapped[str] = mapped_column(String(34))
     locale: Mapped[str] = mapped_column(String(8), default="nl")
-    """The language of the mails to the provider: the one its first application was made in."""
+    """The language of the mails to the provider: the one its first application was made in,
+    until its staff choose another on ``/coach/settings``."""
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

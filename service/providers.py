@@ -12,17 +12,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stdnum import iban as stdnum_iban
 from stdnum.exceptions import ValidationError
 
+from . import i18n
 from .codes import new_token
 from .errors import N_, Conflict, InvalidInput, NotFound
 from .models import ApiToken, Enrolment, Provider, Scheme, utcnow
 from .runtime import Runtime
 from .schemes import CATEGORIES
 
-__all__ = ("MAIL_LOCALES", "ProviderDetails", "add_provider", "authenticate_token", "create_token", "decide_enrolment",
+__all__ = ("ProviderDetails", "add_provider", "authenticate_token", "create_token", "decide_enrolment",
            "enrol", "revoke_token", "set_mail_locale", "slugify")
-
-MAIL_LOCALES = ("nl", "en")
-"""The languages a provider's mails can be in."""
 
 
 class ProviderDetails(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -132,7 +130,7 @@ async def revoke_token(session: AsyncSession, token_id: int) -> ApiToken:
 
 async def set_mail_locale(session: AsyncSession, provider_id: int, locale: str) -> Provider:
     """The language of the provider's mails from now on (mails already queued keep theirs)."""
-    if locale not in MAIL_LOCALES:
+    if locale not in i18n.LOCALES:
         raise InvalidInput("locale-unknown", N_("Choose Dutch or English."), field="locale")
     provider = await session.get(Provider, provider_id)
     if provider is None:
