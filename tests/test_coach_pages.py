@@ -285,6 +285,8 @@ async def test_a_provider_changes_the_language_of_its_mails(client, rt) -> None:
     # Anything but Dutch or English is refused next to the field and changes nothing.
     r = await post_form(client, "/coach/settings", {"locale": "de"})
     assert r.status_code == 422 and 'id="locale-error"' in r.text and "Kies Nederlands of Engels." in r.text
+    r = await post_form(client, "/coach/settings", {"locale": "x" * 100})
+    assert r.status_code == 422 and 'id="locale-error"' in r.text
     assert (await reload(rt, Provider, provider.id)).locale == "nl"
     r = await post_form(client, "/coach/settings", {"locale": "en"}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/coach/settings?done=true"

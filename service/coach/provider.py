@@ -44,7 +44,7 @@ class OfferForm(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class LanguageForm(msgspec.Struct, frozen=True, kw_only=True):
-    locale: Annotated[str, msgspec.Meta(max_length=8)] = ""
+    locale: Short = ""
 
 
 class EmptyForm(msgspec.Struct, frozen=True, kw_only=True):
