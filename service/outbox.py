@@ -10,13 +10,13 @@ is never stored in the outbox: it is derived when the mail goes out.
 
 from __future__ import annotations
 
+import binascii
 import datetime as dt
 import email.utils
 import functools
-from email.charset import QP, Charset
 from email.header import Header
 from email.message import Message
-from email.mime.text import MIMEText
+from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import Compat32
 import logging
 from pathlib import Path
@@ -128,22 +128,25 @@ async def send_due(rt: Runtime, *, now: dt.datetime | None = None, batch: int = 
 async def _send_batch(rt: Runtime, now: dt.datetime, batch: int) -> tuple[int, int]:
     """Claim up to ``batch`` due messages, hand them to the mail server over one connection, and
     mark those it took as sent in one statement. Returns (claimed, sent)."""
-    async with rt.sessionmaker() as session, session.begin():
-        query = (
-            select(OutboxMessage)
-            .where(
-                OutboxMessage.status == "pending",
-                OutboxMessage.next_attempt_at <= now,
-                (OutboxMessage.claimed_until.is_(None)) | (OutboxMessage.claimed_until < now),
-            )
-            .order_by(OutboxMessage.id)
-            .limit(batch)
+    due = (
+        select(OutboxMessage.id)
+        .where(
+            OutboxMessage.status == "pending",
+            OutboxMessage.next_attempt_at <= now,
+            (OutboxMessage.claimed_until.is_(None)) | (OutboxMessage.claimed_until < now),
         )
-        if not rt.settings.is_sqlite:
-            query = query.with_for_update(skip_locked=True)
-        claimed = list(await session.scalars(query))
-        for message in claimed:
-            message.claimed_until = now + LEASE
+        .order_by(OutboxMessage.id)
+        .limit(batch)
+    )
+    if not rt.settings.is_sqlite:
+        due = due.with_for_update(skip_locked=True)
+    # One statement takes the lease: loading the rows and flushing an UPDATE for each cost more
+    # than rendering the mail did.
+    claim = (update(OutboxMessage).where(OutboxMessage.id.in_(due.scalar_subquery()))
+             .values(claimed_until=now + LEASE).returning(OutboxMessage))
+    async with rt.sessionmaker() as session, session.begin():
+        claimed = sorted(await session.scalars(claim, execution_options={"audit_skip": True}),
+                         key=lambda message: message.id)
     if not claimed:
         return 0, 0
     # Rendered after the claim has committed: on SQLite the claim holds the database's write lock.
@@ -181,7 +184,9 @@ class _MailServer:
 
     async def __aenter__(self) -> _MailServer:
         s = self.settings
-        if s.mail_backend != "file":
+        if s.mail_backend == "file":
+            Path(s.mail_dir).mkdir(parents=True, exist_ok=True)
+        else:
             smtp = aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port, username=s.smtp_username,
                                    password=s.smtp_password, start_tls=s.smtp_starttls, timeout=30)
             try:
@@ -194,9 +199,7 @@ class _MailServer:
 
     async def deliver(self, message: OutboxMessage, mime: Message) -> None:
         if self.settings.mail_backend == "file":
-            folder = Path(self.settings.mail_dir)
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"{message.id:08d}.eml").write_bytes(mime.as_bytes())
+            (Path(self.settings.mail_dir) / f"{message.id:08d}.eml").write_bytes(mime.as_bytes())
             return
         if self.smtp is None:
             raise self.error or aiosmtplib.SMTPServerDisconnected("not connected")
@@ -230,8 +233,6 @@ async def _failed(rt: Runtime, message: OutboxMessage, exc: Exception, now: dt.d
 # The standard library's classic message class: the modern ``EmailMessage`` API parses every header
 # into an object and cost about 1 ms a mail here. Quoted-printable keeps the text readable in the
 # mail folder; a header is encoded only when it is not plain ASCII.
-_UTF8_QP = Charset("utf-8")
-_UTF8_QP.body_encoding = QP
 
 
 class _Policy(Compat32):
@@ -266,7 +267,11 @@ def _sender(mail_from: str) -> str:
 
 
 def _mime(rt: Runtime, message: OutboxMessage, subject: str, body: str) -> Message:
-    mime = MIMEText(body, "plain", _UTF8_QP, policy=_POLICY)
+    # What ``MIMEText(body, "plain", "utf-8")`` with quoted-printable writes, the body encoded by
+    # binascii's C encoder rather than email.quoprimime's Python one (which took half a mail's time).
+    mime = MIMENonMultipart("text", "plain", charset="utf-8", policy=_POLICY)
+    mime["Content-Transfer-Encoding"] = "quoted-printable"
+    mime.set_payload(binascii.b2a_qp(body.encode("utf-8")).decode("ascii"))
     mime["From"] = _sender(rt.settings.mail_from)
     mime["To"] = message.to_address
     mime["Subject"] = subject  # encoded, if need be, by _Policy
