@@ -37,6 +37,7 @@ import datetime as dt
 import json
 import re
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -618,7 +619,7 @@ async def apply(rt: Runtime, slug: str, details: applications.ApplicantDetails
         row = await (await rt.fast.pool()).fetchrow(_SCHEME_PG, *_args(_SCHEME_PG_NAMES, {"slug": slug}))
     if row is None:
         raise NotFound("scheme-not-found", N_("There is no scheme with this name."))
-    scheme = Scheme(**{name: _scheme_value(rt, name, row[name]) for name in _SCHEME_COLUMNS})
+    scheme = _scheme_snapshot(rt, row)
     job = _Applying(rt=rt, now=now, scheme=scheme, application=applications.application_values(scheme, details, now))
     if scheme.allocation != "first_come" or applications.eligibility_reasons(
             scheme, employees=details.employees, postcode=details.postcode):
@@ -633,16 +634,23 @@ async def apply(rt: Runtime, slug: str, details: applications.ApplicantDetails
         waiting_list_position=waiting_count if status == "waiting" else None, reasons=[])
 
 
-_SCHEME_JSON = frozenset({"categories", "postcodes"})
-_SCHEME_MOMENTS = frozenset(c.name for c in Scheme.__table__.c if isinstance(c.type, UTCDateTime))
+_SCHEME_JSON = ("categories", "postcodes")
+_SCHEME_MOMENTS = tuple(c.name for c in Scheme.__table__.c if isinstance(c.type, UTCDateTime))
+_SCHEME_CLASS = Scheme.__mapper__.class_manager
 
 
-def _scheme_value(rt: Runtime, name: str, value: Any) -> Any:
-    """A column of the scheme's row as the ORM would load it."""
-    if value is None:
-        return None
-    if name in _SCHEME_JSON:
-        return json.loads(value)
-    if rt.settings.is_sqlite and name in _SCHEME_MOMENTS:
-        return from_sqlite_moment(value)
-    return value
+def _scheme_snapshot(rt: Runtime, row: Mapping[str, Any]) -> Scheme:
+    """The scheme's row as a Scheme that is only read, its values put in the instance's dict as the
+    ORM's loader puts them: the constructor's 30 instrumented attribute sets took a fifth of an
+    application's Python time."""
+    values = {name: row[name] for name in _SCHEME_COLUMNS}
+    for name in _SCHEME_JSON:
+        if values[name] is not None:
+            values[name] = json.loads(values[name])
+    if rt.settings.is_sqlite:
+        for name in _SCHEME_MOMENTS:
+            if values[name] is not None:
+                values[name] = from_sqlite_moment(values[name])
+    scheme = _SCHEME_CLASS.new_instance()
+    scheme.__dict__.update(values)
+    return scheme
