@@ -133,6 +133,10 @@ class _EnrolmentRefused(Exception):
     """The enrolment's UPDATE of a redemption changed nothing: why is read afterwards."""
 
 
+class _PlaceFree(Exception):
+    """An application written without what a place needs found a free place: write it again with."""
+
+
 async def _pg_write(rt: Runtime, sql: str, args: list[Any], *, attempts: int = 5) -> Any:
     """Run one statement in autocommit; again if PostgreSQL reports a deadlock (a session-path
     application takes the KvK number's index entry before the scheme's row, this the other way
@@ -148,6 +152,8 @@ async def _pg_write(rt: Runtime, sql: str, args: list[Any], *, attempts: int = 5
             code = message.removeprefix(_REFUSED_PREFIX)
             if code == "enrolment":
                 raise _EnrolmentRefused() from None
+            if code == "place-free":
+                raise _PlaceFree() from None
             raise _refusal(code) from None
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             if attempt == attempts:
@@ -427,19 +433,22 @@ _SCHEME_SQLITE = _SCHEME.format(ids="")
 # The rules of ``applications.take_place`` (a newcomer) and of joining the waiting list. On
 # PostgreSQL the second runs only if the first changed nothing, so one statement never changes the
 # scheme's row twice.
-_PLACE = """UPDATE scheme SET places_used = places_used + 1, committed_cents = committed_cents + value_cents
-    WHERE id = :scheme_id AND closed_at IS NULL AND places_used < max_places
-      AND committed_cents + value_cents <= budget_cents AND waiting_count = 0
+_PLACE_FREE = ("closed_at IS NULL AND places_used < max_places AND committed_cents + value_cents <= budget_cents"
+               " AND waiting_count = 0")
+_PLACE = f"""UPDATE scheme SET places_used = places_used + 1, committed_cents = committed_cents + value_cents
+    WHERE id = :scheme_id AND {_PLACE_FREE}{{only_if}}
     RETURNING places_used, committed_cents, value_cents"""
 _WAIT = """UPDATE scheme SET waitlist_seq = waitlist_seq + 1, waiting_count = waiting_count + 1
     WHERE id = :scheme_id{only_if}
     RETURNING waitlist_seq, waiting_count"""
 
+# ``may_place`` false: the caller has not made what a place needs, so a free place is not taken and
+# the statement refuses ("place-free") rather than put the applicant on the waiting list.
 _APPLY_PG, _APPLY_PG_NAMES = _numbered(f"""
 WITH placed AS (
-    {_PLACE}
+    {_PLACE.format(only_if=" AND :may_place::boolean")}
 ), waiting AS (
-    {_WAIT.format(only_if=" AND NOT EXISTS (SELECT FROM placed)")}
+    {_WAIT.format(only_if=f" AND NOT EXISTS (SELECT FROM placed) AND (:may_place::boolean OR NOT ({_PLACE_FREE}))")}
 ), applied AS (
     INSERT INTO application (id, public_id, scheme_id, status, kvk_number, company_name, employees, postcode,
                              contact_name, email, purpose, locale, reasons, waitlist_number, lottery_rank,
@@ -451,6 +460,7 @@ WITH placed AS (
            :email::text, :purpose::text, :locale::text, '[]'::json, waiting.waitlist_seq, NULL,
            :now::timestamptz, :now::timestamptz, NULL, NULL, NULL, NULL, 0
     FROM (SELECT 1 AS one) AS one LEFT JOIN placed ON true LEFT JOIN waiting ON true
+    WHERE placed.places_used IS NOT NULL OR waiting.waitlist_seq IS NOT NULL
     ON CONFLICT DO NOTHING
     RETURNING id, status, waitlist_number
 ), issued AS (
@@ -505,9 +515,11 @@ WITH placed AS (
     FROM applied
 )
 SELECT applied.status, waiting.waiting_count,
-       CASE WHEN applied.id IS NULL THEN vouchers_refuse('already-applied') END
-FROM (SELECT 1 AS one) AS one LEFT JOIN applied ON true LEFT JOIN waiting ON true
+       CASE WHEN placed.places_used IS NULL AND waiting.waitlist_seq IS NULL THEN vouchers_refuse('place-free')
+            WHEN applied.id IS NULL THEN vouchers_refuse('already-applied') END
+FROM (SELECT 1 AS one) AS one LEFT JOIN applied ON true LEFT JOIN waiting ON true LEFT JOIN placed ON true
 """)
+_PLACE_SQLITE = _PLACE.format(only_if="")
 _WAIT_SQLITE = _WAIT.format(only_if="")
 _APPLIED_SQLITE = " ON CONFLICT DO NOTHING RETURNING id"
 
@@ -522,19 +534,23 @@ class _Applying:
     application: dict[str, Any]
     """Its columns as ``applications.submit`` writes them (status ``received``)."""
 
-    def rows(self, application_id: int, voucher_id: int, entry_id: int
-             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
-        """The voucher's and ledger entry's columns if a place is taken, and the message and mail
-        parameters for either outcome."""
+    def granted(self, application_id: int, voucher_id: int, entry_id: int
+                ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """What a place needs: the voucher's and the ledger entry's columns and the voucher mail's
+        parameters (a fresh code, so made only when a place may be taken)."""
         a = self.application
         voucher = vouchers.voucher_values(self.rt, self.scheme, application_id, a["kvk_number"], self.now)
         entry = ledger.entry_values(scheme_id=self.scheme.id, kind="issue", source=(ledger.BUDGET, self.scheme.id),
                                     target=(ledger.VOUCHER, voucher_id), amount_cents=self.scheme.value_cents,
                                     places=1, voucher_id=voucher_id) | {"created_at": self.now}
-        message = outbox.message_values(a["email"], "voucher_issued", a["locale"], {})
         issued = vouchers.issued_mail(self.scheme, voucher_id, voucher["expires_at"], a["locale"], a["contact_name"])
-        waiting = applications.waiting_mail(self.scheme, a["public_id"], a["locale"], a["contact_name"])
-        return voucher, entry, message, issued, waiting
+        return voucher, entry, issued
+
+    def mails(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The message's columns and the waiting-list mail's parameters."""
+        a = self.application
+        return (outbox.message_values(a["email"], "voucher_issued", a["locale"], {}),
+                applications.waiting_mail(self.scheme, a["public_id"], a["locale"], a["contact_name"]))
 
     def decided(self, status: str, waitlist_number: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
         """The audit log's before and after of the decision, as the session's flush records it."""
@@ -544,35 +560,45 @@ class _Applying:
         return (audit.changed("application", {k: self.application[k] for k in changed}),
                 audit.changed("application", changed))
 
-    async def on_postgres(self, application_id: int, voucher_id: int, entry_id: int) -> tuple[str, int | None]:
+    async def on_postgres(self, application_id: int, voucher_id: int, entry_id: int, *,
+                          may_place: bool) -> tuple[str, int | None]:
+        """The one statement; raises :class:`_PlaceFree` when ``may_place`` is false and a place is
+        free after all."""
         a = self.application
-        voucher, entry, message, issued, waiting = self.rows(application_id, voucher_id, entry_id)
-        granted_before, granted_after = self.decided("granted", None)
-        waiting_before, _ = self.decided("waiting", None)
+        message, waiting = self.mails()
+        waiting_before, waiting_after = self.decided("waiting", None)
         who = audit.current_context()
-        row = await _pg_write(self.rt, _APPLY_PG, _args(_APPLY_PG_NAMES, {
+        values = {
             "scheme_id": self.scheme.id, "application_id": application_id, "public_id": a["public_id"],
             "kvk_number": a["kvk_number"], "company_name": a["company_name"], "employees": a["employees"],
             "postcode": a["postcode"], "contact_name": a["contact_name"], "email": a["email"],
             "purpose": a["purpose"], "locale": a["locale"], "now": self.now, "voucher_id": voucher_id,
-            "code_hash": voucher["code_hash"], "code_salt": voucher["code_salt"],
-            "expires_at": voucher["expires_at"], "entry_id": entry_id, "message_id": message["message_id"],
-            "issued_mail": _json(issued), "waiting_mail": _json(waiting), "actor": who.actor,
-            "address": who.address, "received": _json(audit.inserted("application", application_id, a)),
-            "issued_rows": _json([
-                {"table_name": "voucher", "row_id": str(voucher_id),
-                 "after": audit.inserted("voucher", voucher_id, voucher)},
-                {"table_name": "ledger_entry", "row_id": str(entry_id),
-                 "after": audit.inserted("ledger_entry", entry_id, entry)}]),
-            "granted_before": _json(granted_before), "granted_after": _json(granted_after),
-            "waiting_before": _json(waiting_before), "decided_at": granted_after["decided_at"]}))
+            "entry_id": entry_id, "message_id": message["message_id"], "waiting_mail": _json(waiting),
+            "actor": who.actor, "address": who.address,
+            "received": _json(audit.inserted("application", application_id, a)),
+            "waiting_before": _json(waiting_before), "decided_at": waiting_after["decided_at"],
+            "may_place": may_place, "code_hash": None, "code_salt": None, "expires_at": None, "issued_mail": None,
+            "issued_rows": None, "granted_before": None, "granted_after": None}
+        if may_place:
+            voucher, entry, issued = self.granted(application_id, voucher_id, entry_id)
+            granted_before, granted_after = self.decided("granted", None)
+            values |= {
+                "code_hash": voucher["code_hash"], "code_salt": voucher["code_salt"],
+                "expires_at": voucher["expires_at"], "issued_mail": _json(issued),
+                "issued_rows": _json([
+                    {"table_name": "voucher", "row_id": str(voucher_id),
+                     "after": audit.inserted("voucher", voucher_id, voucher)},
+                    {"table_name": "ledger_entry", "row_id": str(entry_id),
+                     "after": audit.inserted("ledger_entry", entry_id, entry)}]),
+                "granted_before": _json(granted_before), "granted_after": _json(granted_after)}
+        row = await _pg_write(self.rt, _APPLY_PG, _args(_APPLY_PG_NAMES, values))
         return row[0], row[1]
 
     def on_sqlite(self, conn: sqlite3.Connection) -> tuple[str, int | None]:
         """The write transaction's work: the outcome and, when waiting, the length of the list."""
         application_id, voucher_id, entry_id = _next_ids(conn, "application", "voucher", "ledger_entry")
-        voucher, entry, message, issued, waiting_mail = self.rows(application_id, voucher_id, entry_id)
-        placed = conn.execute(_PLACE, {"scheme_id": self.scheme.id}).fetchone()
+        message, waiting_mail = self.mails()
+        placed = conn.execute(_PLACE_SQLITE, {"scheme_id": self.scheme.id}).fetchone()
         waiting = None if placed else conn.execute(_WAIT_SQLITE, {"scheme_id": self.scheme.id}).fetchone()
         status, number = ("granted", None) if placed else ("waiting", waiting[0])
         application = {**self.application, "status": status, "waitlist_number": number, "decided_at": self.now}
@@ -585,6 +611,7 @@ class _Applying:
                                                                           self.application))]
         if placed:
             places_used, committed, value = placed
+            voucher, entry, issued = self.granted(application_id, voucher_id, entry_id)
             _insert(conn, "voucher", {"id": voucher_id, **voucher})
             _insert(conn, "ledger_entry", {"id": entry_id, **entry})
             entries += [
@@ -627,11 +654,23 @@ async def apply(rt: Runtime, slug: str, details: applications.ApplicantDetails
     if rt.settings.is_sqlite:
         status, waiting_count = await _sqlite_write(rt, job.on_sqlite)
     else:
-        status, waiting_count = await job.on_postgres(row["new_application_id"], row["new_voucher_id"],
-                                                      row["new_entry_id"])
+        ids = row["new_application_id"], row["new_voucher_id"], row["new_entry_id"]
+        # What a place needs is made only if the read saw a free place (once the places are gone,
+        # the waiting list's applicants are nearly all): if one came free since, the statement
+        # refuses and runs again with it.
+        try:
+            status, waiting_count = await job.on_postgres(*ids, may_place=_place_free(scheme))
+        except _PlaceFree:
+            status, waiting_count = await job.on_postgres(*ids, may_place=True)
     return applications.ApplicationState(
         application_id=job.application["public_id"], scheme=scheme.slug, status=status,
         waiting_list_position=waiting_count if status == "waiting" else None, reasons=[])
+
+
+def _place_free(scheme: Scheme) -> bool:
+    """``_PLACE_FREE`` on the scheme as read."""
+    return (scheme.closed_at is None and scheme.places_used < scheme.max_places
+            and scheme.committed_cents + scheme.value_cents <= scheme.budget_cents and scheme.waiting_count == 0)
 
 
 _SCHEME_JSON = ("categories", "postcodes")

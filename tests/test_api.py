@@ -275,17 +275,18 @@ async def test_driver_redemption_writes_what_the_session_path_writes(client, wor
         assert await reconcile(session) == []
 
 
-async def test_driver_application_writes_what_the_session_path_writes(client, rt) -> None:
+async def test_driver_application_writes_what_the_session_path_writes(client, rt, monkeypatch) -> None:
     """An application to a first-come scheme without an Idempotency-Key goes straight through the
     driver (service.fastwrite); with a key it runs through ``submit`` and ``decide``. Granted or
     waiting, both must leave the same rows, apart from ids, codes and times."""
     from sqlalchemy import select
 
+    from service import fastwrite
     from service.models import Application, LedgerEntry, OutboxMessage
     from service.models_admin import AuditEntry
     from tests.helpers import next_kvk
 
-    await make_scheme(rt, max_places=2)
+    await make_scheme(rt, max_places=3)
     token = await admin_token(rt)
     url = "/api/v1/admin/schemes/test-scheme/applications"
     volatile = {"id", "public_id", "kvk_number", "application_id", "voucher_id", "to_id", "created_at", "decided_at",
@@ -325,11 +326,25 @@ async def test_driver_application_writes_what_the_session_path_writes(client, rt
             }
 
     granted = [await apply(with_key=False), await apply(with_key=True)]
+    # The driver makes what a place needs only when its read saw a free place. A read that saw
+    # none, with a place free by the time of the write (one freed in between), must still get it.
+    tried: list[bool] = []
+    on_postgres = fastwrite._Applying.on_postgres
+
+    async def recorded(job, *ids, may_place):
+        tried.append(may_place)
+        return await on_postgres(job, *ids, may_place=may_place)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fastwrite, "_place_free", lambda scheme: False)
+        patch.setattr(fastwrite._Applying, "on_postgres", recorded)
+        granted.append(await apply(with_key=False))
+    assert tried == ([] if rt.settings.is_sqlite else [False, True])
     waiting = [await apply(with_key=False), await apply(with_key=True)]
     assert granted[0]["answer"]["status"] == "granted" and granted[0]["voucher"] is not None
     assert waiting[0]["answer"]["status"] == "waiting" and waiting[0]["voucher"] is None
     assert len(granted[0]["audit"]) == 5 and len(waiting[0]["audit"]) == 3
-    assert granted[0] == granted[1]
+    assert granted[0] == granted[1] == granted[2]
     assert waiting[0] == waiting[1]
     async with rt.sessionmaker() as session:
         assert await reconcile(session) == []
