@@ -39,7 +39,7 @@ import re
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -48,7 +48,7 @@ from . import applications, audit, ledger, outbox, vouchers
 from .db import writer_turn
 from .errors import N_, Conflict, DomainError, Forbidden, InvalidInput, NotFound, Refused
 from .fastpath import from_sqlite_moment, sqlite_moment
-from .models import Redemption, Scheme, UTCDateTime, Voucher, utcnow
+from .models import Base, Redemption, Scheme, UTCDateTime, Voucher, utcnow
 from .runtime import Runtime
 
 __all__ = ("apply", "redeem")
@@ -411,7 +411,7 @@ async def redeem(
         redemption_id, balance = done if done is not None else (0, None)
     if balance is None:
         raise vouchers.refusal(await _voucher_now(rt, voucher_id), amount, now)
-    return Redemption(id=redemption_id, **job.redemption()), balance
+    return _as_loaded(Redemption, {"id": redemption_id, **job.redemption()}), balance
 
 
 async def _voucher_now(rt: Runtime, voucher_id: int) -> Voucher:
@@ -675,13 +675,20 @@ def _place_free(scheme: Scheme) -> bool:
 
 _SCHEME_JSON = ("categories", "postcodes")
 _SCHEME_MOMENTS = tuple(c.name for c in Scheme.__table__.c if isinstance(c.type, UTCDateTime))
-_SCHEME_CLASS = Scheme.__mapper__.class_manager
+_Model = TypeVar("_Model", bound=Base)
+
+
+def _as_loaded(model: type[_Model], values: dict[str, Any]) -> _Model:
+    """An instance of ``model`` that is only read, its values put in the instance's dict as the
+    ORM's loader puts them: the constructor's instrumented attribute sets, one per column, took a
+    fifth of an application's Python time and an eighth of a redemption's."""
+    instance = model.__mapper__.class_manager.new_instance()
+    instance.__dict__.update(values)
+    return instance
 
 
 def _scheme_snapshot(rt: Runtime, row: Mapping[str, Any]) -> Scheme:
-    """The scheme's row as a Scheme that is only read, its values put in the instance's dict as the
-    ORM's loader puts them: the constructor's 30 instrumented attribute sets took a fifth of an
-    application's Python time."""
+    """The scheme's row, read without a lock, as a Scheme."""
     values = {name: row[name] for name in _SCHEME_COLUMNS}
     for name in _SCHEME_JSON:
         if values[name] is not None:
@@ -690,6 +697,4 @@ def _scheme_snapshot(rt: Runtime, row: Mapping[str, Any]) -> Scheme:
         for name in _SCHEME_MOMENTS:
             if values[name] is not None:
                 values[name] = from_sqlite_moment(values[name])
-    scheme = _SCHEME_CLASS.new_instance()
-    scheme.__dict__.update(values)
-    return scheme
+    return _as_loaded(Scheme, values)
