@@ -4,7 +4,6 @@ process by the app, the CLI and the tests alike."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import time
 from dataclasses import dataclass
@@ -64,9 +63,9 @@ class Runtime:
         return value
 
     def _mac(self, purpose: str, payload: str) -> str:
-        digest = hmac.new(self.settings.derive_key(f"sign:{purpose}"), payload.encode(), hashlib.sha256).digest()
+        digest = hmac.digest(self.settings.derive_key(f"sign:{purpose}"), payload.encode(), "sha256")
         return base64.urlsafe_b64encode(digest[:18]).decode()
 
     def token_hash(self, token: str) -> bytes:
         """Stored form of API tokens and other bearer secrets."""
-        return hmac.new(self.settings.derive_key("api-token"), token.encode(), hashlib.sha256).digest()
+        return hmac.digest(self.settings.derive_key("api-token"), token.encode(), "sha256")

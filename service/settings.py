@@ -5,7 +5,7 @@ Every figure of a scheme lives in its TOML file; this object only says how the s
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import hmac
 import ipaddress
 import os
@@ -181,4 +181,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     def derive_key(self, purpose: str) -> bytes:
         """A 32-byte key for one purpose, so that no two features share key material."""
-        return hmac.new(self.secret_key.encode(), purpose.encode(), hashlib.sha256).digest()
+        return _derived_key(self.secret_key, purpose)
+
+
+@functools.lru_cache(maxsize=64)
+def _derived_key(secret_key: str, purpose: str) -> bytes:
+    # Kept per process: every API call hashes its bearer token with one of these keys.
+    return hmac.digest(secret_key.encode(), purpose.encode(), "sha256")
