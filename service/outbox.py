@@ -185,7 +185,10 @@ class _MailServer:
     async def __aenter__(self) -> _MailServer:
         s = self.settings
         if s.mail_backend == "file":
-            Path(s.mail_dir).mkdir(parents=True, exist_ok=True)
+            try:
+                Path(s.mail_dir).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # each message fails and is retried, as when the mail server is down
+                self.error = exc
         else:
             smtp = aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port, username=s.smtp_username,
                                    password=s.smtp_password, start_tls=s.smtp_starttls, timeout=30)
@@ -199,6 +202,8 @@ class _MailServer:
 
     async def deliver(self, message: OutboxMessage, mime: Message) -> None:
         if self.settings.mail_backend == "file":
+            if self.error is not None:
+                raise self.error
             (Path(self.settings.mail_dir) / f"{message.id:08d}.eml").write_bytes(mime.as_bytes())
             return
         if self.smtp is None:

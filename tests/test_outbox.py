@@ -86,6 +86,21 @@ async def test_file_backend_writes_readable_mail(rt: Runtime, tmp_path) -> None:
     assert "Subject: Your voucher for Test scheme" in text and code in text
 
 
+async def test_a_mail_folder_that_cannot_be_made_is_retried_like_a_server_that_is_down(rt: Runtime, tmp_path) -> None:
+    scheme = await make_scheme(rt)
+    await make_voucher(rt, scheme, email="map@example.org")
+    (tmp_path / "not-a-folder").write_text("")
+    broken = dataclasses.replace(rt, settings=msgspec.structs.replace(
+        rt.settings, mail_backend="file", mail_dir=str(tmp_path / "not-a-folder" / "mail")))
+    assert await outbox.send_due(broken) == 0
+    async with rt.sessionmaker() as session:
+        [message] = await session.scalars(select(OutboxMessage))
+    assert (message.status, message.attempts, message.claimed_until) == ("pending", 1, None) and message.last_error
+    files = dataclasses.replace(rt, settings=msgspec.structs.replace(rt.settings, mail_backend="file"))
+    assert await outbox.send_due(files, now=utcnow() + dt.timedelta(minutes=5)) == 1
+    assert len(list((tmp_path / "mail").glob("*.eml"))) == 1
+
+
 async def test_sign_in_links_are_made_when_the_mail_goes_out_not_stored(rt: Runtime, smtp_server) -> None:
     from service import signin
     from service.db import run_in_transaction
