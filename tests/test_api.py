@@ -349,3 +349,82 @@ async def test_driver_application_writes_what_the_session_path_writes(client, rt
     async with rt.sessionmaker() as session:
         assert await reconcile(session) == []
 
+
+async def _applications_behind_one(rt, monkeypatch, kvks: list[str]) -> tuple[list, int]:
+    """Apply with ``kvks[0]`` and, while the driver writes that one, with the rest; returns the
+    answers (or refusals) in that order and how many statements were written one by one."""
+    import asyncio
+
+    from service import applications, fastwrite
+
+    alone: list[object] = []
+    release = asyncio.Event()
+    pg_write = fastwrite._pg_write
+
+    async def held_first(rt_, sql, args, **kw):
+        alone.append(args)
+        if len(alone) == 1:
+            await release.wait()
+        return await pg_write(rt_, sql, args, **kw)
+
+    monkeypatch.setattr(fastwrite, "_pg_write", held_first)
+
+    def apply(kvk: str):
+        return asyncio.create_task(fastwrite.apply(rt, "test-scheme", applications.ApplicantDetails(
+            kvk_number=kvk, company_name="Firma", employees=2, postcode="6811 AB", contact_name="Naam",
+            email="firma@example.org")))
+
+    async def until(condition, what: str) -> None:
+        for _ in range(1000):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(what)
+
+    tasks = [apply(kvks[0])]
+    if not rt.settings.is_sqlite:
+        await until(lambda: len(alone) == 1, "the first application was not written")
+    tasks += [apply(kvk) for kvk in kvks[1:]]
+    if not rt.settings.is_sqlite:
+        await until(lambda: sum(len(g.queued) for g in fastwrite._GROUPS.values()) == len(kvks) - 1,
+                    "the applications did not queue behind the first")
+    release.set()
+    return await asyncio.gather(*tasks, return_exceptions=True), len(alone)
+
+
+async def test_applications_arriving_together_are_written_in_one_transaction(rt, monkeypatch) -> None:
+    """On PostgreSQL, the applications to a scheme that arrive while the driver writes another
+    are written together, in one transaction, so the scheme's row is locked once for them."""
+    from sqlalchemy import select
+
+    from service.models import Application
+    from tests.helpers import next_kvk
+
+    await make_scheme(rt, max_places=2)
+    answers, alone = await _applications_behind_one(rt, monkeypatch, [next_kvk() for _ in range(6)])
+    assert alone == (0 if rt.settings.is_sqlite else 1)
+    assert sorted(a.status for a in answers) == ["granted"] * 2 + ["waiting"] * 4
+    assert sorted(a.waiting_list_position for a in answers if a.status == "waiting") == [1, 2, 3, 4]
+    async with rt.sessionmaker() as session:
+        numbers = sorted(n for n in await session.scalars(select(Application.waitlist_number)) if n is not None)
+        scheme = await session.scalar(select(Scheme))
+        assert numbers == [1, 2, 3, 4] and (scheme.places_used, scheme.waiting_count) == (2, 4)
+        assert await reconcile(session) == []
+
+
+async def test_a_refusal_in_a_group_writes_the_group_again_one_by_one(rt, monkeypatch) -> None:
+    """A KvK number that applies twice in one group: the group is rolled back and written one by
+    one, so the second gets the refusal it would get alone and the others their places."""
+    from service.errors import Conflict
+    from tests.helpers import next_kvk
+
+    await make_scheme(rt, max_places=2)
+    kvks = [next_kvk() for _ in range(5)]
+    answers, alone = await _applications_behind_one(rt, monkeypatch, [*kvks[:3], kvks[1], *kvks[3:]])
+    assert alone == (0 if rt.settings.is_sqlite else 1 + 5)
+    refused = [a for a in answers if isinstance(a, Exception)]
+    assert len(refused) == 1 and isinstance(refused[0], Conflict) and refused[0].code == "already-applied"
+    assert sorted(a.status for a in answers if a not in refused) == ["granted"] * 2 + ["waiting"] * 3
+    async with rt.sessionmaker() as session:
+        assert await reconcile(session) == []
+
