@@ -697,7 +697,10 @@ async def _grouped(rt: Runtime, scheme_id: int, args: list[Any]) -> Any:
     return await answer
 
 
-async def _write_groups(rt: Runtime, key: Any, group: _Group) -> None:
+async def _write_groups(rt: Runtime, key: tuple[asyncio.AbstractEventLoop, FastPath, int], group: _Group) -> None:
+    """The group's writer: takes what has queued, up to ``_GROUP_SIZE``, and writes it, until
+    nothing is queued."""
+    scheme_id = key[2]
     batch: list[tuple[list[Any], asyncio.Future[Any]]] = []
     try:
         while group.queued:
@@ -705,7 +708,7 @@ async def _write_groups(rt: Runtime, key: Any, group: _Group) -> None:
             rows: list[Any] | None = None
             if len(batch) > 1:
                 try:
-                    rows = await _write_group(rt, key[2], [args for args, _ in batch])
+                    rows = await _write_group(rt, scheme_id, [args for args, _ in batch])
                 except Exception:  # a refusal, a deadlock, a lost connection: one by one, as alone
                     rows = None
             for n, (args, answer) in enumerate(batch):
