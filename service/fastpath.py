@@ -12,8 +12,8 @@ busiest writes (``service.fastwrite``), skip them:
   BEGIN and COMMIT, so it holds the database's write lock for well under a millisecond; the lock
   is asked for without waiting in SQLite's busy handler, and while another writer has it this
   coroutine sleeps and asks again.
-* PostgreSQL is used through a small asyncpg pool of its own; asyncpg prepares each statement once
-  per connection, and the pool resets nothing on release because nothing here changes a session.
+* PostgreSQL is used through a few asyncpg connections of its own per event loop
+  (:class:`_Connections`); asyncpg prepares each statement once per connection.
 
 Every other change goes through ``db.transaction`` and the domain functions; ``service.fastwrite``
 writes the same rows, ledger entries and audit entries as those, and the tests compare the two.
@@ -27,9 +27,11 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import asyncpg
 import msgspec
 from sqlalchemy.engine import make_url
 
@@ -82,18 +84,64 @@ def from_sqlite_moment(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
 
 
-async def _no_reset(_connection: Any) -> None:
-    """Nothing to undo: the scan runs one SELECT in autocommit and sets nothing."""
+class _Connections:
+    """One event loop's connections to PostgreSQL: up to ``size``, each opened when first needed,
+    lent to one coroutine at a time.
+
+    asyncpg's own pool does more on every loan than this path needs: it shields each release
+    from cancellation with a task of its own, and keeps timeouts and a reset hook. Under load
+    that doubled what a statement cost this process (BENCHMARKS.md). Nothing here sets anything
+    on a connection, and a loan ends in the coroutine that took it, so a connection goes back as
+    it is; one whose state is unknown (cancelled or cut off mid-statement) is closed instead, and
+    its place opens a new one when next lent.
+    """
+
+    def __init__(self, url: str, server_settings: dict[str, str], size: int) -> None:
+        self._url = url
+        self._server_settings = server_settings
+        self._free: asyncio.LifoQueue[asyncpg.Connection | None] = asyncio.LifoQueue()
+        for _ in range(size):
+            self._free.put_nowait(None)  # a place whose connection is not open yet
+        self._open: set[asyncpg.Connection] = set()
+
+    @asynccontextmanager
+    async def lend(self) -> AsyncIterator[asyncpg.Connection]:
+        connection = await self._free.get()
+        try:
+            if connection is None or connection.is_closed():
+                self._open.discard(connection)
+                connection = None
+                connection = await asyncpg.connect(self._url, server_settings=self._server_settings)
+                self._open.add(connection)
+            yield connection
+        except BaseException as exc:
+            # An ERROR ends the statement (and its transaction) and leaves the session usable; a
+            # FATAL one, a lost connection or a cancelled statement leave it in no known state.
+            if connection is not None and getattr(exc, "severity_en", None) != "ERROR":
+                connection.terminate()
+                self._open.discard(connection)
+                connection = None
+            raise
+        finally:
+            self._free.put_nowait(connection)
+
+    async def close(self) -> None:
+        for connection in list(self._open):
+            try:
+                await connection.close(timeout=5)
+            except Exception:  # noqa: BLE001 - at shutdown a connection that will not close is dropped
+                connection.terminate()
+        self._open.clear()
 
 
 class FastPath:
-    """Per process: two ``sqlite3`` connections per thread (reads, writes), or an asyncpg pool per
-    event loop."""
+    """Per process: two ``sqlite3`` connections per thread (reads, writes), or a few asyncpg
+    connections per event loop."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._local = threading.local()
-        self._pools: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._connections: dict[asyncio.AbstractEventLoop, _Connections] = {}
 
     async def scan(self, code_hash: bytes, attempts_key: str, since: dt.datetime) -> tuple[ScannedVoucher | None, int]:
         """The voucher with this code hash (None if there is none), and the failed lookups counted
@@ -102,8 +150,7 @@ class FastPath:
             row = self._sqlite().execute(_SQLITE_SCAN, (code_hash, attempts_key, sqlite_moment(since))).fetchone()
             expires_at = from_sqlite_moment(row[6]) if row[0] is not None else None
         else:
-            pool = await self.pool()
-            row = await pool.fetchrow(_POSTGRES_SCAN, code_hash, attempts_key, since)
+            row = await self.fetchrow(_POSTGRES_SCAN, code_hash, attempts_key, since)
             expires_at = row[6]
         attempts = row[12] or 0
         if row[0] is None:
@@ -172,34 +219,30 @@ class FastPath:
             setattr(self._local, slot, connection)
         return connection
 
-    async def pool(self) -> Any:
-        """This event loop's asyncpg pool, made on first use. Its connections are in autocommit
-        and are given back as they are: whoever uses one sets nothing on it."""
+    def connection(self) -> Any:
+        """Lend this event loop's next free connection to PostgreSQL (``async with``). It is in
+        autocommit; whoever borrows it sets nothing on it."""
         loop = asyncio.get_running_loop()
-        pool = self._pools.get(loop)
-        if pool is not None:
-            return pool
-        import asyncpg
+        connections = self._connections.get(loop)
+        if connections is None:
+            url = make_url(self.settings.database_url).set(drivername="postgresql")
+            server_settings = {"application_name": "vouchers-fastpath"}
+            if self.settings.database_schema:
+                server_settings["search_path"] = self.settings.database_schema
+            connections = self._connections[loop] = _Connections(
+                url.render_as_string(hide_password=False), server_settings, max(2, self.settings.db_pool_size // 2))
+        return connections.lend()
 
-        url = make_url(self.settings.database_url).set(drivername="postgresql")
-        server_settings = {"application_name": "vouchers-fastpath"}
-        if self.settings.database_schema:
-            server_settings["search_path"] = self.settings.database_schema
-        pool = await asyncpg.create_pool(
-            url.render_as_string(hide_password=False), min_size=1, max_size=max(2, self.settings.db_pool_size // 2),
-            reset=_no_reset, server_settings=server_settings,
-        )
-        # Two first scans at once may both have made a pool: keep one.
-        kept = self._pools.setdefault(loop, pool)
-        if kept is not pool:
-            await pool.close()
-        return kept
+    async def fetchrow(self, sql: str, *args: Any) -> Any:
+        """One statement in autocommit on PostgreSQL: its first row, or None."""
+        async with self.connection() as connection:
+            return await connection.fetchrow(sql, *args)
 
     async def close(self) -> None:
-        """Close this event loop's pool and this thread's connection."""
-        pool = self._pools.pop(asyncio.get_running_loop(), None)
-        if pool is not None:
-            await pool.close()
+        """Close this event loop's connections to PostgreSQL and this thread's to SQLite."""
+        connections = self._connections.pop(asyncio.get_running_loop(), None)
+        if connections is not None:
+            await connections.close()
         for name in ("connection", "writer"):
             connection = getattr(self._local, name, None)
             if connection is not None:

@@ -141,10 +141,9 @@ async def _pg_write(rt: Runtime, sql: str, args: list[Any], *, attempts: int = 5
     """Run one statement in autocommit; again if PostgreSQL reports a deadlock (a session-path
     application takes the KvK number's index entry before the scheme's row, this the other way
     round), as ``db.run_in_transaction`` does."""
-    pool = await rt.fast.pool()
     for attempt in range(1, attempts + 1):
         try:
-            return await pool.fetchrow(sql, *args)
+            return await rt.fast.fetchrow(sql, *args)
         except asyncpg.RaiseError as exc:
             message = str(exc)
             if not message.startswith(_REFUSED_PREFIX):
@@ -316,8 +315,7 @@ class _Redeeming:
                      "after": audit.inserted("ledger_entry", entry_id, entry)}])}))
         except _EnrolmentRefused:
             # The statement ran in autocommit: this read sees the change that stopped it.
-            pool = await self.rt.fast.pool()
-            now = await pool.fetchrow(_ENROLMENT_NOW_PG, *_args(_ENROLMENT_NOW_PG_NAMES,
+            now = await self.rt.fast.fetchrow(_ENROLMENT_NOW_PG, *_args(_ENROLMENT_NOW_PG_NAMES,
                                                                  {"enrolment_id": self.enrolment_id}))
             raise vouchers.enrolment_refusal(*now) from None
         return row[0]
@@ -374,7 +372,7 @@ async def redeem(
         terms = rt.fast.read_sqlite(_TERMS_SQLITE, read | {"since": sqlite_moment(read["since"])})
         ids = None
     else:
-        terms = await (await rt.fast.pool()).fetchrow(_TERMS_PG, *_args(_TERMS_PG_NAMES, read))
+        terms = await rt.fast.fetchrow(_TERMS_PG, *_args(_TERMS_PG_NAMES, read))
         ids = terms[15], terms[16]
     (voucher_id, scheme_id, closed, scheme_categories, own_percent, scheme_cap, enrolment_id, enrolment_status,
      enrolment_categories, enrolment_cap, registered_name, email, locale, contact_name, attempts) = terms[:15]
@@ -643,7 +641,7 @@ async def apply(rt: Runtime, slug: str, details: applications.ApplicantDetails
         row = rt.fast.read_sqlite(_SCHEME_SQLITE, {"slug": slug})
         row = None if row is None else dict(zip(_SCHEME_COLUMNS, row, strict=True))
     else:
-        row = await (await rt.fast.pool()).fetchrow(_SCHEME_PG, *_args(_SCHEME_PG_NAMES, {"slug": slug}))
+        row = await rt.fast.fetchrow(_SCHEME_PG, *_args(_SCHEME_PG_NAMES, {"slug": slug}))
     if row is None:
         raise NotFound("scheme-not-found", N_("There is no scheme with this name."))
     scheme = _scheme_snapshot(rt, row)
@@ -740,21 +738,33 @@ async def _write_group(rt: Runtime, scheme_id: int, group: list[list[Any]]) -> l
     database's work, not for this process's turns of the event loop). What each statement would
     have answered is read back: the status, and for the waiting the list's length just after
     they joined it (the group's statements ran in order, and nobody else changed the row)."""
-    pool = await rt.fast.pool()
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.executemany(_APPLY_PG, group)
-        read = await conn.fetch(_GROUP_OUTCOME, scheme_id, [args[_PUBLIC_ID] for args in group])
-        # Worked out before the commit: anything unexpected rolls the group back.
-        status = {public_id: state for public_id, state, _ in read}
-        waiting = read[0][2] if read else 0
-        outcomes: list[tuple[str, int | None]] = []
-        for args in reversed(group):
-            if status[args[_PUBLIC_ID]] == "waiting":
-                outcomes.append(("waiting", waiting))
-                waiting -= 1
-            else:
-                outcomes.append((status[args[_PUBLIC_ID]], None))
-    return outcomes[::-1]
+    outcomes: list[tuple[str, int | None]] | None = None
+    try:
+        async with rt.fast.connection() as conn, conn.transaction():
+            await conn.executemany(_APPLY_PG, group)
+            read = await conn.fetch(_GROUP_OUTCOME, scheme_id, [args[_PUBLIC_ID] for args in group])
+            # Worked out before the commit: anything unexpected rolls the group back.
+            status = {public_id: state for public_id, state, _ in read}
+            waiting = read[0][2] if read else 0
+            answers: list[tuple[str, int | None]] = []
+            for args in reversed(group):
+                if status[args[_PUBLIC_ID]] == "waiting":
+                    answers.append(("waiting", waiting))
+                    waiting -= 1
+                else:
+                    answers.append((status[args[_PUBLIC_ID]], None))
+            outcomes = answers[::-1]
+    except Exception:
+        # With the answers worked out, it failed at the commit: if the connection was cut off after
+        # the database had committed, writing the group again would refuse every applicant as
+        # having applied already. The group is all or nothing, so one applicant tells.
+        if outcomes is not None and await rt.fast.fetchrow(_APPLIED, group[0][_PUBLIC_ID]) is not None:
+            return outcomes
+        raise
+    return outcomes
+
+
+_APPLIED = "SELECT 1 FROM application WHERE public_id = $1"
 
 
 def _place_free(scheme: Scheme) -> bool:

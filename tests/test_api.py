@@ -7,7 +7,7 @@ import datetime as dt
 import uuid
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from service.check import reconcile
 from service.models import Scheme, Voucher, utcnow
@@ -409,6 +409,34 @@ async def test_applications_arriving_together_are_written_in_one_transaction(rt,
         numbers = sorted(n for n in await session.scalars(select(Application.waitlist_number)) if n is not None)
         scheme = await session.scalar(select(Scheme))
         assert numbers == [1, 2, 3, 4] and (scheme.places_used, scheme.waiting_count) == (2, 4)
+        assert await reconcile(session) == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgres"])  # groups are written on PostgreSQL only
+async def test_a_group_whose_commit_was_made_but_not_acknowledged_keeps_its_answers(rt, monkeypatch) -> None:
+    """The connection is cut off just after the database committed a group: the applicants get
+    the places and positions the group gave them, not a refusal from writing them again."""
+    from asyncpg.transaction import Transaction
+
+    from tests.helpers import next_kvk
+
+    commit = Transaction.__aexit__
+
+    async def committed_then_cut_off(self, *exc):
+        await commit(self, *exc)
+        if exc[0] is None:
+            raise ConnectionResetError("connection lost after the commit")
+
+    monkeypatch.setattr(Transaction, "__aexit__", committed_then_cut_off)
+    await make_scheme(rt, max_places=2)
+    answers, alone = await _applications_behind_one(rt, monkeypatch, [next_kvk() for _ in range(5)])
+    assert alone == 1
+    assert sorted(a.status for a in answers) == ["granted"] * 2 + ["waiting"] * 3, answers
+    assert sorted(a.waiting_list_position for a in answers if a.status == "waiting") == [1, 2, 3]
+    async with rt.sessionmaker() as session:
+        scheme = await session.scalar(select(Scheme))
+        assert (scheme.places_used, scheme.waiting_count) == (2, 3)
         assert await reconcile(session) == []
 
 

@@ -1,0 +1,98 @@
+"""The fast path's own connections to PostgreSQL (``service.fastpath._Connections``): lent to one
+coroutine at a time, reused, and replaced when a statement leaves one in an unknown state."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from service.fastpath import _Connections
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def connections(pg_database: str):
+    url = make_url(pg_database).set(drivername="postgresql").render_as_string(hide_password=False)
+    made: list[_Connections] = []
+
+    def make(size: int) -> _Connections:
+        made.append(_Connections(url, {"application_name": "vouchers-test-fastpath"}, size))
+        return made[-1]
+
+    yield make
+    for connections in made:
+        await connections.close()
+
+
+async def _pid(connections: _Connections) -> int:
+    async with connections.lend() as connection:
+        return await connection.fetchval("SELECT pg_backend_pid()")
+
+
+async def test_connections_are_lent_one_at_a_time_and_kept(connections) -> None:
+    two = connections(2)
+    busy = 0
+    most = 0
+
+    async def statement() -> int:
+        nonlocal busy, most
+        async with two.lend() as connection:
+            busy += 1
+            most = max(most, busy)
+            pid = await connection.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.01)")
+            busy -= 1
+            return pid
+
+    pids = await asyncio.gather(*(statement() for _ in range(12)))
+    assert most == 2 and len(set(pids)) == 2
+    assert await _pid(two) in pids
+
+
+async def test_an_error_from_the_server_keeps_the_connection(connections) -> None:
+    one = connections(1)
+    before = await _pid(one)
+    with pytest.raises(asyncpg.DivisionByZeroError):
+        async with one.lend() as connection:
+            await connection.fetchval("SELECT 1 / 0")
+    assert await _pid(one) == before
+
+
+async def test_a_cancelled_statement_does_not_pass_its_connection_on(connections) -> None:
+    """A request that goes away mid-statement: the next borrower gets a connection that answers
+    at once, not one still busy with the cancelled statement."""
+    one = connections(1)
+    before = await _pid(one)
+
+    async def slow() -> None:
+        async with one.lend() as connection:
+            await connection.execute("SELECT pg_sleep(30)")
+
+    task = asyncio.create_task(slow())
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    after = await asyncio.wait_for(_pid(one), timeout=5)
+    assert after != before
+
+
+async def test_a_connection_cut_off_is_replaced(connections, pg_database: str) -> None:
+    one = connections(1)
+    before = await _pid(one)
+    admin = await asyncpg.connect(make_url(pg_database).set(drivername="postgresql")
+                                  .render_as_string(hide_password=False))
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", before)
+    finally:
+        await admin.close()
+    # The statement that meets the cut may fail (as any statement on a lost connection); the
+    # place is not lost with it.
+    try:
+        await _pid(one)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        pass
+    assert await _pid(one) != before
