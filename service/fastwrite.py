@@ -316,7 +316,7 @@ class _Redeeming:
         except _EnrolmentRefused:
             # The statement ran in autocommit: this read sees the change that stopped it.
             now = await self.rt.fast.fetchrow(_ENROLMENT_NOW_PG, *_args(_ENROLMENT_NOW_PG_NAMES,
-                                                                 {"enrolment_id": self.enrolment_id}))
+                                                                        {"enrolment_id": self.enrolment_id}))
             raise vouchers.enrolment_refusal(*now) from None
         return row[0]
 
