@@ -161,6 +161,15 @@ async def _pg_write(rt: Runtime, sql: str, args: list[Any], *, attempts: int = 5
     raise AssertionError("unreachable")
 
 
+def _answer_lost(exc: Exception) -> bool:
+    """Whether a statement that raised may have been committed all the same: the connection failed,
+    or the server ended the session, perhaps after the statement had reached it. An ERROR from the
+    server undoes a statement in autocommit, and a refusal (``vouchers_refuse``) has become a
+    domain error by now."""
+    return (isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError))
+            and getattr(exc, "severity_en", None) != "ERROR")
+
+
 async def _sqlite_write(rt: Runtime, work: Any) -> Any:
     try:
         return await rt.fast.write(work, writer_turn(rt.sessionmaker))
@@ -247,6 +256,7 @@ SELECT spent.balance_cents,
 FROM (SELECT 1 AS one) AS one
 LEFT JOIN spent ON true LEFT JOIN paid ON true
 """)
+_REDEEMED = "SELECT v.balance_cents FROM redemption r JOIN voucher v ON v.id = r.voucher_id WHERE r.id = $1"
 _SPEND_SQLITE, _PAY_SQLITE = _SPEND, _PAY.format(only_if="")
 _ENROLMENT_NOW = "SELECT status, scheme_closed_at FROM enrolment WHERE id = :enrolment_id"
 _ENROLMENT_NOW_PG, _ENROLMENT_NOW_PG_NAMES = _numbered(_ENROLMENT_NOW)
@@ -318,6 +328,15 @@ class _Redeeming:
             now = await self.rt.fast.fetchrow(_ENROLMENT_NOW_PG, *_args(_ENROLMENT_NOW_PG_NAMES,
                                                                         {"enrolment_id": self.enrolment_id}))
             raise vouchers.enrolment_refusal(*now) from None
+        except Exception as exc:
+            if not _answer_lost(exc):
+                raise
+            # Committed before its answer was lost? Then the redemption is there, and an answer of
+            # 500 would invite the coach to redeem again. (The balance is the voucher's now.)
+            written = await self.rt.fast.fetchrow(_REDEEMED, redemption_id)
+            if written is None:
+                raise
+            return written[0]
         return row[0]
 
     def on_sqlite(self, conn: sqlite3.Connection) -> tuple[int, int] | None:
@@ -657,12 +676,31 @@ async def apply(rt: Runtime, slug: str, details: applications.ApplicantDetails
         # the waiting list's applicants are nearly all): if one came free since, the statement
         # refuses and runs again with it.
         try:
-            status, waiting_count = await job.on_postgres(*ids, may_place=_place_free(scheme))
-        except _PlaceFree:
-            status, waiting_count = await job.on_postgres(*ids, may_place=True)
+            try:
+                status, waiting_count = await job.on_postgres(*ids, may_place=_place_free(scheme))
+            except _PlaceFree:
+                status, waiting_count = await job.on_postgres(*ids, may_place=True)
+        except Exception as exc:
+            if not _answer_lost(exc):
+                raise
+            # Committed before its answer was lost? Then the application is there, and an answer of
+            # 500 would have the applicant apply again, to be refused as having applied already.
+            # (Its place on the waiting list is the one it has now.)
+            state = await _state_if_written(rt, job.application["public_id"])
+            if state is None:
+                raise
+            return state
     return applications.ApplicationState(
         application_id=job.application["public_id"], scheme=scheme.slug, status=status,
         waiting_list_position=waiting_count if status == "waiting" else None, reasons=[])
+
+
+async def _state_if_written(rt: Runtime, public_id: str) -> applications.ApplicationState | None:
+    async with rt.reader() as session:
+        try:
+            return await applications.application_state(session, public_id)
+        except NotFound:
+            return None
 
 
 class _Group:

@@ -440,6 +440,55 @@ async def test_a_group_whose_commit_was_made_but_not_acknowledged_keeps_its_answ
         assert await reconcile(session) == []
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgres"])  # the driver's statements run in autocommit there
+async def test_a_statement_committed_but_not_acknowledged_gets_its_answer(rt, monkeypatch) -> None:
+    """The connection is cut off just after the database committed a redemption or an application:
+    the coach gets the redemption (a 500 would invite a second one) and the applicant their place.
+    Cut off before the database had the statement, the error stands and nothing is written."""
+    from sqlalchemy import func
+
+    from service import fastwrite
+    from service.fastpath import FastPath
+    from service.models import Application, Redemption
+    from tests.helpers import applicant
+
+    fetchrow = FastPath.fetchrow
+    cut = {"when": "after"}
+
+    async def cut_off(self, sql, *args):
+        if sql not in (fastwrite._REDEEM_PG, fastwrite._APPLY_PG):
+            return await fetchrow(self, sql, *args)
+        if cut["when"] == "after":
+            await fetchrow(self, sql, *args)
+        raise ConnectionResetError(f"connection lost {cut['when']} the statement")
+
+    scheme = await make_scheme(rt, max_places=2)
+    voucher, code = await make_voucher(rt, scheme)
+    provider, _ = await make_provider(rt, scheme)
+    monkeypatch.setattr(FastPath, "fetchrow", cut_off)
+
+    def redeem(reference: str):
+        return fastwrite.redeem(rt, code, attempts_key="lookup:test", provider_id=provider.id, category="coaching",
+                                invoice_cents=10000, reference=reference, session_date=None, recorded_by="test")
+
+    redemption, balance = await redeem("F-1")
+    assert (redemption.reference, balance) == ("F-1", voucher.value_cents - 10000)
+    granted = await fastwrite.apply(rt, "test-scheme", applicant())
+    waiting = await fastwrite.apply(rt, "test-scheme", applicant())
+    assert (granted.status, waiting.status, waiting.waiting_list_position) == ("granted", "waiting", 1)
+
+    cut["when"] = "before"
+    with pytest.raises(ConnectionResetError):
+        await redeem("F-2")
+    with pytest.raises(ConnectionResetError):
+        await fastwrite.apply(rt, "test-scheme", applicant())
+    async with rt.sessionmaker() as session:
+        assert list(await session.scalars(select(Redemption.reference))) == ["F-1"]
+        assert await session.scalar(select(func.count()).select_from(Application)) == 3
+        assert await reconcile(session) == []
+
+
 async def test_a_refusal_in_a_group_writes_the_group_again_one_by_one(rt, monkeypatch) -> None:
     """A KvK number that applies twice in one group: the group is rolled back and written one by
     one, so the second gets the refusal it would get alone and the others their places."""
