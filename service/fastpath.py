@@ -86,7 +86,7 @@ def from_sqlite_moment(value: str) -> dt.datetime:
 
 class _Connections:
     """One event loop's connections to PostgreSQL: up to ``size``, each opened when first needed,
-    lent to one coroutine at a time.
+    lent to one coroutine at a time, in order of asking.
 
     asyncpg's own pool does more on every loan than this path needs: it shields each release
     from cancellation with a task of its own, and keeps timeouts and a reset hook. Under load
@@ -99,31 +99,33 @@ class _Connections:
     def __init__(self, url: str, server_settings: dict[str, str], size: int) -> None:
         self._url = url
         self._server_settings = server_settings
-        self._free: asyncio.LifoQueue[asyncpg.Connection | None] = asyncio.LifoQueue()
-        for _ in range(size):
-            self._free.put_nowait(None)  # a place whose connection is not open yet
+        # A turn for each place; asyncio's semaphore serves waiters in order of arrival, so a
+        # request that waits for a connection is not overtaken by those that come after it.
+        self._turns = asyncio.Semaphore(size)
+        self._free: list[asyncpg.Connection | None] = [None] * size  # None: a place not opened yet
         self._open: set[asyncpg.Connection] = set()
 
     @asynccontextmanager
     async def lend(self) -> AsyncIterator[asyncpg.Connection]:
-        connection = await self._free.get()
-        try:
-            if connection is None or connection.is_closed():
-                self._open.discard(connection)
-                connection = None
-                connection = await asyncpg.connect(self._url, server_settings=self._server_settings)
-                self._open.add(connection)
-            yield connection
-        except BaseException as exc:
-            # An ERROR ends the statement (and its transaction) and leaves the session usable; a
-            # FATAL one, a lost connection or a cancelled statement leave it in no known state.
-            if connection is not None and getattr(exc, "severity_en", None) != "ERROR":
-                connection.terminate()
-                self._open.discard(connection)
-                connection = None
-            raise
-        finally:
-            self._free.put_nowait(connection)
+        async with self._turns:
+            connection = self._free.pop()  # the most recently used, whose backend is warm
+            try:
+                if connection is None or connection.is_closed():
+                    self._open.discard(connection)
+                    connection = None
+                    connection = await asyncpg.connect(self._url, server_settings=self._server_settings)
+                    self._open.add(connection)
+                yield connection
+            except BaseException as exc:
+                # An ERROR ends the statement (and its transaction) and leaves the session usable;
+                # a FATAL one, a lost connection or a cancelled statement leave it in no known state.
+                if connection is not None and getattr(exc, "severity_en", None) != "ERROR":
+                    connection.terminate()
+                    self._open.discard(connection)
+                    connection = None
+                raise
+            finally:
+                self._free.append(connection)
 
     async def close(self) -> None:
         for connection in list(self._open):

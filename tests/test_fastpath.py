@@ -52,6 +52,36 @@ async def test_connections_are_lent_one_at_a_time_and_kept(connections) -> None:
     assert await _pid(two) in pids
 
 
+async def test_connections_are_lent_in_order_of_asking(connections) -> None:
+    """A request that waits for a connection gets the next one given back, even when the request
+    giving it back asks again at once (with a plain queue it would take it back ahead of the one
+    waiting, and under load some requests waited for a second and more)."""
+    one = connections(1)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def first_then_again() -> None:
+        async with one.lend() as connection:
+            await connection.fetchval("SELECT 1")
+            order.append("first")
+            await release.wait()
+        async with one.lend():
+            order.append("first again")
+
+    async def waiting() -> None:
+        async with one.lend():
+            order.append("waiting")
+
+    first = asyncio.create_task(first_then_again())
+    while not order:
+        await asyncio.sleep(0.01)
+    second = asyncio.create_task(waiting())
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.gather(first, second)
+    assert order == ["first", "waiting", "first again"]
+
+
 async def test_an_error_from_the_server_keeps_the_connection(connections) -> None:
     one = connections(1)
     before = await _pid(one)
