@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
@@ -89,8 +89,8 @@ class _Connections:
     lent to one coroutine at a time, in order of asking.
 
     asyncpg's own pool does more on every loan than this path needs: it shields each release
-    from cancellation with a task of its own, and keeps timeouts and a reset hook. Under load
-    that doubled what a statement cost this process (BENCHMARKS.md). Nothing here sets anything
+    from cancellation with a task of its own, and keeps timeouts and a reset hook. With 16
+    statements at a time that doubled what a statement cost this process (BENCHMARKS.md). Nothing here sets anything
     on a connection, and a loan ends in the coroutine that took it, so a connection goes back as
     it is; one whose state is unknown (cancelled or cut off mid-statement) is closed instead, and
     its place opens a new one when next lent.
@@ -221,7 +221,7 @@ class FastPath:
             setattr(self._local, slot, connection)
         return connection
 
-    def connection(self) -> Any:
+    def connection(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
         """Lend this event loop's next free connection to PostgreSQL (``async with``). It is in
         autocommit; whoever borrows it sets nothing on it."""
         loop = asyncio.get_running_loop()
