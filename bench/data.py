@@ -35,7 +35,9 @@ PG_DATABASE = os.environ.get("BENCH_POSTGRES_DATABASE", "vouchers_bench")
 BIN = Path(sys.executable).parent
 
 VALUE_CENTS = 1_350_00
-REDEEM_AMOUNT = 100  # cents per redemption; the schemes have no own contribution, so the voucher pays all of it
+# Cents per redemption; the schemes have no own contribution, so the voucher pays all of it. Small,
+# so that the ten vouchers of the hot-spot run (EUR 1,350 each) last 135,000 redemptions.
+REDEEM_AMOUNT = 10
 RUSH_KVK_BASE = 20_000_000
 PROVIDERS = 10  # enrolled in the pool scheme; the spread-over-providers run uses a coach of each in turn
 RUSH_BODY = ('{"kvk_number":"{item}","company_name":"Bench BV {item}","employees":3,"postcode":"6811 AB",'

@@ -211,7 +211,7 @@ class Run:
         after = data.money_snapshot(env, ids, provider_ids)
         ok = load.count(201)
         amount = ok * data.REDEEM_AMOUNT
-        problems = []
+        problems = [] if ok == load.requests else [f"{load.requests - ok} answers not 201"]
         if before["balance"] - after["balance"] != amount:
             problems.append(f"balances fell by {before['balance'] - after['balance']}, 201 answers × amount = {amount}")
         if after["redeemed"] - before["redeemed"] != amount or after["provider"] - before["provider"] != amount:

@@ -117,9 +117,11 @@ class _Connections:
                     self._open.add(connection)
                 yield connection
             except BaseException as exc:
-                # An ERROR ends the statement (and its transaction) and leaves the session usable;
-                # a FATAL one, a lost connection or a cancelled statement leave it in no known state.
-                if connection is not None and getattr(exc, "severity_en", None) != "ERROR":
+                # An ERROR ends the statement and leaves the session usable once its transaction is
+                # rolled back; a FATAL one, a lost connection or a cancelled statement leave it in
+                # no known state.
+                if connection is not None and (getattr(exc, "severity_en", None) != "ERROR"
+                                               or connection.is_in_transaction()):
                     connection.terminate()
                     self._open.discard(connection)
                     connection = None

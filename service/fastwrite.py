@@ -17,6 +17,8 @@ So here each is a read without a lock, then one short write:
 A redemption writes: the voucher's and the enrolment's conditional UPDATEs (the rules of
 ``vouchers.redeem``; the enrolment's refuses once the scheme has closed), the redemption, its
 ledger entry, its mail and its audit entries. It does not touch the scheme's row.
+On PostgreSQL, the redemptions with one provider, like the applications to one scheme, that arrive
+while this process writes others are written together in one transaction (``_grouped``).
 An application to a first-come scheme by an eligible applicant writes: a place and a voucher's
 value taken from the scheme if both are left and nobody waits (``applications.take_place``), else
 the next waiting-list number; the application with its outcome, the voucher and its ledger entry,
@@ -37,7 +39,7 @@ import datetime as dt
 import json
 import re
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -310,7 +312,7 @@ class _Redeeming:
         redemption, entry, mail = self.rows(redemption_id, entry_id)
         who = audit.current_context()
         try:
-            row = await _pg_write(self.rt, _REDEEM_PG, _args(_REDEEM_PG_NAMES, {
+            row = await _grouped(self.rt, _REDEEMING, self.enrolment_id, _args(_REDEEM_PG_NAMES, {
                 "amount": self.amount, "voucher_id": self.voucher_id, "now": self.now,
                 "enrolment_id": self.enrolment_id, "cap": self.cap, "scheme_id": self.scheme_id,
                 "redemption_id": redemption_id, "provider_id": self.provider_id, "category": self.category,
@@ -608,7 +610,7 @@ class _Applying:
                     {"table_name": "ledger_entry", "row_id": str(entry_id),
                      "after": audit.inserted("ledger_entry", entry_id, entry)}]),
                 "granted_before": _json(granted_before), "granted_after": _json(granted_after)}
-        row = await _grouped(self.rt, self.scheme.id, _args(_APPLY_PG_NAMES, values))
+        row = await _grouped(self.rt, _APPLYING, self.scheme.id, _args(_APPLY_PG_NAMES, values))
         return row[0], row[1]
 
     def on_sqlite(self, conn: sqlite3.Connection) -> tuple[str, int | None]:
@@ -704,26 +706,37 @@ async def _state_if_written(rt: Runtime, public_id: str) -> applications.Applica
 
 
 class _Group:
-    """The applications to one scheme that this process is writing or about to write."""
+    """The writes on one row that this process is writing or about to write."""
 
     def __init__(self) -> None:
         self.queued: list[tuple[list[Any], asyncio.Future[Any]]] = []
         self.writer: asyncio.Task[None] | None = None
 
 
-_GROUPS: dict[tuple[asyncio.AbstractEventLoop, FastPath, int], _Group] = {}
+@dataclass(frozen=True, slots=True)
+class _Grouping:
+    """A statement whose writes on one row are grouped (``_grouped``)."""
+
+    alone: str
+    """The statement, written alone in autocommit by ``_pg_write``."""
+    together: Callable[[Runtime, int, list[list[Any]]], Awaitable[list[Any]]]
+    """Writes a group of two or more in one transaction and returns what each statement would
+    have answered alone; raises if any of them refused or failed."""
+
+
+_GROUPS: dict[tuple[asyncio.AbstractEventLoop, FastPath, _Grouping, int], _Group] = {}
 _GROUP_SIZE = 100
 
 
-async def _grouped(rt: Runtime, scheme_id: int, args: list[Any]) -> Any:
-    """``_pg_write(rt, _APPLY_PG, args)``, with the applications to the same scheme that arrive
-    while this process is writing others written together, in order of arrival, in one
-    transaction. Every applicant updates the scheme's row and holds it until the commit, so
-    once the places are gone the applications commit one at a time: a group commits once
-    (BENCHMARKS.md, "Measured 2026-11-30, later"). The answer is the one the statement gives
-    alone: if any statement of a group refuses or fails, the group is rolled back and written
-    one by one."""
-    key = (asyncio.get_running_loop(), rt.fast, scheme_id)
+async def _grouped(rt: Runtime, grouping: _Grouping, row_id: int, args: list[Any]) -> Any:
+    """``_pg_write(rt, grouping.alone, args)``, with the statements on the same row (a scheme's
+    for an application, an enrolment's for a redemption) that arrive while this process is writing
+    others written together, in order of arrival, in one transaction. Every such statement updates
+    that row and holds it until the commit, so under load they commit one at a time: a group
+    commits once (BENCHMARKS.md, "Measured 2026-11-30, later"). The answer is the one the
+    statement gives alone: if any statement of a group refuses or fails, the group is rolled back
+    and written one by one."""
+    key = (asyncio.get_running_loop(), rt.fast, grouping, row_id)
     group = _GROUPS.setdefault(key, _Group())
     answer = asyncio.get_running_loop().create_future()
     group.queued.append((args, answer))
@@ -733,10 +746,11 @@ async def _grouped(rt: Runtime, scheme_id: int, args: list[Any]) -> Any:
     return await answer
 
 
-async def _write_groups(rt: Runtime, key: tuple[asyncio.AbstractEventLoop, FastPath, int], group: _Group) -> None:
+async def _write_groups(rt: Runtime, key: tuple[asyncio.AbstractEventLoop, FastPath, _Grouping, int],
+                        group: _Group) -> None:
     """The group's writer: takes what has queued, up to ``_GROUP_SIZE``, and writes it, until
     nothing is queued."""
-    scheme_id = key[2]
+    grouping, row_id = key[2], key[3]
     batch: list[tuple[list[Any], asyncio.Future[Any]]] = []
     try:
         while group.queued:
@@ -744,12 +758,12 @@ async def _write_groups(rt: Runtime, key: tuple[asyncio.AbstractEventLoop, FastP
             rows: list[Any] | None = None
             if len(batch) > 1:
                 try:
-                    rows = await _write_group(rt, scheme_id, [args for args, _ in batch])
+                    rows = await grouping.together(rt, row_id, [args for args, _ in batch])
                 except Exception:  # a refusal, a deadlock, a lost connection: one by one, as alone
                     rows = None
             for n, (args, answer) in enumerate(batch):
                 try:
-                    row = rows[n] if rows is not None else await _pg_write(rt, _APPLY_PG, args)
+                    row = rows[n] if rows is not None else await _pg_write(rt, grouping.alone, args)
                 except Exception as exc:
                     if not answer.done():
                         answer.set_exception(exc)
@@ -766,43 +780,70 @@ async def _write_groups(rt: Runtime, key: tuple[asyncio.AbstractEventLoop, FastP
 
 
 _PUBLIC_ID = _APPLY_PG_NAMES.index("public_id")
-_GROUP_OUTCOME = """SELECT a.public_id, a.status, s.waiting_count FROM application a JOIN scheme s ON s.id = a.scheme_id
-    WHERE s.id = $1 AND a.public_id = ANY($2::text[])"""
 
 
-async def _write_group(rt: Runtime, scheme_id: int, group: list[list[Any]]) -> list[tuple[str, int | None]]:
-    """The statements of a group in one transaction, sent together (asyncpg's ``executemany``
+async def _write_applications(rt: Runtime, scheme_id: int, group: list[list[Any]]) -> list[Any]:
+    """The statements of a group in one transaction, sent together (asyncpg's ``fetchmany``
     does not wait for one answer before sending the next: the scheme's row stays locked for the
-    database's work, not for this process's turns of the event loop). What each statement would
-    have answered is read back: the status, and for the waiting the list's length just after
-    they joined it (the group's statements ran in order, and nobody else changed the row)."""
-    outcomes: list[tuple[str, int | None]] | None = None
+    database's work, not for this process's turns of the event loop). Each statement answers what
+    it would alone: they ran in order, and nobody else changed the row in between."""
     try:
-        async with rt.fast.connection() as conn, conn.transaction():
-            await conn.executemany(_APPLY_PG, group)
-            read = await conn.fetch(_GROUP_OUTCOME, scheme_id, [args[_PUBLIC_ID] for args in group])
-            # Worked out before the commit: anything unexpected rolls the group back.
-            status = {public_id: state for public_id, state, _ in read}
-            waiting = read[0][2] if read else 0
-            answers: list[tuple[str, int | None]] = []
-            for args in reversed(group):
-                if status[args[_PUBLIC_ID]] == "waiting":
-                    answers.append(("waiting", waiting))
-                    waiting -= 1
-                else:
-                    answers.append((status[args[_PUBLIC_ID]], None))
-            outcomes = answers[::-1]
-    except Exception:
-        # With the answers worked out, it failed at the commit: if the connection was cut off after
-        # the database had committed, writing the group again would refuse every applicant as
-        # having applied already. The group is all or nothing, so one applicant tells.
-        if outcomes is not None and await rt.fast.fetchrow(_APPLIED, group[0][_PUBLIC_ID]) is not None:
-            return outcomes
-        raise
-    return outcomes
+        async with rt.fast.connection() as conn:
+            # One round trip: the statements and a single Sync, which commits them together
+            # (asyncpg's ``fetchmany`` is all or nothing outside a transaction).
+            return await conn.fetchmany(_APPLY_PG, group)
+    except Exception as exc:
+        # Cut off, the group may have been committed all the same, and writing it again would
+        # refuse every applicant as having applied already. The group is all or nothing, so one
+        # applicant tells; each then gets their state now, as when alone (``apply``).
+        if not _answer_lost(exc) or await rt.fast.fetchrow(_APPLIED, group[0][_PUBLIC_ID]) is None:
+            raise
+        states = [await _state_if_written(rt, args[_PUBLIC_ID]) for args in group]
+        return [(state.status, state.waiting_list_position) for state in states]
 
 
 _APPLIED = "SELECT 1 FROM application WHERE public_id = $1"
+
+_VOUCHER_ID, _REDEMPTION_ID = _REDEEM_PG_NAMES.index("voucher_id"), _REDEEM_PG_NAMES.index("redemption_id")
+# Every voucher of the group before the enrolment: each statement locks its voucher, then the
+# enrolment, and the group must not hold the enrolment while it waits for a voucher that someone
+# holds who waits for the enrolment (``service.vouchers``' order). In the order of their ids, so
+# two groups never wait for each other's vouchers.
+# With BEGIN in one message (ids are integers from the database's own rows).
+_LOCK_VOUCHERS = "BEGIN; SELECT FROM voucher WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE"
+
+
+async def _write_redemptions(rt: Runtime, enrolment_id: int, group: list[list[Any]]) -> list[Any]:
+    """The redemptions of a group in one transaction, as ``_write_applications`` writes
+    applications. A redemption the voucher refused wrote nothing and answers None, as alone; the
+    enrolment's refusal raises."""
+    answers: list[Any] | None = None
+    try:
+        async with rt.fast.connection() as conn:
+            try:
+                await conn.execute(_LOCK_VOUCHERS.format(",".join(str(int(args[_VOUCHER_ID])) for args in group)))
+                answers = await conn.fetchmany(_REDEEM_PG, group)
+                await conn.execute("COMMIT")
+            except asyncpg.PostgresError:
+                if conn.is_in_transaction():
+                    await conn.execute("ROLLBACK")
+                raise
+    except Exception:
+        # As for applications: cut off after the commit, the redemptions are there, and each
+        # written again alone would fail on its redemption's id (the voucher's UPDATE undone with
+        # it), a 500 inviting the coach to redeem a second time.
+        if answers is not None:
+            written = [args[_REDEMPTION_ID] for args, answer in zip(group, answers, strict=True)
+                       if answer[0] is not None]
+            if written and await rt.fast.fetchrow(_ANY_REDEEMED, written) is not None:
+                return answers
+        raise
+    return answers
+
+
+_ANY_REDEEMED = "SELECT 1 FROM redemption WHERE id = ANY($1::bigint[]) LIMIT 1"
+_APPLYING = _Grouping(alone=_APPLY_PG, together=_write_applications)
+_REDEEMING = _Grouping(alone=_REDEEM_PG, together=_write_redemptions)
 
 
 def _place_free(scheme: Scheme) -> bool:

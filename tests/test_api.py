@@ -350,12 +350,13 @@ async def test_driver_application_writes_what_the_session_path_writes(client, rt
         assert await reconcile(session) == []
 
 
-async def _applications_behind_one(rt, monkeypatch, kvks: list[str]) -> tuple[list, int]:
-    """Apply with ``kvks[0]`` and, while the driver writes that one, with the rest; returns the
-    answers (or refusals) in that order and how many statements were written one by one."""
+async def _behind_one(rt, monkeypatch, start: list) -> tuple[list, int]:
+    """Start the first write of ``start`` (functions that start a task each) and, while the driver
+    writes it, the rest; returns their answers (or refusals) in that order and how many statements
+    were written one by one. On PostgreSQL the rest queue as one group."""
     import asyncio
 
-    from service import applications, fastwrite
+    from service import fastwrite
 
     alone: list[object] = []
     release = asyncio.Event()
@@ -369,11 +370,6 @@ async def _applications_behind_one(rt, monkeypatch, kvks: list[str]) -> tuple[li
 
     monkeypatch.setattr(fastwrite, "_pg_write", held_first)
 
-    def apply(kvk: str):
-        return asyncio.create_task(fastwrite.apply(rt, "test-scheme", applications.ApplicantDetails(
-            kvk_number=kvk, company_name="Firma", employees=2, postcode="6811 AB", contact_name="Naam",
-            email="firma@example.org")))
-
     async def until(condition, what: str) -> None:
         for _ in range(1000):
             if condition():
@@ -381,15 +377,30 @@ async def _applications_behind_one(rt, monkeypatch, kvks: list[str]) -> tuple[li
             await asyncio.sleep(0.01)
         raise AssertionError(what)
 
-    tasks = [apply(kvks[0])]
+    tasks = [start[0]()]
     if not rt.settings.is_sqlite:
-        await until(lambda: len(alone) == 1, "the first application was not written")
-    tasks += [apply(kvk) for kvk in kvks[1:]]
-    if not rt.settings.is_sqlite:
-        await until(lambda: sum(len(g.queued) for g in fastwrite._GROUPS.values()) == len(kvks) - 1,
-                    "the applications did not queue behind the first")
+        await until(lambda: len(alone) == 1, "the first write did not start")
+    for n, begin in enumerate(start[1:], 1):  # one after the other, so the group's order is theirs
+        tasks.append(begin())
+        if not rt.settings.is_sqlite:
+            await until(lambda n=n: sum(len(g.queued) for g in fastwrite._GROUPS.values()) == n,
+                        "the writes did not queue behind the first")
     release.set()
     return await asyncio.gather(*tasks, return_exceptions=True), len(alone)
+
+
+async def _applications_behind_one(rt, monkeypatch, kvks: list[str]) -> tuple[list, int]:
+    """``_behind_one`` with applications to the test scheme by these KvK numbers."""
+    import asyncio
+
+    from service import applications, fastwrite
+
+    def apply(kvk: str):
+        return lambda: asyncio.create_task(fastwrite.apply(rt, "test-scheme", applications.ApplicantDetails(
+            kvk_number=kvk, company_name="Firma", employees=2, postcode="6811 AB", contact_name="Naam",
+            email="firma@example.org")))
+
+    return await _behind_one(rt, monkeypatch, [apply(kvk) for kvk in kvks])
 
 
 async def test_applications_arriving_together_are_written_in_one_transaction(rt, monkeypatch) -> None:
@@ -415,28 +426,159 @@ async def test_applications_arriving_together_are_written_in_one_transaction(rt,
 @pytest.mark.postgres
 @pytest.mark.parametrize("backend", ["postgres"])  # groups are written on PostgreSQL only
 async def test_a_group_whose_commit_was_made_but_not_acknowledged_keeps_its_answers(rt, monkeypatch) -> None:
-    """The connection is cut off just after the database committed a group: the applicants get
-    the places and positions the group gave them, not a refusal from writing them again."""
-    from asyncpg.transaction import Transaction
+    """The connection is cut off just after the database committed a group (its statements and
+    their commit are one message): the applicants get the places and positions the group gave
+    them, not a refusal from writing them again."""
+    from asyncpg import Connection
 
     from tests.helpers import next_kvk
 
-    commit = Transaction.__aexit__
+    fetchmany = Connection.fetchmany
+    cut: list[int] = []
 
-    async def committed_then_cut_off(self, *exc):
-        await commit(self, *exc)
-        if exc[0] is None:
-            raise ConnectionResetError("connection lost after the commit")
+    async def committed_then_cut_off(self, query, args, **kw):
+        await fetchmany(self, query, args, **kw)
+        cut.append(len(args))
+        raise ConnectionResetError("connection lost after the commit")
 
-    monkeypatch.setattr(Transaction, "__aexit__", committed_then_cut_off)
+    monkeypatch.setattr(Connection, "fetchmany", committed_then_cut_off)
     await make_scheme(rt, max_places=2)
     answers, alone = await _applications_behind_one(rt, monkeypatch, [next_kvk() for _ in range(5)])
-    assert alone == 1
+    assert alone == 1 and cut == [4]
     assert sorted(a.status for a in answers) == ["granted"] * 2 + ["waiting"] * 3, answers
     assert sorted(a.waiting_list_position for a in answers if a.status == "waiting") == [1, 2, 3]
     async with rt.sessionmaker() as session:
         scheme = await session.scalar(select(Scheme))
         assert (scheme.places_used, scheme.waiting_count) == (2, 3)
+        assert await reconcile(session) == []
+
+
+async def _redemptions_behind_one(rt, monkeypatch, provider, redemptions: list[tuple[str, int]]
+                                  ) -> tuple[list, int]:
+    """``_behind_one`` with redemptions by ``provider``: (code, invoice in cents) each."""
+    import asyncio
+
+    from service import fastwrite
+
+    def redeem(n: int, code: str, cents: int):
+        return lambda: asyncio.create_task(fastwrite.redeem(
+            rt, code, attempts_key="lookup:test", provider_id=provider.id, category="coaching",
+            invoice_cents=cents, reference=f"F-{n}", session_date=None, recorded_by="test"))
+
+    return await _behind_one(rt, monkeypatch, [redeem(n, code, cents) for n, (code, cents) in enumerate(redemptions)])
+
+
+async def test_redemptions_arriving_together_are_written_in_one_transaction(rt, monkeypatch) -> None:
+    """On PostgreSQL, the redemptions with one provider that arrive while the driver writes
+    another are written together, in one transaction. Each answer is the one it would get alone:
+    the voucher's balance just after it (one voucher twice in the group), or the voucher's
+    refusal, which does not stop the others."""
+    from service.errors import Refused
+    from service.models import Redemption
+
+    scheme = await make_scheme(rt)
+    (v1, c1), (v2, c2) = await make_voucher(rt, scheme), await make_voucher(rt, scheme)
+    provider, _ = await make_provider(rt, scheme)
+    value = scheme.value_cents
+    answers, alone = await _redemptions_behind_one(rt, monkeypatch, provider, [
+        (c1, 10_000), (c1, 20_000), (c2, 30_000), (c1, 40_000), (c1, value), (c2, 5_000)])
+    assert alone == (0 if rt.settings.is_sqlite else 1)
+    refused = answers.pop(4)
+    assert isinstance(refused, Refused) and refused.code == "insufficient-balance"
+    assert [(r.reference, balance) for r, balance in answers] == [
+        ("F-0", value - 10_000), ("F-1", value - 30_000), ("F-2", value - 30_000), ("F-3", value - 70_000),
+        ("F-5", value - 35_000)]
+    async with rt.sessionmaker() as session:
+        stored = {r.id: r.reference for r in await session.scalars(select(Redemption))}
+        assert {r.id: r.reference for r, _ in answers} == stored
+        assert [(await session.get(Voucher, v.id)).balance_cents for v in (v1, v2)] == [value - 70_000,
+                                                                                         value - 35_000]
+        assert await reconcile(session) == []
+
+
+async def test_a_provider_cap_reached_in_a_group_writes_the_group_again_one_by_one(rt, monkeypatch) -> None:
+    """The enrolment refuses a redemption of a group (the provider's cap): the group is rolled
+    back and written one by one, so the redemptions before it are made and it is refused."""
+    from service.errors import Refused
+    from service.models import Enrolment
+
+    scheme = await make_scheme(rt, provider_cap_cents=50_000)
+    codes = [(await make_voucher(rt, scheme))[1] for _ in range(3)]
+    provider, _ = await make_provider(rt, scheme)
+    answers, alone = await _redemptions_behind_one(rt, monkeypatch, provider, [
+        (codes[0], 10_000), (codes[1], 20_000), (codes[2], 20_000), (codes[0], 10_000), (codes[1], 5_000)])
+    assert alone == (0 if rt.settings.is_sqlite else 1 + 4)
+    assert [a[0].reference for a in answers[:3]] == ["F-0", "F-1", "F-2"]
+    assert all(isinstance(a, Refused) and a.code == "provider-cap-reached" for a in answers[3:]), answers
+    async with rt.sessionmaker() as session:
+        assert (await session.scalar(select(Enrolment))).received_cents == 50_000
+        assert await reconcile(session) == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgres"])  # groups are written on PostgreSQL only
+async def test_a_group_of_redemptions_waits_for_its_vouchers_before_the_enrolment(rt, monkeypatch) -> None:
+    """A transaction holds a voucher of a group, then updates the enrolment, as every redemption
+    does: the group waits for that voucher without holding the enrolment, so neither deadlocks
+    (a deadlock would roll the group back and write it one by one)."""
+    import asyncio
+
+    from sqlalchemy import text
+
+    from service.models import Enrolment
+
+    scheme = await make_scheme(rt)
+    made = [await make_voucher(rt, scheme) for _ in range(3)]
+    provider, _ = await make_provider(rt, scheme)
+    async with rt.sessionmaker() as other, other.begin():
+        await other.execute(select(Voucher.id).where(Voucher.id == made[2][0].id).with_for_update())
+        group = asyncio.create_task(_redemptions_behind_one(
+            rt, monkeypatch, provider, [(code, 10_000) for _, code in made]))
+        async with rt.sessionmaker() as watcher:
+            for _ in range(500):
+                waiting = await watcher.scalar(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()"))
+                if waiting or group.done():
+                    break
+                await asyncio.sleep(0.01)
+        assert waiting == 1, "the group did not wait for the voucher"
+        await other.execute(update(Enrolment).values(received_cents=Enrolment.received_cents))
+    answers, alone = await group
+    assert alone == 1 and [balance for _, balance in answers] == [scheme.value_cents - 10_000] * 3, answers
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgres"])  # groups are written on PostgreSQL only
+async def test_a_group_of_redemptions_committed_but_not_acknowledged_keeps_its_answers(rt, monkeypatch) -> None:
+    """The connection is cut off just after the database committed a group of redemptions: the
+    coaches get their redemptions; written again they would fail on their ids, a 500 inviting a
+    second redemption."""
+    from asyncpg import Connection
+
+    from service.models import Redemption
+
+    execute = Connection.execute
+    cut: list[str] = []
+
+    async def committed_then_cut_off(self, query, *args, **kw):
+        answer = await execute(self, query, *args, **kw)
+        if query == "COMMIT":
+            cut.append(query)
+            raise ConnectionResetError("connection lost after the commit")
+        return answer
+
+    scheme = await make_scheme(rt)
+    codes = [(await make_voucher(rt, scheme))[1] for _ in range(2)]
+    provider, _ = await make_provider(rt, scheme)
+    monkeypatch.setattr(Connection, "execute", committed_then_cut_off)
+    answers, alone = await _redemptions_behind_one(rt, monkeypatch, provider, [
+        (codes[0], 10_000), (codes[1], 10_000), (codes[0], 10_000), (codes[1], 10_000)])
+    assert alone == 1 and cut == ["COMMIT"]
+    value = scheme.value_cents
+    assert [balance for _, balance in answers] == [value - 10_000, value - 10_000, value - 20_000, value - 20_000]
+    async with rt.sessionmaker() as session:
+        assert sorted(await session.scalars(select(Redemption.reference))) == ["F-0", "F-1", "F-2", "F-3"]
         assert await reconcile(session) == []
 
 

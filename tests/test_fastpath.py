@@ -91,6 +91,20 @@ async def test_an_error_from_the_server_keeps_the_connection(connections) -> Non
     assert await _pid(one) == before
 
 
+async def test_an_error_in_a_transaction_left_open_does_not_pass_its_connection_on(connections) -> None:
+    """The borrower began a transaction and an ERROR ended the loan before it was rolled back:
+    the next borrower must not inherit the failed transaction."""
+    one = connections(1)
+    before = await _pid(one)
+    with pytest.raises(asyncpg.DivisionByZeroError):
+        async with one.lend() as connection:
+            await connection.execute("BEGIN")
+            await connection.fetchval("SELECT 1 / 0")
+    async with one.lend() as connection:
+        assert not connection.is_in_transaction()
+        assert await connection.fetchval("SELECT pg_backend_pid()") != before
+
+
 async def test_a_cancelled_statement_does_not_pass_its_connection_on(connections) -> None:
     """A request that goes away mid-statement: the next borrower gets a connection that answers
     at once, not one still busy with the cancelled statement."""
