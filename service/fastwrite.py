@@ -17,8 +17,8 @@ So here each is a read without a lock, then one short write:
 A redemption writes: the voucher's and the enrolment's conditional UPDATEs (the rules of
 ``vouchers.redeem``; the enrolment's refuses once the scheme has closed), the redemption, its
 ledger entry, its mail and its audit entries. It does not touch the scheme's row.
-On PostgreSQL, the redemptions with one provider, like the applications to one scheme, that arrive
-while this process writes others are written together in one transaction (``_grouped``).
+On PostgreSQL, the redemptions of a scheme, like its applications, that arrive while this process
+writes others are written together in one transaction (``_grouped``).
 An application to a first-come scheme by an eligible applicant writes: a place and a voucher's
 value taken from the scheme if both are left and nobody waits (``applications.take_place``), else
 the next waiting-list number; the application with its outcome, the voucher and its ledger entry,
@@ -312,7 +312,7 @@ class _Redeeming:
         redemption, entry, mail = self.rows(redemption_id, entry_id)
         who = audit.current_context()
         try:
-            row = await _grouped(self.rt, _REDEEMING, self.enrolment_id, _args(_REDEEM_PG_NAMES, {
+            row = await _grouped(self.rt, _REDEEMING, self.scheme_id, _args(_REDEEM_PG_NAMES, {
                 "amount": self.amount, "voucher_id": self.voucher_id, "now": self.now,
                 "enrolment_id": self.enrolment_id, "cap": self.cap, "scheme_id": self.scheme_id,
                 "redemption_id": redemption_id, "provider_id": self.provider_id, "category": self.category,
@@ -706,7 +706,7 @@ async def _state_if_written(rt: Runtime, public_id: str) -> applications.Applica
 
 
 class _Group:
-    """The writes on one row that this process is writing or about to write."""
+    """The writes to one scheme that this process is writing or about to write."""
 
     def __init__(self) -> None:
         self.queued: list[tuple[list[Any], asyncio.Future[Any]]] = []
@@ -715,7 +715,7 @@ class _Group:
 
 @dataclass(frozen=True, slots=True)
 class _Grouping:
-    """A statement whose writes on one row are grouped (``_grouped``)."""
+    """A statement whose writes to one scheme are grouped (``_grouped``)."""
 
     alone: str
     """The statement, written alone in autocommit by ``_pg_write``."""
@@ -728,15 +728,15 @@ _GROUPS: dict[tuple[asyncio.AbstractEventLoop, FastPath, _Grouping, int], _Group
 _GROUP_SIZE = 100
 
 
-async def _grouped(rt: Runtime, grouping: _Grouping, row_id: int, args: list[Any]) -> Any:
-    """``_pg_write(rt, grouping.alone, args)``, with the statements on the same row (a scheme's
-    for an application, an enrolment's for a redemption) that arrive while this process is writing
-    others written together, in order of arrival, in one transaction. Every such statement updates
-    that row and holds it until the commit, so under load they commit one at a time: a group
+async def _grouped(rt: Runtime, grouping: _Grouping, scheme_id: int, args: list[Any]) -> Any:
+    """``_pg_write(rt, grouping.alone, args)``, with the statements of the same scheme that arrive
+    while this process is writing others written together, in order of arrival, in one
+    transaction. Every application updates the scheme's row, and every redemption its provider's
+    enrolment, and holds it until the commit, so under load they commit one at a time: a group
     commits once (BENCHMARKS.md, "Measured 2026-11-30, later"). The answer is the one the
     statement gives alone: if any statement of a group refuses or fails, the group is rolled back
     and written one by one."""
-    key = (asyncio.get_running_loop(), rt.fast, grouping, row_id)
+    key = (asyncio.get_running_loop(), rt.fast, grouping, scheme_id)
     group = _GROUPS.setdefault(key, _Group())
     answer = asyncio.get_running_loop().create_future()
     group.queued.append((args, answer))
@@ -750,7 +750,7 @@ async def _write_groups(rt: Runtime, key: tuple[asyncio.AbstractEventLoop, FastP
                         group: _Group) -> None:
     """The group's writer: takes what has queued, up to ``_GROUP_SIZE``, and writes it, until
     nothing is queued."""
-    grouping, row_id = key[2], key[3]
+    grouping, scheme_id = key[2], key[3]
     batch: list[tuple[list[Any], asyncio.Future[Any]]] = []
     try:
         while group.queued:
@@ -758,7 +758,7 @@ async def _write_groups(rt: Runtime, key: tuple[asyncio.AbstractEventLoop, FastP
             rows: list[Any] | None = None
             if len(batch) > 1:
                 try:
-                    rows = await grouping.together(rt, row_id, [args for args, _ in batch])
+                    rows = await grouping.together(rt, scheme_id, [args for args, _ in batch])
                 except Exception:  # a refusal, a deadlock, a lost connection: one by one, as alone
                     rows = None
             for n, (args, answer) in enumerate(batch):
@@ -804,24 +804,30 @@ async def _write_applications(rt: Runtime, scheme_id: int, group: list[list[Any]
 
 _APPLIED = "SELECT 1 FROM application WHERE public_id = $1"
 
-_VOUCHER_ID, _REDEMPTION_ID = _REDEEM_PG_NAMES.index("voucher_id"), _REDEEM_PG_NAMES.index("redemption_id")
-# Every voucher of the group before the enrolment: each statement locks its voucher, then the
-# enrolment, and the group must not hold the enrolment while it waits for a voucher that someone
-# holds who waits for the enrolment (``service.vouchers``' order). In the order of their ids, so
-# two groups never wait for each other's vouchers.
-# With BEGIN in one message (ids are integers from the database's own rows).
-_LOCK_VOUCHERS = "BEGIN; SELECT FROM voucher WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE"
+_VOUCHER_ID, _ENROLMENT_ID, _REDEMPTION_ID = (_REDEEM_PG_NAMES.index(name)
+                                              for name in ("voucher_id", "enrolment_id", "redemption_id"))
+# A group's locks before its statements: each statement locks its voucher, then its provider's
+# enrolment, and the group must not hold an enrolment while it waits for a row that someone holds
+# who waits for that enrolment. So first every voucher, then every enrolment (``service.vouchers``'
+# order), each kind in the order of the ids, as ``close_scheme`` locks the enrolments: two writers
+# that lock in one order never wait for each other in a circle. With BEGIN in one message (the ids
+# are integers from the database's own rows).
+_LOCK_ROWS = ("BEGIN; SELECT FROM voucher WHERE id IN ({vouchers}) ORDER BY id FOR NO KEY UPDATE;"
+              " SELECT FROM enrolment WHERE id IN ({enrolments}) ORDER BY id FOR NO KEY UPDATE")
 
 
-async def _write_redemptions(rt: Runtime, enrolment_id: int, group: list[list[Any]]) -> list[Any]:
+async def _write_redemptions(rt: Runtime, scheme_id: int, group: list[list[Any]]) -> list[Any]:
     """The redemptions of a group in one transaction, as ``_write_applications`` writes
-    applications. A redemption the voucher refused wrote nothing and answers None, as alone; the
+    applications; grouped by scheme, not by provider, so that the coaches of many providers share
+    a commit too. A redemption the voucher refused wrote nothing and answers None, as alone; an
     enrolment's refusal raises."""
     answers: list[Any] | None = None
     try:
         async with rt.fast.connection() as conn:
             try:
-                await conn.execute(_LOCK_VOUCHERS.format(",".join(str(int(args[_VOUCHER_ID])) for args in group)))
+                await conn.execute(_LOCK_ROWS.format(
+                    vouchers=",".join(str(int(args[_VOUCHER_ID])) for args in group),
+                    enrolments=",".join(str(int(args[_ENROLMENT_ID])) for args in group)))
                 answers = await conn.fetchmany(_REDEEM_PG, group)
                 await conn.execute("COMMIT")
             except asyncpg.PostgresError:

@@ -453,35 +453,36 @@ async def test_a_group_whose_commit_was_made_but_not_acknowledged_keeps_its_answ
         assert await reconcile(session) == []
 
 
-async def _redemptions_behind_one(rt, monkeypatch, provider, redemptions: list[tuple[str, int]]
-                                  ) -> tuple[list, int]:
-    """``_behind_one`` with redemptions by ``provider``: (code, invoice in cents) each."""
+async def _redemptions_behind_one(rt, monkeypatch, provider, redemptions: list[tuple]) -> tuple[list, int]:
+    """``_behind_one`` with redemptions, each (code, invoice in cents) by ``provider``, or (code,
+    invoice in cents, provider); their references are F-0, F-1, …"""
     import asyncio
 
     from service import fastwrite
 
-    def redeem(n: int, code: str, cents: int):
+    def redeem(n: int, code: str, cents: int, by=provider):
         return lambda: asyncio.create_task(fastwrite.redeem(
-            rt, code, attempts_key="lookup:test", provider_id=provider.id, category="coaching",
+            rt, code, attempts_key="lookup:test", provider_id=by.id, category="coaching",
             invoice_cents=cents, reference=f"F-{n}", session_date=None, recorded_by="test"))
 
-    return await _behind_one(rt, monkeypatch, [redeem(n, code, cents) for n, (code, cents) in enumerate(redemptions)])
+    return await _behind_one(rt, monkeypatch, [redeem(n, *r) for n, r in enumerate(redemptions)])
 
 
 async def test_redemptions_arriving_together_are_written_in_one_transaction(rt, monkeypatch) -> None:
-    """On PostgreSQL, the redemptions with one provider that arrive while the driver writes
-    another are written together, in one transaction. Each answer is the one it would get alone:
-    the voucher's balance just after it (one voucher twice in the group), or the voucher's
-    refusal, which does not stop the others."""
+    """On PostgreSQL, the redemptions of a scheme that arrive while the driver writes another are
+    written together, in one transaction, whichever provider's. Each answer is the one it would
+    get alone: the voucher's balance just after it (one voucher twice in the group), or the
+    voucher's refusal, which does not stop the others."""
     from service.errors import Refused
-    from service.models import Redemption
+    from service.models import Enrolment, Redemption
 
     scheme = await make_scheme(rt)
     (v1, c1), (v2, c2) = await make_voucher(rt, scheme), await make_voucher(rt, scheme)
     provider, _ = await make_provider(rt, scheme)
+    other, _ = await make_provider(rt, scheme, name="Andere Coach")
     value = scheme.value_cents
     answers, alone = await _redemptions_behind_one(rt, monkeypatch, provider, [
-        (c1, 10_000), (c1, 20_000), (c2, 30_000), (c1, 40_000), (c1, value), (c2, 5_000)])
+        (c1, 10_000), (c1, 20_000, other), (c2, 30_000), (c1, 40_000, other), (c1, value), (c2, 5_000)])
     assert alone == (0 if rt.settings.is_sqlite else 1)
     refused = answers.pop(4)
     assert isinstance(refused, Refused) and refused.code == "insufficient-balance"
@@ -493,6 +494,8 @@ async def test_redemptions_arriving_together_are_written_in_one_transaction(rt, 
         assert {r.id: r.reference for r, _ in answers} == stored
         assert [(await session.get(Voucher, v.id)).balance_cents for v in (v1, v2)] == [value - 70_000,
                                                                                          value - 35_000]
+        received = {e.provider_id: e.received_cents for e in await session.scalars(select(Enrolment))}
+        assert received == {provider.id: 45_000, other.id: 60_000}
         assert await reconcile(session) == []
 
 
@@ -515,6 +518,21 @@ async def test_a_provider_cap_reached_in_a_group_writes_the_group_again_one_by_o
         assert await reconcile(session) == []
 
 
+async def _until_one_waits_for_a_lock(rt, task) -> None:
+    import asyncio
+
+    from sqlalchemy import text
+
+    async with rt.sessionmaker() as watcher:
+        for _ in range(500):
+            waiting = await watcher.scalar(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"))
+            if waiting or task.done():
+                break
+            await asyncio.sleep(0.01)
+    assert waiting == 1, "the group did not wait for the row"
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("backend", ["postgres"])  # groups are written on PostgreSQL only
 async def test_a_group_of_redemptions_waits_for_its_vouchers_before_the_enrolment(rt, monkeypatch) -> None:
@@ -522,8 +540,6 @@ async def test_a_group_of_redemptions_waits_for_its_vouchers_before_the_enrolmen
     does: the group waits for that voucher without holding the enrolment, so neither deadlocks
     (a deadlock would roll the group back and write it one by one)."""
     import asyncio
-
-    from sqlalchemy import text
 
     from service.models import Enrolment
 
@@ -534,16 +550,36 @@ async def test_a_group_of_redemptions_waits_for_its_vouchers_before_the_enrolmen
         await other.execute(select(Voucher.id).where(Voucher.id == made[2][0].id).with_for_update())
         group = asyncio.create_task(_redemptions_behind_one(
             rt, monkeypatch, provider, [(code, 10_000) for _, code in made]))
-        async with rt.sessionmaker() as watcher:
-            for _ in range(500):
-                waiting = await watcher.scalar(text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND datname = current_database()"))
-                if waiting or group.done():
-                    break
-                await asyncio.sleep(0.01)
-        assert waiting == 1, "the group did not wait for the voucher"
+        await _until_one_waits_for_a_lock(rt, group)
         await other.execute(update(Enrolment).values(received_cents=Enrolment.received_cents))
+    answers, alone = await group
+    assert alone == 1 and [balance for _, balance in answers] == [scheme.value_cents - 10_000] * 3, answers
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgres"])  # groups are written on PostgreSQL only
+async def test_a_group_of_redemptions_locks_the_enrolments_in_the_order_a_close_does(rt, monkeypatch) -> None:
+    """Closing a scheme locks its enrolments in the order of their ids; a group with redemptions
+    of two providers, the later enrolment's first, waits for the earlier one before it locks the
+    later, so the two do not deadlock. (The first redemption, written alone while the group
+    forms, is a third provider's.)"""
+    import asyncio
+
+    from service.models import Enrolment
+
+    scheme = await make_scheme(rt)
+    made = [await make_voucher(rt, scheme) for _ in range(3)]
+    first, _ = await make_provider(rt, scheme)
+    second, _ = await make_provider(rt, scheme, name="Andere Coach")
+    third, _ = await make_provider(rt, scheme, name="Derde Coach")
+    async with rt.sessionmaker() as session:
+        enrolments = list(await session.scalars(select(Enrolment.id).order_by(Enrolment.id)))
+    async with rt.sessionmaker() as closing, closing.begin():
+        await closing.execute(select(Enrolment.id).where(Enrolment.id == enrolments[0]).with_for_update())
+        group = asyncio.create_task(_redemptions_behind_one(rt, monkeypatch, third, [
+            (made[0][1], 10_000), (made[1][1], 10_000, second), (made[2][1], 10_000, first)]))
+        await _until_one_waits_for_a_lock(rt, group)
+        await closing.execute(select(Enrolment.id).where(Enrolment.id == enrolments[1]).with_for_update())
     answers, alone = await group
     assert alone == 1 and [balance for _, balance in answers] == [scheme.value_cents - 10_000] * 3, answers
 
