@@ -719,7 +719,7 @@ class _Grouping:
 
     alone: str
     """The statement, written alone in autocommit by ``_pg_write``."""
-    together: Callable[[Runtime, int, list[list[Any]]], Awaitable[list[Any]]]
+    together: Callable[[Runtime, list[list[Any]]], Awaitable[list[Any]]]
     """Writes a group of two or more in one transaction and returns what each statement would
     have answered alone; raises if any of them refused or failed."""
 
@@ -750,7 +750,7 @@ async def _write_groups(rt: Runtime, key: tuple[asyncio.AbstractEventLoop, FastP
                         group: _Group) -> None:
     """The group's writer: takes what has queued, up to ``_GROUP_SIZE``, and writes it, until
     nothing is queued."""
-    grouping, scheme_id = key[2], key[3]
+    grouping = key[2]
     batch: list[tuple[list[Any], asyncio.Future[Any]]] = []
     try:
         while group.queued:
@@ -758,7 +758,7 @@ async def _write_groups(rt: Runtime, key: tuple[asyncio.AbstractEventLoop, FastP
             rows: list[Any] | None = None
             if len(batch) > 1:
                 try:
-                    rows = await grouping.together(rt, scheme_id, [args for args, _ in batch])
+                    rows = await grouping.together(rt, [args for args, _ in batch])
                 except Exception:  # a refusal, a deadlock, a lost connection: one by one, as alone
                     rows = None
             for n, (args, answer) in enumerate(batch):
@@ -782,7 +782,7 @@ async def _write_groups(rt: Runtime, key: tuple[asyncio.AbstractEventLoop, FastP
 _PUBLIC_ID = _APPLY_PG_NAMES.index("public_id")
 
 
-async def _write_applications(rt: Runtime, scheme_id: int, group: list[list[Any]]) -> list[Any]:
+async def _write_applications(rt: Runtime, group: list[list[Any]]) -> list[Any]:
     """The statements of a group in one transaction, sent together (asyncpg's ``fetchmany``
     does not wait for one answer before sending the next: the scheme's row stays locked for the
     database's work, not for this process's turns of the event loop). Each statement answers what
@@ -816,7 +816,7 @@ _LOCK_ROWS = ("BEGIN; SELECT FROM voucher WHERE id IN ({vouchers}) ORDER BY id F
               " SELECT FROM enrolment WHERE id IN ({enrolments}) ORDER BY id FOR NO KEY UPDATE")
 
 
-async def _write_redemptions(rt: Runtime, scheme_id: int, group: list[list[Any]]) -> list[Any]:
+async def _write_redemptions(rt: Runtime, group: list[list[Any]]) -> list[Any]:
     """The redemptions of a group in one transaction, as ``_write_applications`` writes
     applications; grouped by scheme, not by provider, so that the coaches of many providers share
     a commit too. A redemption the voucher refused wrote nothing and answers None, as alone; an
