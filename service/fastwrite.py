@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 
-from . import applications, audit, ledger, outbox, vouchers
+from . import applications, audit, groups, ledger, outbox, vouchers
 from .db import writer_turn
 from .errors import N_, Conflict, DomainError, Forbidden, InvalidInput, NotFound, Refused
 from .fastpath import FastPath, from_sqlite_moment, sqlite_moment
@@ -312,7 +312,7 @@ class _Redeeming:
         redemption, entry, mail = self.rows(redemption_id, entry_id)
         who = audit.current_context()
         try:
-            row = await _grouped(self.rt, _REDEEMING, self.scheme_id, _args(_REDEEM_PG_NAMES, {
+            row = await _grouped(self.rt, _REDEEM_PG, self.scheme_id, _write_redemptions, _args(_REDEEM_PG_NAMES, {
                 "amount": self.amount, "voucher_id": self.voucher_id, "now": self.now,
                 "enrolment_id": self.enrolment_id, "cap": self.cap, "scheme_id": self.scheme_id,
                 "redemption_id": redemption_id, "provider_id": self.provider_id, "category": self.category,
@@ -610,7 +610,7 @@ class _Applying:
                     {"table_name": "ledger_entry", "row_id": str(entry_id),
                      "after": audit.inserted("ledger_entry", entry_id, entry)}]),
                 "granted_before": _json(granted_before), "granted_after": _json(granted_after)}
-        row = await _grouped(self.rt, _APPLYING, self.scheme.id, _args(_APPLY_PG_NAMES, values))
+        row = await _grouped(self.rt, _APPLY_PG, self.scheme.id, _write_applications, _args(_APPLY_PG_NAMES, values))
         return row[0], row[1]
 
     def on_sqlite(self, conn: sqlite3.Connection) -> tuple[str, int | None]:
@@ -705,78 +705,17 @@ async def _state_if_written(rt: Runtime, public_id: str) -> applications.Applica
             return None
 
 
-class _Group:
-    """The writes to one scheme that this process is writing or about to write."""
-
-    def __init__(self) -> None:
-        self.queued: list[tuple[list[Any], asyncio.Future[Any]]] = []
-        self.writer: asyncio.Task[None] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class _Grouping:
-    """A statement whose writes to one scheme are grouped (``_grouped``)."""
-
-    alone: str
-    """The statement, written alone in autocommit by ``_pg_write``."""
-    together: Callable[[Runtime, list[list[Any]]], Awaitable[list[Any]]]
-    """Writes a group of two or more in one transaction and returns what each statement would
-    have answered alone; raises if any of them refused or failed."""
-
-
-_GROUPS: dict[tuple[asyncio.AbstractEventLoop, FastPath, _Grouping, int], _Group] = {}
-_GROUP_SIZE = 100
-
-
-async def _grouped(rt: Runtime, grouping: _Grouping, scheme_id: int, args: list[Any]) -> Any:
-    """``_pg_write(rt, grouping.alone, args)``, with the statements of the same scheme that arrive
-    while this process is writing others written together, in order of arrival, in one
+def _grouped(rt: Runtime, sql: str, scheme_id: int,
+             together: Callable[[Runtime, list[list[Any]]], Awaitable[list[Any]]], args: list[Any]) -> Any:
+    """``_pg_write(rt, sql, args)``, with the statements of the same scheme that arrive while this
+    process is writing others written together (``groups.grouped``) by ``together``, in one
     transaction. Every application updates the scheme's row, and every redemption its provider's
     enrolment, and holds it until the commit, so under load they commit one at a time: a group
-    commits once (BENCHMARKS.md, "Measured 2026-11-30, later"). The answer is the one the
-    statement gives alone: if any statement of a group refuses or fails, the group is rolled back
-    and written one by one."""
-    key = (asyncio.get_running_loop(), rt.fast, grouping, scheme_id)
-    group = _GROUPS.setdefault(key, _Group())
-    answer = asyncio.get_running_loop().create_future()
-    group.queued.append((args, answer))
-    if group.writer is None:
-        # A task of its own: a request that goes away must not take the others' write with it.
-        group.writer = asyncio.create_task(_write_groups(rt, key, group))
-    return await answer
-
-
-async def _write_groups(rt: Runtime, key: tuple[asyncio.AbstractEventLoop, FastPath, _Grouping, int],
-                        group: _Group) -> None:
-    """The group's writer: takes what has queued, up to ``_GROUP_SIZE``, and writes it, until
-    nothing is queued."""
-    grouping = key[2]
-    batch: list[tuple[list[Any], asyncio.Future[Any]]] = []
-    try:
-        while group.queued:
-            batch, group.queued = group.queued[:_GROUP_SIZE], group.queued[_GROUP_SIZE:]
-            rows: list[Any] | None = None
-            if len(batch) > 1:
-                try:
-                    rows = await grouping.together(rt, [args for args, _ in batch])
-                except Exception:  # a refusal, a deadlock, a lost connection: one by one, as alone
-                    rows = None
-            for n, (args, answer) in enumerate(batch):
-                try:
-                    row = rows[n] if rows is not None else await _pg_write(rt, grouping.alone, args)
-                except Exception as exc:
-                    if not answer.done():
-                        answer.set_exception(exc)
-                else:
-                    if not answer.done():
-                        answer.set_result(row)
-    finally:
-        group.writer = None
-        for _, answer in batch + group.queued:  # left unanswered only if this task was cancelled
-            if not answer.done():
-                answer.cancel()
-        if _GROUPS.get(key) is group:
-            del _GROUPS[key]
+    commits once (BENCHMARKS.md, "Measured 2026-11-30, later"). ``together`` answers what each
+    statement would alone and raises if any of them refused or failed: the group is then rolled
+    back and written one by one."""
+    return groups.grouped((rt.fast, sql, scheme_id), args, lambda one: _pg_write(rt, sql, one),
+                          lambda group: together(rt, group))
 
 
 _PUBLIC_ID = _APPLY_PG_NAMES.index("public_id")
@@ -848,8 +787,6 @@ async def _write_redemptions(rt: Runtime, group: list[list[Any]]) -> list[Any]:
 
 
 _ANY_REDEEMED = "SELECT 1 FROM redemption WHERE id = ANY($1::bigint[]) LIMIT 1"
-_APPLYING = _Grouping(alone=_APPLY_PG, together=_write_applications)
-_REDEEMING = _Grouping(alone=_REDEEM_PG, together=_write_redemptions)
 
 
 def _place_free(scheme: Scheme) -> bool:

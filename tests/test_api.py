@@ -356,7 +356,7 @@ async def _behind_one(rt, monkeypatch, start: list) -> tuple[list, int]:
     were written one by one. On PostgreSQL the rest queue as one group."""
     import asyncio
 
-    from service import fastwrite
+    from service import fastwrite, groups
 
     alone: list[object] = []
     release = asyncio.Event()
@@ -383,7 +383,7 @@ async def _behind_one(rt, monkeypatch, start: list) -> tuple[list, int]:
     for n, begin in enumerate(start[1:], 1):  # one after the other, so the group's order is theirs
         tasks.append(begin())
         if not rt.settings.is_sqlite:
-            await until(lambda n=n: sum(len(g.queued) for g in fastwrite._GROUPS.values()) == n,
+            await until(lambda n=n: sum(len(g.queued) for g in groups._GROUPS.values()) == n,
                         "the writes did not queue behind the first")
     release.set()
     return await asyncio.gather(*tasks, return_exceptions=True), len(alone)
