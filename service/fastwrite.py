@@ -17,8 +17,8 @@ So here each is a read without a lock, then one short write:
 A redemption writes: the voucher's and the enrolment's conditional UPDATEs (the rules of
 ``vouchers.redeem``; the enrolment's refuses once the scheme has closed), the redemption, its
 ledger entry, its mail and its audit entries. It does not touch the scheme's row.
-On PostgreSQL, the redemptions of a scheme, like its applications, that arrive while this process
-writes others are written together in one transaction (``_grouped``).
+The redemptions of a scheme, like its applications, that arrive while this process writes others
+are written together in one transaction (``_grouped``, ``_sqlite_grouped``).
 An application to a first-come scheme by an eligible applicant writes: a place and a voucher's
 value taken from the scheme if both are left and nobody waits (``applications.take_place``), else
 the next waiting-list number; the application with its outcome, the voucher and its ledger entry,
@@ -177,6 +177,16 @@ async def _sqlite_write(rt: Runtime, work: Any) -> Any:
         return await rt.fast.write(work, writer_turn(rt.sessionmaker))
     except _Undo as undo:
         raise undo.refusal from None
+
+
+def _sqlite_grouped(rt: Runtime, kind: str, scheme_id: int, work: Callable[[sqlite3.Connection], Any]) -> Any:
+    """``_sqlite_write(rt, work)``, with the writes of the same kind and scheme that arrive while
+    this process is writing others done together (``groups.grouped``), in order of arrival, in one
+    transaction: the pages they share (the tables' last leaves, the indexes, the enrolment's or the
+    scheme's row) go to the write-ahead log once per group, not once per write. If any of them
+    refuses, the group is rolled back and written one by one."""
+    return groups.grouped((rt.fast, kind, scheme_id), work, lambda one: _sqlite_write(rt, one),
+                          lambda many: _sqlite_write(rt, lambda conn: [each(conn) for each in many]))
 
 
 # --- redemption ----------------------------------------------------------------------------------
@@ -426,7 +436,7 @@ async def redeem(
         redemption_id = ids[0]
         balance = await job.on_postgres(*ids)
     else:
-        done = await _sqlite_write(rt, job.on_sqlite)
+        done = await _sqlite_grouped(rt, "redeem", scheme_id, job.on_sqlite)
         redemption_id, balance = done if done is not None else (0, None)
     if balance is None:
         raise vouchers.refusal(await _voucher_now(rt, voucher_id), amount, now)
@@ -671,7 +681,7 @@ async def apply(rt: Runtime, slug: str, details: applications.ApplicantDetails
             scheme, employees=details.employees, postcode=details.postcode):
         return None
     if rt.settings.is_sqlite:
-        status, waiting_count = await _sqlite_write(rt, job.on_sqlite)
+        status, waiting_count = await _sqlite_grouped(rt, "apply", scheme.id, job.on_sqlite)
     else:
         ids = row["new_application_id"], row["new_voucher_id"], row["new_entry_id"]
         # What a place needs is made only if the read saw a free place (once the places are gone,
