@@ -49,7 +49,7 @@ import msgspec
 from . import applications, audit, groups, ledger, outbox, vouchers
 from .db import writer_turn
 from .errors import N_, Conflict, DomainError, Forbidden, InvalidInput, NotFound, Refused
-from .fastpath import FastPath, from_sqlite_moment, sqlite_moment
+from .fastpath import from_sqlite_moment, sqlite_moment
 from .models import Base, Redemption, Scheme, UTCDateTime, Voucher, utcnow
 from .runtime import Runtime
 

@@ -1,15 +1,15 @@
-"""Statements that arrive together go to PostgreSQL together.
+"""Requests that arrive together go to the database together.
 
 Under load a process receives many requests of one kind at once, and each pays for its own round
 trip to PostgreSQL (the socket write that wakes a backend was a fifth of a scan's time) and, for
-a write, its own commit and its own turn at the row it changes. :func:`grouped` lets the first of
+a write, its own commit and its own turn at the row it changes (on SQLite, at the database). :func:`grouped` lets the first of
 a kind go alone, at once, and gathers those that arrive while it is out; the next goes for all of
 them together, in order of arrival. So under light load nothing waits, and under heavy load a
 round trip, a commit and a row lock serve many requests.
 
-What "together" means belongs to the caller: the scan reads many codes in one SELECT
-(``service.fastpath``); applications and redemptions are written in one transaction, and written
-again one by one when any of them refuses (``service.fastwrite``).
+What "together" means belongs to the caller: on PostgreSQL the scan reads many codes in one
+SELECT (``service.fastpath``); on both databases applications and redemptions are written in one
+transaction, and written again one by one when any of them refuses (``service.fastwrite``).
 """
 
 from __future__ import annotations
