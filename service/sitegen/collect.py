@@ -70,7 +70,7 @@ async def collect_snapshot(session: AsyncSession, *, service_url: str,
             committed_cents=scheme.committed_cents, redeemed_cents=await redeemed(session, scheme.id),
             # The site knows upcoming, open and closed; vouchers in use after the window count as closed.
             status="open" if status == "open" else "upcoming" if status == "upcoming" else "closed",
-            apply_url=f"{service_url.rstrip('/')}/regeling/{scheme.slug}",
+            apply_url=f"{service_url.rstrip('/')}/regelingen/{scheme.slug}",
             lottery_seed_hash=scheme.lottery_seed_hash, history=await _history(session, scheme.id),
         ))
     slugs = {scheme.id: scheme.slug for scheme in schemes}
