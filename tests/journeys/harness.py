@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from email.header import decode_header, make_header
 from email.message import Message
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
     from service.settings import Settings
 
-__all__ = ("Journey", "Person", "Service", "mail_body", "mail_links")
+__all__ = ("Journey", "Person", "Service", "mail_body", "mail_links", "mail_subject")
 
 
 class Service:
@@ -173,10 +174,10 @@ class Journey:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for message in reversed(self.smtp.messages):
-                if message["To"] == to and subject.lower() in str(message["Subject"]).lower():
+                if message["To"] == to and subject.lower() in mail_subject(message).lower():
                     return message
             time.sleep(0.2)
-        seen = [(m["To"], m["Subject"]) for m in self.smtp.messages]
+        seen = [(m["To"], mail_subject(m)) for m in self.smtp.messages]
         raise AssertionError(f"no mail to {to} about {subject!r} within {timeout} s; mail so far: {seen}")
 
     def link(self, message: Message, contains: str) -> str:
@@ -194,6 +195,11 @@ def _closing(context: Any) -> Iterator[Any]:
         yield context
     finally:
         context.close()
+
+
+def mail_subject(message: Message) -> str:
+    """The subject as the reader sees it (encoded words decoded, folding undone)."""
+    return str(make_header(decode_header(message["Subject"]))).replace("\u00a0", " ")
 
 
 def mail_body(message: Message) -> str:
