@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from .coach import coach_router
 from .entrepreneur import entrepreneur_router
 from .errors import DomainError
 from .models import Scheme
-from .problems import domain_error_handler, http_error_handler
+from .problems import domain_error_handler, http_error_handler, unexpected_error_handler
 from .runtime import Runtime
 from .settings import Settings
 from .web import ForwardedClientMiddleware
@@ -54,7 +55,8 @@ SECURITY_HEADERS = [
 
 class LocaleAndHeadersMiddleware(ASGIMiddleware):
     """Choose the language (``?lang=``, then the ``lang`` cookie, then Accept-Language) and add
-    the security headers to every answer."""
+    the security headers and a request id (``X-Request-Id``, quoted on error pages and logged with
+    every failure) to every answer."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         request: Request[Any, Any, Any] = Request(scope)
@@ -63,13 +65,16 @@ class LocaleAndHeadersMiddleware(ASGIMiddleware):
         if locale not in i18n.LOCALES:
             locale = i18n.negotiate(request.headers.get("accept-language"))
         i18n.set_locale(locale)
-        scope.setdefault("state", {})["locale"] = locale
+        state = scope.setdefault("state", {})
+        state["locale"] = locale
+        request_id = state["request_id"] = secrets.token_hex(8)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
                 headers += [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+                headers.append((b"x-request-id", request_id.encode()))
                 if chosen in i18n.LOCALES:
                     headers.append((b"set-cookie", f"lang={chosen}; Path=/; Max-Age=31536000; SameSite=Lax".encode()))
                 message["headers"] = headers
@@ -152,7 +157,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         dependencies={"rt": Provide(provide_runtime, use_cache=True)},
         middleware=[*forwarded, LocaleAndHeadersMiddleware(), session_config.middleware, AuthMiddleware(rt),
                     AuditContextMiddleware()],
-        exception_handlers={DomainError: domain_error_handler, HTTPException: http_error_handler},
+        exception_handlers={DomainError: domain_error_handler, HTTPException: http_error_handler,
+                            Exception: unexpected_error_handler},
         csrf_config=CSRFConfig(
             secret=settings.derive_key("csrf").hex(),
             cookie_httponly=True,

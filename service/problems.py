@@ -3,6 +3,9 @@ an error page for HTML pages. Messages are translated into the request's languag
 
 from __future__ import annotations
 
+import logging
+import traceback
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -13,7 +16,10 @@ from litestar.response import Template
 from . import i18n
 from .errors import N_, Conflict, DomainError, Forbidden, InvalidInput, NotFound, Refused, TooManyAttempts
 
-__all__ = ("STATUS", "domain_error_handler", "http_error_handler", "problem_body", "wants_html")
+__all__ = ("STATUS", "domain_error_handler", "http_error_handler", "problem_body", "request_id_of",
+           "unexpected_error_handler", "wants_html")
+
+log = logging.getLogger(__name__)
 
 STATUS: dict[type[DomainError], int] = {
     InvalidInput: 422,
@@ -86,7 +92,52 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
         body["detail"] = i18n.gettext("Check these fields: %(fields)s") % {"fields": names} if names else exc.detail
     elif status >= 500:
         body["detail"] = i18n.gettext("Something went wrong on our side. Nothing was changed; please try again.")
+        body["request_id"] = _log_failure(request, exc)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, NotAuthorizedException) else {}
     if wants_html(request):
         return Template("error.html", context={"problem": body}, status_code=status)
     return _problem(body, status, headers)
+
+
+def unexpected_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Anything no other handler knows: logged once, answered as the service's own 500."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE + "internal-error", "title": i18n.gettext("Something went wrong."), "status": 500,
+        "code": "internal-error",
+        "detail": i18n.gettext("Something went wrong on our side. Please try again later."),
+        "request_id": _log_failure(request, exc),
+    }
+    if wants_html(request):
+        return Template("error.html", context={"problem": body}, status_code=500)
+    return _problem(body, 500)
+
+
+def request_id_of(scope: Any) -> str:
+    """The id the answer carries in ``X-Request-Id`` (set by the app's header middleware)."""
+    return str(scope.get("state", {}).get("request_id", "-"))
+
+
+def _short(filename: str) -> str:
+    return filename.rsplit("/site-packages/", 1)[-1].removeprefix(_ROOT)
+
+
+_ROOT = str(Path(__file__).parent.parent) + "/"
+
+
+def _log_failure(request: Request[Any, Any, Any], exc: BaseException) -> str:
+    """One JSON line an operator can find by the id the user quotes. The route is the template
+    (``/v/{code:str}``), never the path, and exception messages are left out: paths and messages
+    can hold voucher codes, tokens, e-mail addresses and SQL parameters. Types and frames are
+    enough to find the fault."""
+    request_id = request_id_of(request.scope)
+    chain = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 5:
+        chain.append(type(seen).__qualname__)
+        seen = seen.__cause__ or seen.__context__
+    frames = [f"{_short(f.filename)}:{f.lineno} in {f.name}" for f in traceback.extract_tb(exc.__traceback__)]
+    log.error(msgspec.json.encode({
+        "event": "unexpected_error", "request_id": request_id, "method": request.method,
+        "route": request.scope.get("path_template", "?"), "error": chain, "traceback": frames,
+    }).decode())
+    return request_id
