@@ -151,10 +151,12 @@ def test_lottery_scheme_publishes_its_seed_hash(built: Built) -> None:
 
 def test_home_page_shows_the_open_scheme_and_one_action(built: Built) -> None:
     home = read(built, "index.html")
-    assert 'href="https://vouchers.example.nl/aanvragen/ondernemersvoucher-2025"' in home
+    assert 'href="https://vouchers.example.nl/regelingen/ondernemersvoucher-2025?lang=nl"' in home
     assert "Vraag de voucher aan" in home
     assert "Binnenkort open" in home
-    assert "Apply for the voucher" in read(built, "en/index.html")
+    english = read(built, "en/index.html")
+    assert "Apply for the voucher" in english
+    assert 'href="https://vouchers.example.nl/regelingen/ondernemersvoucher-2025?lang=en"' in english
 
 
 def test_providers_have_anchors_offers_and_are_searchable(built: Built) -> None:

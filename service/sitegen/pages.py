@@ -19,6 +19,7 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup
 
+from .. import links
 from . import chart, text
 from .snapshot import ProviderFacts, PublicSnapshot, SchemeFacts
 
@@ -133,6 +134,8 @@ def _environment(lang: str) -> jinja2.Environment:
     env.globals.update(
         link=text.link,
         button=text.button,
+        # The service would otherwise pick the browser's language: a Dutch page leads to the Dutch form.
+        in_language=functools.partial(links.with_lang, lang=lang),
         email_link=text.email_link,
         phone_link=text.phone_link,
         lines=text.lines,
