@@ -88,6 +88,10 @@ def _template_engine() -> JinjaTemplateEngine:
     env.filters["money"] = i18n.format_money
     env.filters["day"] = i18n.format_day
     env.filters["moment"] = i18n.format_moment
+    env.filters["month"] = i18n.format_month
+    env.filters["number"] = i18n.format_number
+    env.filters["percent"] = i18n.format_percent
+    env.globals["localised"] = i18n.localised
     env.globals["current_locale"] = i18n.current_locale
     return JinjaTemplateEngine.from_environment(env)
 

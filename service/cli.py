@@ -484,7 +484,7 @@ def payout_statement(provider_slug: str, month: str | None, as_csv: bool) -> Non
     st = _run(work)
     if as_csv:
         headers = ["date", "kind", "redemption", "scheme", "category", "reference", "invoice", "paid", "batch"]
-        click.echo(payouts.statement_csv(st, headers=headers, labels={}, locale="en"), nl=False)
+        click.echo(payouts.statement_csv(st, headers=headers, labels={}), nl=False)
     else:
         click.echo(msgspec.json.format(msgspec.json.encode(st)).decode())
 
