@@ -35,7 +35,7 @@ from .models import Scheme
 from .problems import domain_error_handler, http_error_handler
 from .runtime import Runtime
 from .settings import Settings
-from .web import ForwardedClientMiddleware
+from .web import ForwardedClientMiddleware, head_as_get
 
 __all__ = ("create_app",)
 
@@ -143,7 +143,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     proxies = rt.settings.proxy_networks()
     forwarded = [ForwardedClientMiddleware(proxies)] if proxies else []
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             home,
             health,
@@ -175,3 +175,5 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         lifespan=[background],
         debug=False,
     )
+    app.asgi_handler = head_as_get(app.asgi_handler)
+    return app
