@@ -34,6 +34,7 @@ from .errors import DomainError
 from .models import Scheme
 from .problems import domain_error_handler, http_error_handler
 from .runtime import Runtime
+from .sitegen.collect import ARNHEM_CONTACT
 from .settings import Settings
 from .web import ForwardedClientMiddleware, head_as_get
 
@@ -92,6 +93,8 @@ def _template_engine() -> JinjaTemplateEngine:
     env.filters["number"] = i18n.format_number
     env.filters["percent"] = i18n.format_percent
     env.globals["localised"] = i18n.localised
+    # The same contact facts as the public site's footer and contact page.
+    env.globals["contact"] = ARNHEM_CONTACT
     env.globals["current_locale"] = i18n.current_locale
     return JinjaTemplateEngine.from_environment(env)
 
