@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 AXE := build/node/node_modules/axe-core/axe.min.js
+# `make run PORT=8001` when 8000 is taken; links in mail and QR codes follow it.
+PORT ?= 8000
 export VOUCHERS_DATABASE_URL ?= sqlite+aiosqlite:///var/vouchers.db
 
 .PHONY: run test install db demo bench site messages clean
@@ -20,10 +22,12 @@ db: install
 	$(BIN)/vouchers db upgrade
 	$(BIN)/vouchers scheme load schemes/arnhem-2021.toml
 
+run: export VOUCHERS_BASE_URL ?= http://127.0.0.1:$(PORT)
 run: db
+	@$(BIN)/vouchers serve --port $(PORT) --check
 	@$(BIN)/vouchers demo
-	@echo "Serving on http://127.0.0.1:8000  (API: /api/v1, schema: /api/schema/openapi.json, mail: var/mail/)"
-	$(BIN)/vouchers serve --port 8000
+	@echo "Serving on $(VOUCHERS_BASE_URL)  (API: /api/v1, schema: /api/schema/openapi.json, mail: var/mail/)"
+	@$(BIN)/vouchers serve --port $(PORT)
 
 # axe-core (accessibility rules) for the browser tests, from the npm registry.
 $(AXE):

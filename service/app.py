@@ -35,8 +35,9 @@ from .errors import DomainError
 from .models import Scheme
 from .problems import domain_error_handler, http_error_handler, unexpected_error_handler
 from .runtime import Runtime
+from .sitegen.collect import ARNHEM_CONTACT
 from .settings import Settings
-from .web import ForwardedClientMiddleware
+from .web import ForwardedClientMiddleware, head_as_get
 
 __all__ = ("create_app",)
 
@@ -93,6 +94,12 @@ def _template_engine() -> JinjaTemplateEngine:
     env.filters["money"] = i18n.format_money
     env.filters["day"] = i18n.format_day
     env.filters["moment"] = i18n.format_moment
+    env.filters["month"] = i18n.format_month
+    env.filters["number"] = i18n.format_number
+    env.filters["percent"] = i18n.format_percent
+    env.globals["localised"] = i18n.localised
+    # The same contact facts as the public site's footer and contact page.
+    env.globals["contact"] = ARNHEM_CONTACT
     env.globals["current_locale"] = i18n.current_locale
     return JinjaTemplateEngine.from_environment(env)
 
@@ -144,7 +151,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     proxies = rt.settings.proxy_networks()
     forwarded = [ForwardedClientMiddleware(proxies)] if proxies else []
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             home,
             health,
@@ -177,3 +184,5 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         lifespan=[background],
         debug=False,
     )
+    app.asgi_handler = head_as_get(app.asgi_handler)
+    return app

@@ -57,15 +57,42 @@ def main() -> None:
     """Run the Arnhem entrepreneur-voucher service. Configure with VOUCHERS_* variables."""
 
 
+def _port_free(host: str, port: int) -> None:
+    """Refuse, in one line that says what to do, a port another program holds: the server would
+    otherwise fail later with a long traceback."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # A server stopped a moment ago leaves its port in TIME_WAIT; that one is free to take.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise click.ClickException(
+                f"port {port} on {host} is not free ({exc.strerror}): stop the program that uses it, "
+                f"or take another port: make run PORT={port + 1} (or vouchers serve --port {port + 1})") from None
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Server processes; use PostgreSQL for more than one.")
-def serve(host: str, port: int, workers: int) -> None:
+@click.option("--check", is_flag=True, help="Only check that the port is free, then exit.")
+def serve(host: str, port: int, workers: int, check: bool) -> None:
     """Serve the app with granian (production ASGI server), and the background work (mail, sweep,
-    audit sealing) in one process beside it. Access logs stay off: URLs carry codes."""
+    audit sealing) in one process beside it. Access logs stay off: URLs carry codes.
+
+    Without VOUCHERS_BASE_URL, links in mail and QR codes point at this host and port."""
     import os
+
+    _port_free(host, port)
+    if check:
+        return
+    if not os.environ.get("VOUCHERS_BASE_URL"):
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        os.environ["VOUCHERS_BASE_URL"] = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}"
 
     from granian import Granian
     from granian.constants import Interfaces
@@ -368,15 +395,35 @@ def site_serve(site_dir: Path, port: int) -> None:
     serve_site(site_dir, port=port)
 
 
-@main.command("demo")
-def demo_command() -> None:
-    """Development only: a demo provider, a coach token and sample vouchers to try."""
+def _development_only() -> None:
+    try:
+        environment = Settings.from_env().environment
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if environment != "development":
+        raise click.ClickException("demo data only in development (VOUCHERS_ENVIRONMENT=development)")
+
+
+@main.group("demo", invoke_without_command=True)
+@click.pass_context
+def demo_command(ctx: click.Context) -> None:
+    """Development only: a demo provider with offers, a coach token and sample vouchers to try."""
     from .demo import create_demo
 
-    rt = _runtime()
-    if rt.settings.environment != "development":
-        raise click.ClickException("demo data only in development (VOUCHERS_ENVIRONMENT=development)")
-    click.echo(_run(create_demo))
+    _development_only()
+    if ctx.invoked_subcommand is None:
+        click.echo(_run(create_demo))
+
+
+@demo_command.command("credentials")
+def demo_credentials_command() -> None:
+    """Print fresh demo credentials: a new coach password and token, the staff setup link, sample codes."""
+    from .demo import DemoMissing, demo_credentials
+
+    try:
+        click.echo(_run(demo_credentials))
+    except DemoMissing as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 
@@ -484,7 +531,7 @@ def payout_statement(provider_slug: str, month: str | None, as_csv: bool) -> Non
     st = _run(work)
     if as_csv:
         headers = ["date", "kind", "redemption", "scheme", "category", "reference", "invoice", "paid", "batch"]
-        click.echo(payouts.statement_csv(st, headers=headers, labels={}, locale="en"), nl=False)
+        click.echo(payouts.statement_csv(st, headers=headers, labels={}), nl=False)
     else:
         click.echo(msgspec.json.format(msgspec.json.encode(st)).decode())
 

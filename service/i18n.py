@@ -22,7 +22,8 @@ from zoneinfo import ZoneInfo
 from babel.dates import format_date, format_datetime
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
-from babel.numbers import format_currency
+from babel.numbers import format_currency, format_decimal
+from babel.numbers import format_percent as _format_percent
 
 __all__ = (
     "DEFAULT_LOCALE",
@@ -31,6 +32,10 @@ __all__ = (
     "format_day",
     "format_moment",
     "format_money",
+    "format_month",
+    "format_number",
+    "format_percent",
+    "localised",
     "gettext",
     "negotiate",
     "ngettext",
@@ -128,3 +133,23 @@ def format_day(day: dt.date | dt.datetime) -> str:
 
 def format_moment(moment: dt.datetime) -> str:
     return format_datetime(moment, format="medium", tzinfo=_TIMEZONE, locale=_BABEL_LOCALE[_current.get()])
+
+
+def format_month(day: dt.date) -> str:
+    """``december 2026`` / ``December 2026``: the standalone month name, as a heading uses it."""
+    return format_date(day, format="LLLL yyyy", locale=_BABEL_LOCALE[_current.get()])
+
+
+def format_number(value: int) -> str:
+    """``1.234`` in Dutch, ``1,234`` in English."""
+    return format_decimal(value, locale=_BABEL_LOCALE[_current.get()])
+
+
+def format_percent(percent: float) -> str:
+    """A share given in percent, with one decimal: ``12,5%`` in Dutch, ``12.5%`` in English."""
+    return _format_percent(percent / 100, format="#,##0.0%", locale=_BABEL_LOCALE[_current.get()])
+
+
+def localised(dutch: str, english: str | None) -> str:
+    """A name kept in both languages (a scheme's), in the reader's; the Dutch one when there is no English."""
+    return english if _current.get() == "en" and english else dutch

@@ -22,10 +22,8 @@ Rules, and why:
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import hashlib
-import io
 from collections import defaultdict
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -37,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stdnum import iban as stdnum_iban
 from stdnum.exceptions import ValidationError
 
-from . import ledger
+from . import ledger, spreadsheet
 from .errors import N_, Conflict, InvalidInput, Refused
 from .models import Enrolment, PayoutBatch, PayoutLine, Provider, Redemption, Scheme, utcnow
 
@@ -150,25 +148,13 @@ async def statement(session: AsyncSession, provider_id: int, start: dt.date, end
                      net_cents=sum(t.net_cents for t in totals))
 
 
-def _euros(cents: int, decimal: str) -> str:
-    sign = "-" if cents < 0 else ""
-    whole, part = divmod(abs(cents), 100)
-    return f"{sign}{whole}{decimal}{part:02d}"
-
-
-def statement_csv(st: Statement, *, headers: list[str], labels: dict[str, str], locale: str) -> str:
-    """The statement as CSV for a spreadsheet: Dutch spreadsheets expect ``;`` and a decimal
-    comma, English ones ``,`` and a point. Amounts never pass through a float."""
-    delimiter, decimal = (";", ",") if locale == "nl" else (",", ".")
-    out = io.StringIO()
-    writer = csv.writer(out, delimiter=delimiter, lineterminator="\r\n")
-    writer.writerow(headers)
-    for line in st.lines:
-        writer.writerow([line.day.isoformat(), labels.get(line.kind, line.kind), line.redemption_id, line.scheme,
-                         labels.get(line.category, line.category), line.reference,
-                         _euros(line.invoice_cents, decimal), _euros(line.amount_cents, decimal),
-                         line.payout_batch_id or ""])
-    return out.getvalue()
+def statement_csv(st: Statement, *, headers: list[str], labels: dict[str, str]) -> bytes:
+    """The statement as CSV in the one convention of every download (see spreadsheet.py)."""
+    return spreadsheet.write([headers, *(
+        [line.day.isoformat(), labels.get(line.kind, line.kind), line.redemption_id, spreadsheet.cell(line.scheme),
+         labels.get(line.category, line.category), spreadsheet.cell(line.reference),
+         spreadsheet.euros(line.invoice_cents), spreadsheet.euros(line.amount_cents), line.payout_batch_id or ""]
+        for line in st.lines)])
 
 
 def _iban(value: str, field: str) -> str:

@@ -39,7 +39,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """SQLAlchemy URL: ``sqlite+aiosqlite:///path`` (embedded) or ``postgresql+asyncpg://…``."""
 
     base_url: str = "http://127.0.0.1:8000"
-    """Public address of the service; QR codes and mailed links point here."""
+    """Public address of the service; QR codes and mailed links point here. When it is not set,
+    ``vouchers serve`` sets it to the host and port it serves on."""
 
     secret_key: Annotated[str, msgspec.Meta(min_length=16)] = DEV_SECRET
     """Root secret. Keys for code hashes, sessions and CSRF are derived from it; changing it

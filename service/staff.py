@@ -114,6 +114,19 @@ async def create_user(session: AsyncSession, *, provider_id: int, email: str, na
     return user
 
 
+async def reset_password(session: AsyncSession, email: str) -> str:
+    """A new random password for an account, returned once; a lock-out ends with it."""
+    user = await session.scalar(select(ProviderUser).where(ProviderUser.email == email.strip().lower()))
+    if user is None:
+        raise NotFound("account-not-found", N_("There is no account with this e-mail address."))
+    password = new_password()
+    user.password_hash = _hasher.hash(password)
+    user.failed_attempts = 0
+    user.locked_until = None
+    await session.flush()
+    return password
+
+
 async def authenticate(session: AsyncSession, email: str, password: str, *,
                        now: dt.datetime | None = None) -> ProviderUser | SignInRefused:
     """The account for this address and password, or the refusal to show.

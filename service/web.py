@@ -69,6 +69,26 @@ class ForwardedClientMiddleware(ASGIMiddleware):
         await next_app(scope, receive, send)
 
 
+def head_as_get(app: ASGIApp) -> ASGIApp:
+    """Answer HEAD as GET without the body (RFC 9110 9.3.2), for every page. Litestar routes HEAD only
+    to handlers declared for it and answers 405 otherwise; this runs before its routing."""
+
+    async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await app(scope, receive, send)
+            return
+        scope["method"] = "GET"
+
+        async def send_headers_only(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await app(scope, receive, send_headers_only)
+
+    return handle
+
+
 def safe_next(value: str | None, default: str, *, prefix: str = "/") -> str:
     """A return path on this site under ``prefix``: never another host (``//evil``) or a scheme."""
     if value and value.startswith(prefix) and value.startswith("/") and not value.startswith("//") and "\\" not in value:

@@ -76,7 +76,7 @@ def first_come_scheme() -> SchemeFacts:
         committed_cents=16_200_000,
         redeemed_cents=4_321_050,
         status="open",
-        apply_url="https://vouchers.example.nl/aanvragen/ondernemersvoucher-2025",
+        apply_url="https://vouchers.example.nl/regelingen/ondernemersvoucher-2025",
         lottery_seed_hash=None,
         history=history(14, 120, 135_000, 4_321_050),
     )
@@ -106,7 +106,7 @@ def lottery_scheme() -> SchemeFacts:
         committed_cents=0,
         redeemed_cents=0,
         status="upcoming",
-        apply_url="https://vouchers.example.nl/aanvragen/innovatievoucher-2026",
+        apply_url="https://vouchers.example.nl/regelingen/innovatievoucher-2026",
         lottery_seed_hash=hashlib.sha256(b"seed for tests").hexdigest(),
         history=(),
     )

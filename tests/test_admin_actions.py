@@ -4,6 +4,7 @@ functions, leaves a ledger entry, mails whom it concerns, and is in the audit lo
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from sqlalchemy import select
 
@@ -117,3 +118,57 @@ async def test_dashboard_and_report_in_both_languages_without_personal_data(clie
     assert csv.headers["content-type"].startswith("text/csv") and "vouchers_issued" in csv.text
     for text in (nl.text, report.text, csv.text):
         assert "Geheim Atelier" not in text and "example.org" not in text
+
+
+async def _apply(rt, scheme, **overrides) -> None:  # type: ignore[no-untyped-def]
+    from service import applications
+
+    details = applicant(**overrides)
+
+    async def work(session):  # type: ignore[no-untyped-def]
+        fresh = await session.get_one(Scheme, scheme.id)
+        application = await applications.submit(session, fresh, details)
+        await applications.decide(session, rt, fresh, application, employees=details.employees,
+                                  postcode=details.postcode)
+
+    await run_in_transaction(rt.sessionmaker, work)
+
+
+async def test_council_report_has_money_places_applications_and_refusals_in_the_readers_language(client, rt) -> None:
+    scheme = await make_scheme(rt, max_places=1, budget_cents=2_000_00)
+    await make_voucher(rt, scheme)
+    await _apply(rt, scheme)  # no place left: waiting list
+    await _apply(rt, scheme, employees=50)
+    await _apply(rt, scheme, employees=50, postcode="1011 AB")
+    await staff_client_sign_in(client, rt, "financieel")
+
+    nl = (await client.get("/beheer/rapportage/test-scheme?lang=nl")).text
+    assert "Testregeling" in nl
+    # Dutch numbers: 0 of 1 voucher used in full is "0 (0,0%)".
+    assert "0 (0,0%)" in nl and "0.0%" not in nl
+    for label, figure in (("Vastgelegd in vouchers", "€\xa01.350,00"), ("Nog uit te geven", "€\xa0650,00"),
+                          ("Op de wachtlijst", "1"), ("Aanvragen ontvangen", "4"),
+                          ("Er werken te veel mensen bij het bedrijf", "2"), ("Niet gevestigd in het gebied", "1")):
+        assert re.search(rf"{re.escape(label)}</(dt|th)>\s*<(dd|td)[^>]*>{re.escape(figure)}</", nl), label
+
+    en = (await client.get("/beheer/rapportage/test-scheme?lang=en")).text
+    assert "Test scheme" in en and "Testregeling" not in en
+    assert "0 (0.0%)" in en and "Too many people work at the firm" in en
+
+    for url in ("/beheer/rapportage/test-scheme/csv", "/beheer/rapportage/test-scheme/csv?lang=en"):
+        csv = await client.get(url)
+        assert csv.headers["content-type"] == "text/csv; charset=utf-8"
+        assert csv.content.startswith(b"\xef\xbb\xbf")
+        lines = csv.content.decode("utf-8-sig").split("\r\n")
+        assert "totals;committed;1350,00;" in lines and "totals;left;650,00;" in lines
+        assert "totals;waiting_list;;1" in lines and "totals;used_in_full_percent;;0,0" in lines
+        assert "refusal_reason;too-many-employees;;2" in lines and "refusal_reason;outside-area;;1" in lines
+
+
+async def test_voucher_detail_names_the_scheme_in_english_for_english_readers(client, rt) -> None:
+    scheme = await make_scheme(rt)
+    voucher, _ = await make_voucher(rt, scheme)
+    await staff_client_sign_in(client, rt, "beheerder")
+    en = (await client.get(f"/beheer/vouchers/{voucher.id}?lang=en")).text
+    assert "<dd>Test scheme</dd>" in en and "Testregeling" not in en
+    assert "<dd>Testregeling</dd>" in (await client.get(f"/beheer/vouchers/{voucher.id}?lang=nl")).text

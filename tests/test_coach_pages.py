@@ -313,3 +313,21 @@ async def test_a_provider_changes_the_language_of_its_mails(client, rt) -> None:
     assert (await post_form(client, "/coach/logout", {}, follow_redirects=False)).status_code == 303
     r = await client.get("/coach/settings", follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"].startswith("/coach/login")
+
+
+async def test_statement_names_the_month_and_its_csv_is_the_one_spreadsheet_convention(client, rt) -> None:
+    _scheme, voucher, code, provider, email = await _setup(rt)
+    r = await sign_in(client, email, next_=f"/v/{code}")
+    form = {"amount": "125,50", "category": "coaching", "session_date": dt.date.today().isoformat(),
+            "reference": "F-2026-1", "idempotency_key": form_key(r.text)}
+    assert (await post_form(client, f"/v/{code}", form, follow_redirects=False)).status_code == 303
+    page = await client.get("/coach/statement?month=2026-12&lang=nl")
+    assert "<h1>Overzicht van december 2026</h1>" in page.text
+    assert "<h1>Statement for December 2026</h1>" in (await client.get("/coach/statement?month=2026-12&lang=en")).text
+    month = dt.date.today().strftime("%Y-%m")
+    # English readers get the same file: a spreadsheet must not read it differently for them.
+    for lang in ("nl", "en"):
+        csv = await client.get(f"/coach/statement.csv?month={month}&lang={lang}")
+        assert csv.headers["content-type"] == "text/csv; charset=utf-8"
+        assert csv.content.startswith(b"\xef\xbb\xbf") and csv.content.count(b"\r\n") == 2
+        assert ";125,50;125,50;" in csv.content.decode("utf-8-sig")

@@ -9,6 +9,8 @@ from service import offers
 from service.app import create_app
 from service.db import run_in_transaction
 from service.models import Hold, Voucher
+from tests.coach_helpers import make_staff
+from tests.coach_helpers import sign_in as coach_sign_in
 from tests.entrepreneur_journey import body, deliver, post_form, sign_in_as
 from tests.helpers import make_provider, make_scheme, make_voucher, reload
 
@@ -42,6 +44,16 @@ async def test_reserve_cancel_and_confirm(client, rt, smtp_server) -> None:
     assert (voucher.balance_cents, voucher.held_cents) == (1_350_00 - 450_00, 450_00)
     mails = await deliver(rt, smtp_server)
     assert sorted(m["To"] for m in mails) == ["coach@example.org", "jan@example.org"]
+    # The coach's mail leads to this reservation on the reservations page, where it can be confirmed.
+    [coach_mail] = [m for m in mails if m["To"] == "coach@example.org"]
+    hold_id = int(hold_path.rsplit("/", 1)[1])
+    link = f"{rt.settings.base_url.rstrip('/')}/coach/reservations#hold-{hold_id}"
+    assert link in body(coach_mail).split()
+    await make_staff(rt, provider.id, "coach@example.org")
+    async with AsyncTestClient(app=create_app(rt.settings), base_url="http://testserver.local") as coach:
+        await coach_sign_in(coach, "coach@example.org")
+        page = await coach.get(link.split("#")[0].removeprefix(rt.settings.base_url.rstrip("/")))
+        assert f'id="hold-{hold_id}"' in page.text and f"/coach/reservations/{hold_id}/confirm" in page.text
 
     cancelled = await post_form(client, hold_path, f"{hold_path}/annuleren")
     assert cancelled.status_code == 303

@@ -112,5 +112,7 @@ async def test_statement_and_csv(rt) -> None:
     assert [(line.kind, line.amount_cents) for line in st.lines] == [
         ("redemption", 125_50), ("redemption", 10_00), ("reversal", -125_50)]
     assert st.totals[0].redeemed_cents == 135_50 and st.totals[0].net_cents == 10_00
-    text = payouts.statement_csv(st, headers=["a"] * 9, labels={}, locale="nl")
-    assert "125,50" in text and "-125,50" in text and text.count("\r\n") == 4
+    data = payouts.statement_csv(st, headers=["a"] * 9, labels={})
+    assert data.startswith(b"\xef\xbb\xbf")
+    text = data.decode("utf-8-sig")
+    assert ";125,50;" in text and ";-125,50;" in text and text.count("\r\n") == 4

@@ -151,10 +151,12 @@ def test_lottery_scheme_publishes_its_seed_hash(built: Built) -> None:
 
 def test_home_page_shows_the_open_scheme_and_one_action(built: Built) -> None:
     home = read(built, "index.html")
-    assert 'href="https://vouchers.example.nl/aanvragen/ondernemersvoucher-2025"' in home
+    assert 'href="https://vouchers.example.nl/regelingen/ondernemersvoucher-2025?lang=nl"' in home
     assert "Vraag de voucher aan" in home
     assert "Binnenkort open" in home
-    assert "Apply for the voucher" in read(built, "en/index.html")
+    english = read(built, "en/index.html")
+    assert "Apply for the voucher" in english
+    assert 'href="https://vouchers.example.nl/regelingen/ondernemersvoucher-2025?lang=en"' in english
 
 
 def test_providers_have_anchors_offers_and_are_searchable(built: Built) -> None:
@@ -180,6 +182,34 @@ def test_privacy_and_contact_pages_carry_the_contact_facts(built: Built) -> None
     assert 'href="mailto:fg@arnhem.nl"' in privacy and "Autoriteit Persoonsgegevens" in privacy
     assert "Bezwaarschriftencommissie" in read(built, "contact/index.html")
     assert 'href="tel:14026"' in read(built, "en/toegankelijkheid/index.html")
+
+
+def test_site_and_service_share_the_logo_colours_and_contact_footer(built: Built) -> None:
+    static = ROOT / "service" / "static"
+    for name in ("logo.svg", "brand.css"):
+        assert (built.out / "assets" / name).read_bytes() == (static / name).read_bytes(), name
+    assert "--md-primary-fg-color: var(--brand)" in (static / "brand.css").read_text()
+    assert "--accent: var(--brand)" in (static / "style.css").read_text()
+    base = (ROOT / "service" / "templates" / "base.html").read_text()
+    assert "/static/brand.css" in base and "/static/logo.svg" in base and "contact.email" in base
+    for path in ("index.html", "en/index.html", "contact/index.html", SCHEME_PAGE):
+        html = read(built, path)
+        assert 'data-md-color-primary="custom"' in html and 'data-md-color-accent="custom"' in html, path
+        assert re.search(r'<img src="[./]*assets/logo\.svg" alt=""', html), path
+        assert re.search(r'href="[./]*assets/brand\.css"', html), path
+        assert 'href="tel:14026"' in html and "mailto:ondernemersvoucher@arnhem.nl" in html, path
+
+
+def test_the_site_asks_no_other_host_for_anything(built: Built) -> None:
+    """Stylesheets, scripts, images, fonts and icons all come from the site itself."""
+    for page in built.out.rglob("*.html"):
+        html = page.read_text(encoding="utf-8")
+        loads = re.findall(r'<(?:link|script|img|source|iframe)\b[^>]*\b(?:src|href)="([^"]+)"', html)
+        # Built for http://127.0.0.1/ (its canonical and alternate links name that host).
+        assert [url for url in loads if re.match(r"(https?:)?//", url)
+                and not url.startswith("http://127.0.0.1/")] == [], page
+    for sheet in built.out.rglob("*.css"):
+        assert not re.search(r"url\(['\"]?(https?:)?//", sheet.read_text(encoding="utf-8")), sheet
 
 
 # --- in the browser ------------------------------------------------------------------
@@ -209,6 +239,15 @@ def test_every_page_is_accessible_and_stays_local(built: Built, site_url: str, b
             page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
             name = path.strip("/").replace("/", "-") or "home"
             assert_accessible(page, f"site/{name}-{viewport[0]}")
+
+
+@pytest.mark.browser
+def test_the_site_wears_the_services_red(site_url: str, browser_context) -> None:
+    with guarded_page(browser_context) as page:
+        page.goto(site_url)
+        header = page.evaluate("getComputedStyle(document.querySelector('.md-header')).backgroundColor")
+        button = page.evaluate("getComputedStyle(document.querySelector('.md-button--primary')).backgroundColor")
+    assert header == button == "rgb(138, 15, 36)"  # Arnhem red, the service's --brand
 
 
 @pytest.mark.browser

@@ -64,3 +64,29 @@ async def test_site_from_the_database_has_figures_and_no_personal_data(rt, tmp_p
     assert "Nog Niet Goedgekeurd" not in text and "Verborgen aanbod" not in text
     leaked = [item for item in personal if item in text]
     assert leaked == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_every_link_from_the_site_into_the_service_opens_in_the_page_language(rt, client, tmp_path: Path) -> None:
+    """Built from the database, the site's links into the service all answer, and a Dutch page's
+    button opens the Dutch form even for a browser that asks for English (and the other way round)."""
+    import re
+
+    scheme = await make_scheme(rt)
+    service_url = str(client.base_url).rstrip("/")
+    async with rt.sessionmaker() as session:
+        snapshot = await collect_snapshot(session, service_url=service_url)
+    out = build_site(snapshot, tmp_path / "site")
+    found: dict[str, str] = {}
+    for page in out.rglob("*.html"):
+        html = page.read_text(encoding="utf-8")
+        page_lang = re.search(r'<html lang="(\w+)"', html)[1]  # type: ignore[index]
+        for href in re.findall(r'href="([^"]+)"', html):
+            if href.startswith(service_url):
+                found[href.replace("&amp;", "&")] = page_lang
+    assert any(f"/regelingen/{scheme.slug}" in href for href in found)
+    for href, page_lang in found.items():
+        other = "en" if page_lang == "nl" else "nl"
+        response = await client.get(href.removeprefix(service_url), headers={"Accept-Language": other})
+        assert response.status_code == 200, href
+        assert f'<html lang="{page_lang}">' in response.text, href

@@ -20,7 +20,7 @@ from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import applications, audit, privacy, schemes
+from .. import applications, audit, privacy, schemes, spreadsheet
 from ..auth import requires
 from ..db import run_in_transaction
 from ..errors import N_, InvalidInput
@@ -209,8 +209,8 @@ class AdminOperationsController(Controller):
         async with rt.sessionmaker() as session:
             return await reports.council_report(session, await schemes.get_scheme(session, slug))
 
-    @get("/schemes/{slug:str}/report.csv", media_type="text/csv; charset=utf-8")
-    async def report_csv(self, slug: FromPath[str], rt: NamedDependency[Runtime]) -> Response[str]:
+    @get("/schemes/{slug:str}/report.csv", media_type=spreadsheet.MEDIA_TYPE)
+    async def report_csv(self, slug: FromPath[str], rt: NamedDependency[Runtime]) -> Response[bytes]:
         async with rt.sessionmaker() as session:
             scheme = await schemes.get_scheme(session, slug)
             report = await reports.council_report(session, scheme)

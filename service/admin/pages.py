@@ -61,6 +61,15 @@ STATUS_LABELS = {
     "refused": N_("Refused"),
     "suspended": N_("Suspended"),
 }
+# Short names of the refusal reasons (errors.REJECTION_REASONS) for the council's report.
+REFUSAL_LABELS = {
+    "too-many-employees": N_("Too many people work at the firm"),
+    "outside-area": N_("Not established in the area"),
+    "not-in-register": N_("Not in the trade register"),
+    "not-active": N_("No longer active in the trade register"),
+    "already-has-voucher": N_("Already has a voucher in this scheme"),
+    "other": N_("Another reason, given by a staff member"),
+}
 DONE = {
     "closed": N_("The scheme has been closed."),
     "moved": N_("The money has been moved."),
@@ -110,7 +119,11 @@ def _label(key: str) -> str:
 
 def _month_label(key: str) -> str:
     year, month = key.split("-")
-    return i18n.format_day(dt.date(int(year), int(month), 1)).split(" ", 1)[-1]
+    return i18n.format_month(dt.date(int(year), int(month), 1))
+
+
+def _refusal_label(key: str) -> str:
+    return i18n.gettext(REFUSAL_LABELS[key]) if key in REFUSAL_LABELS else key
 
 
 def _cents(text: str) -> int:
@@ -356,10 +369,10 @@ class AdminPages(Controller):
             scheme = await _scheme(session, slug)
             report = await reports.council_report(session, scheme)
         return page(request, "admin/report.html", report=report, scheme=scheme, label=_label,
-                    month_label=_month_label)
+                    month_label=_month_label, refusal_label=_refusal_label)
 
     @get("/rapportage/{slug:str}/csv", guards=[requires(*roles.REPORTS)])
-    async def report_csv(self, slug: FromPath[str], rt: NamedDependency[Runtime]) -> Response[str]:
+    async def report_csv(self, slug: FromPath[str], rt: NamedDependency[Runtime]) -> Response[bytes]:
         async with rt.sessionmaker() as session:
             scheme = await _scheme(session, slug)
             report = await reports.council_report(session, scheme)
@@ -423,7 +436,7 @@ async def _applications_page(request: Request[Any, Any, Any], rt: Runtime, *, do
                              values: dict[str, str] | None = None, status_code: int = 200) -> Template:
     async with rt.sessionmaker() as session:
         rows = (await session.execute(
-            select(Application, Scheme.name).join(Scheme, Scheme.id == Application.scheme_id)
+            select(Application, Scheme.name, Scheme.name_en).join(Scheme, Scheme.id == Application.scheme_id)
             .where(Application.status.in_(interventions.UNDECIDED)).order_by(Application.created_at).limit(200)
         )).all()
     return page(request, "admin/applications.html", status=status_code, rows=rows, done=done, failed=failed,
@@ -435,7 +448,7 @@ async def _providers_page(request: Request[Any, Any, Any], rt: Runtime, *, done:
                           values: dict[str, str] | None = None, status_code: int = 200) -> Template:
     async with rt.sessionmaker() as session:
         rows = (await session.execute(
-            select(Enrolment, Provider, Scheme.name).join(Provider, Provider.id == Enrolment.provider_id)
+            select(Enrolment, Provider, Scheme.name, Scheme.name_en).join(Provider, Provider.id == Enrolment.provider_id)
             .join(Scheme, Scheme.id == Enrolment.scheme_id).where(Enrolment.status == "pending")
             .order_by(Enrolment.id).limit(200)
         )).all()
@@ -473,7 +486,7 @@ async def _find(session: AsyncSession, query: str) -> list[Any]:
     conditions.append(func.lower(Application.company_name).like(like))
     conditions.append(func.lower(Application.email) == query.lower())
     rows = await session.execute(
-        select(Voucher, Application.company_name, Application.public_id, Scheme.name)
+        select(Voucher, Application.company_name, Application.public_id, Scheme.name, Scheme.name_en)
         .join(Application, Application.id == Voucher.application_id).join(Scheme, Scheme.id == Voucher.scheme_id)
         .where(or_(*conditions)).order_by(Voucher.id).limit(50))
     return list(rows.all())

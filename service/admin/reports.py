@@ -3,9 +3,7 @@ counts and sums, and the names of providers (organisations, whose totals are pub
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 from collections import defaultdict
 from zoneinfo import ZoneInfo
 
@@ -13,9 +11,10 @@ import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import schemes
+from .. import schemes, spreadsheet
 from ..models import Application, Enrolment, Provider, Redemption, Scheme, Voucher
 from ..models_admin import FlagReview
+from ..errors import REJECTION_REASONS
 from .interventions import UNDECIDED
 
 __all__ = ("CouncilReport", "Dashboard", "QueueCounts", "council_report", "dashboard", "queue_counts", "report_csv")
@@ -56,14 +55,28 @@ class CouncilReport(msgspec.Struct, frozen=True, kw_only=True):
     * ``vouchers_issued``: vouchers ever given out (revoked ones included);
     * ``entrepreneurs_helped``: vouchers with money spent on them (net of reversals);
     * ``average_spend_cents``: money spent divided by entrepreneurs helped, rounded down;
-    * ``used_in_full``: vouchers whose whole value was spent; ``used_in_full_percent`` of those issued.
+    * ``used_in_full``: vouchers whose whole value was spent; ``used_in_full_percent`` of those issued;
+    * ``left_cents`` / ``places_left``: what can still be given out (budget less committed, places
+      less used); ``waiting_list``: applicants waiting for a freed place;
+    * ``applications``: every application received (unconfirmed ones too), with ``applications_by_status``;
+    * ``refusals_by_reason``: the reasons of refused applications (one application may have several);
+      a reason a staff member wrote is counted as ``other``, so no free text reaches the council.
     """
 
     scheme: str
     scheme_name: str
+    scheme_name_en: str
     taken_at: dt.datetime
     budget_cents: int
     committed_cents: int
+    left_cents: int
+    max_places: int
+    places_used: int
+    places_left: int
+    waiting_list: int
+    applications: int
+    applications_by_status: list[Count]
+    refusals_by_reason: list[Count]
     vouchers_issued: int
     entrepreneurs_helped: int
     spent_cents: int
@@ -143,12 +156,30 @@ async def council_report(session: AsyncSession, scheme: Scheme) -> CouncilReport
     names = dict((await session.execute(select(Provider.id, Provider.name))).all())
     by_provider = _group([(names.get(pid, str(pid)), amount) for _, amount, _, pid in live])
     by_provider.sort(key=lambda a: (-a.cents, a.key))
+    figures = await schemes.summary(session, scheme)
+    by_status = [Count(status, int(n)) for status, n in (await session.execute(
+        select(Application.status, func.count()).where(Application.scheme_id == scheme.id)
+        .group_by(Application.status).order_by(Application.status))).all()]
+    refusals: dict[str, int] = defaultdict(int)
+    for reasons in await session.scalars(select(Application.reasons).where(
+            Application.scheme_id == scheme.id, Application.status == "rejected")):
+        for reason in reasons or ["other"]:
+            refusals[reason if reason in REJECTION_REASONS else "other"] += 1
     return CouncilReport(
         scheme=scheme.slug,
         scheme_name=scheme.name,
+        scheme_name_en=scheme.name_en,
         taken_at=dt.datetime.now(dt.UTC),
         budget_cents=scheme.budget_cents,
-        committed_cents=scheme.committed_cents,
+        committed_cents=figures.committed_cents,
+        left_cents=figures.left_cents,
+        max_places=figures.max_places,
+        places_used=figures.places_used,
+        places_left=figures.places_left,
+        waiting_list=figures.waiting_list_length,
+        applications=sum(c.count for c in by_status),
+        applications_by_status=by_status,
+        refusals_by_reason=[Count(key, refusals[key]) for key in [*REJECTION_REASONS, "other"] if refusals[key]],
         vouchers_issued=issued,
         entrepreneurs_helped=helped,
         spent_cents=spent,
@@ -161,29 +192,29 @@ async def council_report(session: AsyncSession, scheme: Scheme) -> CouncilReport
     )
 
 
-def _cell(text: str) -> str:
-    """Spreadsheets run cells starting with these as formulas; a provider's name must not."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
-def report_csv(report: CouncilReport, labels: dict[str, str]) -> str:
-    """One table: ``section, item, amount in euros, count``; euros with a point, for spreadsheets."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow([labels["section"], labels["item"], labels["euros"], labels["count"]])
-
-    def euros(cents: int) -> str:
-        return f"{cents // 100}.{cents % 100:02d}"
-
-    writer.writerow(["totals", "vouchers_issued", "", report.vouchers_issued])
-    writer.writerow(["totals", "entrepreneurs_helped", "", report.entrepreneurs_helped])
-    writer.writerow(["totals", "spent", euros(report.spent_cents), ""])
-    writer.writerow(["totals", "average_spend", euros(report.average_spend_cents), ""])
-    writer.writerow(["totals", "used_in_full", "", report.used_in_full])
-    writer.writerow(["totals", "used_in_full_percent", "", report.used_in_full_percent])
-    writer.writerow(["totals", "budget", euros(report.budget_cents), ""])
-    for section, rows in (("category", report.by_category), ("month", report.by_month),
-                          ("provider", report.by_provider)):
-        for row in rows:
-            writer.writerow([section, _cell(row.key), euros(row.cents), row.count])
-    return out.getvalue()
+def report_csv(report: CouncilReport, labels: dict[str, str]) -> bytes:
+    """One table: ``section; item; amount in euros; count``, in the convention of spreadsheet.py."""
+    euros = spreadsheet.euros
+    rows: list[list[object]] = [[labels["section"], labels["item"], labels["euros"], labels["count"]]]
+    rows += [
+        ["totals", "budget", euros(report.budget_cents), ""],
+        ["totals", "committed", euros(report.committed_cents), ""],
+        ["totals", "left", euros(report.left_cents), ""],
+        ["totals", "places", "", report.max_places],
+        ["totals", "places_used", "", report.places_used],
+        ["totals", "places_left", "", report.places_left],
+        ["totals", "waiting_list", "", report.waiting_list],
+        ["totals", "applications", "", report.applications],
+        ["totals", "vouchers_issued", "", report.vouchers_issued],
+        ["totals", "entrepreneurs_helped", "", report.entrepreneurs_helped],
+        ["totals", "spent", euros(report.spent_cents), ""],
+        ["totals", "average_spend", euros(report.average_spend_cents), ""],
+        ["totals", "used_in_full", "", report.used_in_full],
+        ["totals", "used_in_full_percent", "", spreadsheet.decimal(report.used_in_full_percent)],
+    ]
+    rows += [["application_status", c.key, "", c.count] for c in report.applications_by_status]
+    rows += [["refusal_reason", c.key, "", c.count] for c in report.refusals_by_reason]
+    for section, amounts in (("category", report.by_category), ("month", report.by_month),
+                             ("provider", report.by_provider)):
+        rows += [[section, spreadsheet.cell(a.key), euros(a.cents), a.count] for a in amounts]
+    return spreadsheet.write(rows)

@@ -12,7 +12,7 @@ from litestar.middleware import ASGIMiddleware
 from litestar.response import Redirect, Template
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from .. import audit, i18n
+from .. import audit, i18n, spreadsheet
 from ..auth import Principal
 from ..errors import DomainError
 from .. import web
@@ -73,10 +73,10 @@ def qr_data_uri(text: str) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(render_svg(text)).decode()
 
 
-def report_csv_response(report: reports.CouncilReport, slug: str) -> Response[str]:
+def report_csv_response(report: reports.CouncilReport, slug: str) -> Response[bytes]:
     """The council report as a CSV download with headings in the reader's language (the pages
     and the API serve the same file)."""
     labels = {"section": i18n.gettext("section"), "item": i18n.gettext("item"),
               "euros": i18n.gettext("amount in euros"), "count": i18n.gettext("count")}
-    return Response(reports.report_csv(report, labels), media_type="text/csv; charset=utf-8",
+    return Response(reports.report_csv(report, labels), media_type=spreadsheet.MEDIA_TYPE,
                     headers={**NO_STORE, "Content-Disposition": f'attachment; filename="rapportage-{slug}.csv"'})

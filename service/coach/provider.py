@@ -16,7 +16,7 @@ from litestar.response import Redirect, Template
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import i18n, offers, payouts, providers, vouchers
+from .. import i18n, offers, payouts, providers, spreadsheet, vouchers
 from ..auth import Principal, requires
 from ..db import run_in_transaction
 from ..errors import N_, DomainError, InvalidInput
@@ -186,12 +186,12 @@ class ProviderPages(Controller):
         async with rt.sessionmaker() as session:
             st = await payouts.statement(session, who.provider_id, start, end)
         previous = (start - dt.timedelta(days=1)).strftime("%Y-%m")
-        return page("coach/statement.html", st=st, month=start.strftime("%Y-%m"), previous=previous,
+        return page("coach/statement.html", st=st, month=start.strftime("%Y-%m"), month_start=start, previous=previous,
                     next_month=end.strftime("%Y-%m"), categories=CATEGORY_LABELS, who=who)
 
     @get("/statement.csv")
     async def statement_csv(self, request: Request[Any, Any, Any], rt: NamedDependency[Runtime],
-                            month: FromQuery[str | None] = None) -> Response[str]:
+                            month: FromQuery[str | None] = None) -> Response[bytes]:
         who = principal(request)
         start, end = payouts.month_period(month)
         async with rt.sessionmaker() as session:
@@ -201,9 +201,9 @@ class ProviderPages(Controller):
                    _("Invoice amount"), _("Paid from voucher"), _("Payment batch")]
         labels = {k: _(v) for k, v in CATEGORY_LABELS.items()} | {"redemption": _("Redemption"),
                                                                   "reversal": _("Reversal")}
-        body = payouts.statement_csv(st, headers=headers, labels=labels, locale=i18n.current_locale())
+        body = payouts.statement_csv(st, headers=headers, labels=labels)
         name = f"statement-{start.strftime('%Y-%m')}.csv"
-        return Response(body, media_type="text/csv; charset=utf-8",
+        return Response(body, media_type=spreadsheet.MEDIA_TYPE,
                         headers={**NO_STORE, "Content-Disposition": f'attachment; filename="{name}"'})
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from .. import applications, i18n, outbox, qr, ratelimit, registry, schemes, signin
+from .. import applications, i18n, links, outbox, qr, ratelimit, registry, schemes, signin
 from ..auth import Principal, requires, sign_in, sign_out
 from ..codes import format_code
 from ..db import run_in_transaction
@@ -125,7 +125,7 @@ def signed_in_voucher(request: Request[Any, Any, Any]) -> int:
 
 # --- start page and application --------------------------------------------------------------
 
-@get("/regelingen/{slug:str}", name="entrepreneur:start")
+@get(links.SCHEME_START, name="entrepreneur:start")
 async def start(slug: FromPath[str], rt: NamedDependency[Runtime]) -> Template:
     async with rt.sessionmaker() as session:
         scheme = await schemes.get_scheme(session, slug)
@@ -133,14 +133,14 @@ async def start(slug: FromPath[str], rt: NamedDependency[Runtime]) -> Template:
     return entrepreneur_page("start", scheme=scheme, summary=summary)
 
 
-@get("/regelingen/{slug:str}/aanvragen")
+@get(links.SCHEME_START + "/aanvragen")
 async def apply_form(slug: FromPath[str], rt: NamedDependency[Runtime]) -> Template:
     async with rt.sessionmaker() as session:
         scheme = await schemes.get_scheme(session, slug)
     return entrepreneur_page("apply", scheme=scheme, values={}, errors={}, is_open=schemes.scheme_status(scheme) == "open")
 
 
-@post("/regelingen/{slug:str}/aanvragen")
+@post(links.SCHEME_START + "/aanvragen")
 async def apply_submit(request: Request[Any, Any, Any], slug: FromPath[str], data: Form,
                        rt: NamedDependency[Runtime]) -> Response[Any]:
     locale = i18n.current_locale()

@@ -48,7 +48,7 @@ async def reserve_offer(session: AsyncSession, rt: Runtime, voucher_id: int, off
                    contact_name=application.contact_name, provider_name=provider.name, **common)
     outbox.enqueue(session, to=provider.email, template="reservation_requested", locale=provider.locale,
                    provider_name=provider.name, company_name=application.company_name,
-                   contact_name=application.contact_name, contact_email=application.email, **common)
+                   contact_name=application.contact_name, contact_email=application.email, hold_id=hold.id, **common)
     return hold
 
 

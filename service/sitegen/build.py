@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import msgspec
 import yaml
 
 from .pages import ROOT, refuse_to_touch, scheme_pages, write_sources
@@ -53,6 +54,8 @@ def _build(snapshot: PublicSnapshot, out_dir: Path, work_dir: Path, site_url: st
     write_sources(snapshot, src_dir)
     config_file = work_dir / "mkdocs.yml"
     config = _site_config(src_dir, out_dir, scheme_pages(snapshot), site_url)
+    # For the footer on every page (theme partial copyright.html).
+    config.setdefault("extra", {})["contact"] = msgspec.to_builtins(snapshot.contact)
     config_file.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--clean", "-f", str(config_file)],

@@ -9,6 +9,7 @@ from collections import defaultdict
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .. import links
 from ..models import Enrolment, LedgerEntry, Offer, Provider, Scheme, utcnow
 from ..schemes import redeemed, scheme_status
 from .snapshot import ContactFacts, FiguresPoint, OfferFacts, ProviderFacts, PublicSnapshot, SchemeFacts
@@ -70,7 +71,7 @@ async def collect_snapshot(session: AsyncSession, *, service_url: str,
             committed_cents=scheme.committed_cents, redeemed_cents=await redeemed(session, scheme.id),
             # The site knows upcoming, open and closed; vouchers in use after the window count as closed.
             status="open" if status == "open" else "upcoming" if status == "upcoming" else "closed",
-            apply_url=f"{service_url.rstrip('/')}/regelingen/{scheme.slug}",
+            apply_url=links.url(service_url, links.SCHEME_START, slug=scheme.slug),
             lottery_seed_hash=scheme.lottery_seed_hash, history=await _history(session, scheme.id),
         ))
     slugs = {scheme.id: scheme.slug for scheme in schemes}

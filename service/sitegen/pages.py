@@ -19,12 +19,15 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup
 
+from .. import links
 from . import chart, text
 from .snapshot import ProviderFacts, PublicSnapshot, SchemeFacts
 
 ROOT = Path(__file__).resolve().parents[2]
 HAND_WRITTEN = ROOT / "site"
 TEMPLATES = ROOT / "service" / "site_templates"
+# The service's own logo and colours, so that the site and the service look like one municipality's.
+BRAND_FILES = (ROOT / "service" / "static" / "logo.svg", ROOT / "service" / "static" / "brand.css")
 LANGUAGES = ("nl", "en")
 BLOCK = re.compile(r"<!-- snapshot:(?P<name>[a-z-]+) -->\n.*?<!-- /snapshot:(?P=name) -->", re.S)
 
@@ -60,6 +63,8 @@ def write_sources(snapshot: PublicSnapshot, src_dir: Path) -> None:
     if src_dir.exists():
         shutil.rmtree(src_dir)
     shutil.copytree(HAND_WRITTEN, src_dir)
+    for brand_file in BRAND_FILES:
+        shutil.copyfile(brand_file, src_dir / "assets" / brand_file.name)
     for page in src_dir.rglob("*.md"):
         lang = "en" if page.name.endswith(".en.md") else "nl"
         source = page.read_text(encoding="utf-8")
@@ -133,6 +138,8 @@ def _environment(lang: str) -> jinja2.Environment:
     env.globals.update(
         link=text.link,
         button=text.button,
+        # The service would otherwise pick the browser's language: a Dutch page leads to the Dutch form.
+        in_language=functools.partial(links.with_lang, lang=lang),
         email_link=text.email_link,
         phone_link=text.phone_link,
         lines=text.lines,
