@@ -20,11 +20,11 @@ from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import applications, audit, privacy, schemes
+from .. import applications, audit, history, privacy, schemes
 from ..auth import requires
 from ..db import run_in_transaction
-from ..errors import N_, InvalidInput
-from ..models import Application, Enrolment, Provider, Scheme
+from ..errors import N_, InvalidInput, NotFound
+from ..models import Application, Enrolment, Provider, Scheme, Voucher
 from ..runtime import Runtime
 from ..web import NO_STORE
 from . import interventions, reports
@@ -275,6 +275,15 @@ class AdminOperationsController(Controller):
                                  decided_by=review.decided_by, decided_at=review.decided_at)
 
         return await _idempotent(request, rt, work, body_type=ReportDecisionIn)
+
+    @get("/vouchers/{voucher_id:int}/history", response_headers=NO_STORE)
+    async def voucher_history(self, voucher_id: FromPath[int], rt: NamedDependency[Runtime]) -> list[history.HistoryRow]:
+        """What happened with a voucher, as its holder sees it on "my voucher": one row per change of
+        its spendable balance, oldest first; the amounts add up to ``balance_cents``."""
+        async with rt.sessionmaker() as session:
+            if await session.get(Voucher, voucher_id) is None:
+                raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
+            return await history.voucher_history(session, voucher_id)
 
     # --- interventions ---------------------------------------------------------------------------
 

@@ -21,12 +21,12 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from .. import applications, i18n, outbox, qr, ratelimit, registry, schemes, signin
+from .. import applications, history, i18n, outbox, qr, ratelimit, registry, schemes, signin
 from ..auth import Principal, requires, sign_in, sign_out
 from ..codes import format_code
 from ..db import run_in_transaction
 from ..errors import N_, REJECTION_REASONS, Conflict, NotFound, TooManyAttempts
-from ..models import Application, Enrolment, Hold, Provider, Redemption, Scheme, Voucher
+from ..models import Application, Enrolment, Hold, Provider, Scheme, Voucher
 from ..runtime import Runtime
 from ..vouchers import effective_status
 from ..web import NO_STORE, client_ip
@@ -325,27 +325,10 @@ async def voucher_view(session: AsyncSession, rt: Runtime, voucher_id: int) -> d
         raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
     application = await session.get_one(Application, voucher.application_id)
     scheme = await session.get_one(Scheme, voucher.scheme_id)
-    events: list[dict[str, Any]] = []
     holds = (await session.execute(
         select(Hold, Provider.name).join(Provider, Provider.id == Hold.provider_id)
-        .where(Hold.voucher_id == voucher.id).order_by(Hold.id))).all()
-    for hold, provider_name in holds:
-        events.append({"when": hold.created_at, "kind": "hold", "provider": provider_name,
-                       "amount": -hold.amount_cents, "status": hold.status, "hold_id": hold.id})
-        if hold.status == "released" and hold.decided_at is not None:
-            events.append({"when": hold.decided_at, "kind": f"released-{hold.release_reason}",
-                           "provider": provider_name, "amount": hold.amount_cents})
-    redemptions = (await session.execute(
-        select(Redemption, Provider.name).join(Provider, Provider.id == Redemption.provider_id)
-        .where(Redemption.voucher_id == voucher.id).order_by(Redemption.id))).all()
-    for redemption, provider_name in redemptions:
-        events.append({"when": redemption.created_at, "kind": "redemption", "provider": provider_name,
-                       "amount": -redemption.amount_cents, "invoice": redemption.invoice_cents,
-                       "own": redemption.own_contribution_cents})
-        if redemption.reversed_at is not None:
-            events.append({"when": redemption.reversed_at, "kind": "reversal", "provider": provider_name,
-                           "amount": redemption.amount_cents})
-    events.sort(key=lambda e: e["when"], reverse=True)
+        .where(Hold.voucher_id == voucher.id, Hold.status == "open").order_by(Hold.id))).all()
+    events = list(reversed(await history.voucher_history(session, voucher.id)))
     enrolment = aliased(Enrolment)
     coaches = (await session.execute(
         select(Provider, enrolment.categories).join(enrolment, enrolment.provider_id == Provider.id)
@@ -358,7 +341,7 @@ async def voucher_view(session: AsyncSession, rt: Runtime, voucher_id: int) -> d
         "scheme_name": scheme.name if i18n.current_locale() == "nl" else scheme.name_en,
         "code": format_code(rt.keys.code_for(voucher.code_salt)),
         "events": events,
-        "open_holds": [(h, name) for h, name in holds if h.status == "open"],
+        "open_holds": list(holds),
         "coaches": coaches,
     }
 
