@@ -87,6 +87,7 @@ def _template_engine() -> JinjaTemplateEngine:
     env.install_gettext_callables(i18n.gettext, i18n.ngettext, newstyle=True)  # type: ignore[attr-defined]
     env.filters["money"] = i18n.format_money
     env.filters["day"] = i18n.format_day
+    env.filters["last_day"] = i18n.format_last_day
     env.filters["moment"] = i18n.format_moment
     env.globals["current_locale"] = i18n.current_locale
     return JinjaTemplateEngine.from_environment(env)

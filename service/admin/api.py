@@ -20,7 +20,7 @@ from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import applications, audit, history, privacy, schemes
+from .. import applications, audit, history, privacy, schemes, validity
 from ..auth import requires
 from ..db import run_in_transaction
 from ..errors import N_, InvalidInput, NotFound
@@ -123,6 +123,9 @@ class VoucherExtended(msgspec.Struct, frozen=True, kw_only=True):
     voucher_id: int
     status: str
     expires_at: dt.datetime
+    """The moment it stops working: 00:00 Dutch time after ``valid_until``."""
+    valid_until: dt.date
+    """The last day it can be used (Dutch time)."""
 
 
 class SchemeClosed(msgspec.Struct, frozen=True, kw_only=True):
@@ -292,7 +295,8 @@ class AdminOperationsController(Controller):
                              data: JSONBody[ExtensionIn], rt: NamedDependency[Runtime]) -> Response[bytes]:
         async def work(session: AsyncSession) -> VoucherExtended:
             voucher = await interventions.extend_voucher(session, voucher_id, until=data.until, reason=data.reason)
-            return VoucherExtended(voucher_id=voucher.id, status=voucher.status, expires_at=voucher.expires_at)
+            return VoucherExtended(voucher_id=voucher.id, status=voucher.status, expires_at=voucher.expires_at,
+                                   valid_until=validity.last_day(voucher.expires_at))
 
         return await _idempotent(request, rt, work, body_type=ExtensionIn)
 
