@@ -7,6 +7,7 @@ Handlers turn forms into calls of the domain functions (``applications``, ``regi
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Annotated, Any
 
@@ -21,12 +22,12 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from .. import applications, history, i18n, outbox, qr, ratelimit, registry, schemes, signin
+from .. import applications, history, i18n, outbox, qr, ratelimit, registry, schemes, signin, validity, vouchers
 from ..auth import Principal, requires, sign_in, sign_out
 from ..codes import format_code
 from ..db import run_in_transaction
 from ..errors import N_, REJECTION_REASONS, Conflict, NotFound, TooManyAttempts
-from ..models import Application, Enrolment, Hold, Provider, Scheme, Voucher
+from ..models import Application, Enrolment, Hold, Provider, Scheme, Voucher, utcnow
 from ..runtime import Runtime
 from ..vouchers import effective_status
 from ..web import NO_STORE, client_ip
@@ -284,11 +285,14 @@ async def sign_out_page(request: Request[Any, Any, Any]) -> Response[Any]:
 
 
 async def _code_of(rt: Runtime, voucher_id: int) -> str:
+    """The code of a voucher that can still be used: an ended one has no QR code to show."""
     async with rt.sessionmaker() as session:
-        salt = await session.scalar(select(Voucher.code_salt).where(Voucher.id == voucher_id))
-    if salt is None:
+        voucher = await session.get(Voucher, voucher_id)
+    if voucher is None:
         raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
-    return format_code(rt.keys.code_for(salt))
+    if effective_status(voucher) != "active":
+        raise vouchers.refusal(voucher, 0, utcnow())
+    return format_code(rt.keys.code_for(voucher.code_salt))
 
 
 @get("/mijn-voucher/qr.png", guards=[requires("entrepreneur")])
@@ -318,6 +322,18 @@ async def print_page(request: Request[Any, Any, Any], rt: NamedDependency[Runtim
     return entrepreneur_page("print", **view)
 
 
+def _ended_on(voucher: Voucher, status: str, events: list[history.HistoryRow]) -> dt.date | None:
+    """The day a voucher stopped being usable, for the notice that replaces its code."""
+    if status == "expired":
+        return validity.last_day(voucher.expires_at)
+    if status == "revoked" and voucher.ended_at is not None:
+        return validity.local_day(voucher.ended_at)
+    if status == "used_up":
+        spent = [e.at for e in events if e.amount_cents < 0]
+        return validity.local_day(max(spent)) if spent else None
+    return None
+
+
 async def voucher_view(session: AsyncSession, rt: Runtime, voucher_id: int) -> dict[str, Any]:
     """Everything "my voucher" shows: money, code, history, the coaches that take part."""
     voucher = await session.get(Voucher, voucher_id)
@@ -333,13 +349,16 @@ async def voucher_view(session: AsyncSession, rt: Runtime, voucher_id: int) -> d
     coaches = (await session.execute(
         select(Provider, enrolment.categories).join(enrolment, enrolment.provider_id == Provider.id)
         .where(enrolment.scheme_id == scheme.id, enrolment.status == "approved").order_by(Provider.name))).all()
+    status = effective_status(voucher)
     return {
         "voucher": voucher,
-        "status": effective_status(voucher),
+        "status": status,
+        "ended_on": _ended_on(voucher, status, events),
         "application": application,
         "scheme": scheme,
         "scheme_name": scheme.name if i18n.current_locale() == "nl" else scheme.name_en,
-        "code": format_code(rt.keys.code_for(voucher.code_salt)),
+        # An ended voucher's code is of no use to anyone, so it is not shown.
+        "code": format_code(rt.keys.code_for(voucher.code_salt)) if status == "active" else None,
         "events": events,
         "open_holds": list(holds),
         "coaches": coaches,
