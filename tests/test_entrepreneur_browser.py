@@ -152,3 +152,38 @@ def test_a_revoked_voucher_on_a_phone(backend: str, settings: Settings, live_ser
         assert page.get_by_role("heading", name="Bezwaar maken").is_visible()
         assert page.locator("img.qr").count() == 0
         assert_accessible(page, "entrepreneur/20-revoked-phone")
+
+
+async def _refused_application(settings: Settings) -> str:
+    from service import applications, registry
+    from tests.helpers import applicant
+
+    rt = Runtime.create(settings)
+    try:
+        scheme = await make_scheme(rt)
+
+        async def work(session):  # type: ignore[no-untyped-def]
+            application = await applications.submit(session, scheme, applicant(kvk_number="20000002", employees=5))
+            application.status = "registry_pending"
+            return application
+
+        application = await run_in_transaction(rt.sessionmaker, work)
+        assert await registry.check_application(rt, application.id) == "rejected"
+        return application.public_id
+    finally:
+        await rt.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_refusal_with_the_registers_facts_on_a_phone(backend: str, settings: Settings, live_server_factory) -> None:
+    require_browser()
+    public_id = asyncio.run(_refused_application(settings))
+    server = live_server_factory()
+    with chromium() as context, guarded_page(context, viewport=PHONE) as page:
+        page.goto(server.url + f"/aanvraag/{public_id}?lang=nl")
+        page.get_by_role("heading", name="Wat het Handelsregister zegt").wait_for()
+        assert page.get_by_text("u vulde in: 5").is_visible()
+        assert_accessible(page, "entrepreneur/21-refused-phone")
+        page.goto(server.url + f"/aanvraag/{public_id}?lang=en")
+        page.get_by_role("heading", name="What the trade register says").wait_for()
+        assert_accessible(page, "entrepreneur/22-refused-phone-en")

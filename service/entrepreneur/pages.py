@@ -219,6 +219,7 @@ async def status_page(request: Request[Any, Any, Any], public_id: FromPath[str],
             raise TooManyAttempts(minutes=max(1, window // 60))
         try:
             state = await applications.application_state(session, public_id.strip().upper())
+            register = await applications.register_facts_of(session, state.application_id)
             scheme = await schemes.get_scheme(session, state.scheme)
         except NotFound as exc:
             missing: NotFound | None = exc
@@ -229,7 +230,8 @@ async def status_page(request: Request[Any, Any, Any], public_id: FromPath[str],
             await ratelimit.count_attempt(counting, key, window_seconds=window)
         raise missing
     principal = _principal(request)
-    return entrepreneur_page("status", state=state, scheme=scheme, signed_in=principal is not None)
+    return entrepreneur_page("status", state=state, scheme=scheme, register=register,
+                             signed_in=principal is not None)
 
 
 # --- my voucher ---------------------------------------------------------------------------------
