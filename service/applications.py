@@ -240,7 +240,7 @@ async def decide(session: AsyncSession, rt: Runtime, scheme: Scheme, application
         application.status = "entered"
         outbox.enqueue(session, to=application.email, template="application_entered", locale=application.locale,
                        contact_name=application.contact_name, application_id=application.public_id,
-                       closes_at=scheme.applications_close_at.date().isoformat(),
+                       closes_at=scheme.applications_close_at.isoformat(),
                        scheme_name=scheme_name(scheme, application.locale))
     elif await take_place(session, scheme, from_waiting_list=False):
         await issue_voucher(session, rt, scheme, application)

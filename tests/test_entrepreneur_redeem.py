@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from service import history, offers
+from service import history, i18n, offers
 from service.app import create_app
 from service.db import run_in_transaction
 from service.models import Hold, Voucher
@@ -131,3 +133,27 @@ async def test_a_confirmed_reservation_is_one_row_and_the_rows_add_up(client, rt
     assert api.status_code == 200
     assert [(r["kind"], r["amount_cents"]) for r in api.json()] == [
         ("issued", 1_350_00), ("reserved", -450_00), ("reserved", -450_00), ("released", 450_00)]
+
+
+async def test_reservation_mails_say_reserved_and_use_the_readers_dates(client, rt, smtp_server) -> None:
+    scheme = await make_scheme(rt, own_contribution_percent=10)
+    await make_voucher(rt, scheme, email="jan@example.org")
+    provider, _ = await make_provider(rt, scheme, name="Coach & Co")
+    offer = await publish(rt, scheme, provider)
+    await sign_in_as(client, rt, smtp_server, "jan@example.org")
+    detail = (await client.get(f"/mijn-voucher/aanbod/{offer.id}")).text
+    assert "laten wij Coach &amp; Co weten" in detail
+    reserved = await post_form(client, f"/mijn-voucher/aanbod/{offer.id}")
+    page = (await client.get(reserved.headers["location"])).text
+    assert "Wij hebben Coach &amp; Co laten weten" in page and "het Coach" not in page
+    assert "Gereserveerd op uw voucher" in page
+    hold = await reload(rt, Hold, int(reserved.headers["location"].rsplit("/", 1)[1]))
+    with i18n.use_locale("nl"):
+        day = i18n.format_day(hold.expires_at)
+    mails = {m["To"]: body(m) for m in await deliver(rt, smtp_server)}
+    mine = mails["jan@example.org"]
+    assert "Gereserveerd op uw voucher: €\xa0450,00." in mine and "Betaald" not in mine
+    assert f"niet voor {day}?" in mine
+    assert f"vóór {day}" in mails["coach@example.org"]
+    for text in mails.values():
+        assert not re.search(r"\d{4}-\d{2}-\d{2}", text)

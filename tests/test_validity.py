@@ -79,3 +79,16 @@ async def test_the_issued_mail_names_the_last_day_in_the_readers_language(client
     with i18n.use_locale("nl"):
         assert f"tot en met {i18n.format_last_day(fresh.expires_at)}." in body(issued)
     assert not re.search(r"\d{4}-\d{2}-\d{2}", body(issued))
+
+
+async def test_mails_write_dates_in_the_readers_language(rt) -> None:
+    closes = dt.datetime(2027, 12, 31, 16, 0, tzinfo=dt.UTC)
+    texts = {}
+    async with rt.sessionmaker() as session:
+        for locale in ("nl", "en"):
+            message = OutboxMessage(**outbox.message_values(
+                "jan@example.org", "application_entered", locale,
+                {"contact_name": "Jan", "application_id": "A1", "scheme_name": "Test", "closes_at": closes.isoformat()}))
+            texts[locale] = (await outbox.render(session, rt, message))[1]
+    assert "31 december 2027" in texts["nl"] and "31 December 2027" in texts["en"]
+    assert not any(re.search(r"\d{4}-\d{2}-\d{2}", text) for text in texts.values())
