@@ -9,7 +9,7 @@ import re
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from service import i18n, outbox, validity
+from service import i18n, outbox, privacy, validity
 from service.app import create_app
 from service.models import OutboxMessage, Voucher
 from tests.admin_helpers import staff_client_sign_in
@@ -65,6 +65,10 @@ async def test_an_extension_shows_the_same_last_day_everywhere(client, rt, smtp_
         await sign_in_as(holder, rt, smtp_server, "jan@example.org")
         mine = (await holder.get("/mijn-voucher")).text
         assert "Geldig tot en met" in mine and "31 december 2027" in mine and "januari 2028" not in mine
+
+    async with rt.sessionmaker() as session:
+        exported = await privacy.export_subject(session, rt, issued.kvk_number)
+    assert [v["valid_until"] for v in exported["as_applicant"]["vouchers"]] == [LAST]
 
     await staff_client_sign_in(client, rt, "beheerder")
     staff_page = (await client.get(f"/beheer/vouchers/{voucher.id}")).text
