@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import applications, fastwrite, idempotency, ratelimit, schemes, vouchers
 from . import offers as offers_domain
-from . import payouts, staff
+from . import payouts, staff, validity
 from .admin import interventions
 from .admin.api import AdminOperationsController
 from .auth import Principal, requires
@@ -73,6 +73,9 @@ class VoucherOut(msgspec.Struct, frozen=True, kw_only=True):
     held_cents: int
     redeemed_cents: int
     expires_at: dt.datetime
+    """The moment it stops working: 00:00 Dutch time after ``valid_until``."""
+    valid_until: dt.date
+    """The last day it can be used (Dutch time)."""
     categories: list[str]
     own_contribution_percent: int
 
@@ -123,6 +126,7 @@ def _voucher_out(voucher: vouchers.ScannedVoucher) -> VoucherOut:
         held_cents=voucher.held_cents,
         redeemed_cents=voucher.redeemed_cents,
         expires_at=voucher.expires_at,
+        valid_until=validity.last_day(voucher.expires_at),
         categories=voucher.categories,
         own_contribution_percent=voucher.own_contribution_percent,
     )

@@ -93,6 +93,7 @@ def _template_engine() -> JinjaTemplateEngine:
     env.install_gettext_callables(i18n.gettext, i18n.ngettext, newstyle=True)  # type: ignore[attr-defined]
     env.filters["money"] = i18n.format_money
     env.filters["day"] = i18n.format_day
+    env.filters["last_day"] = i18n.format_last_day
     env.filters["moment"] = i18n.format_moment
     env.filters["month"] = i18n.format_month
     env.filters["number"] = i18n.format_number

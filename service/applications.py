@@ -30,11 +30,14 @@ __all__ = (
     "ApplicantDetails",
     "ApplicationState",
     "DrawResult",
+    "RegisterFacts",
     "application_state",
     "decide",
     "draw",
     "draw_order",
     "promote_waiting",
+    "register_facts",
+    "register_facts_of",
     "reject",
     "state_after_decision",
     "submit",
@@ -67,6 +70,38 @@ class ApplicationState(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     waiting_list_position: int | None
     reasons: list[str]
+
+
+class RegisterFacts(msgspec.Struct, frozen=True, kw_only=True):
+    """What the trade register said when the application was decided, beside what the applicant
+    typed and the scheme's rule: a refused applicant can see what to have corrected."""
+
+    found: bool
+    employees: int | None
+    postcode: str | None
+    active: bool | None
+    extracted_on: dt.date | None
+    entered_employees: int
+    entered_postcode: str
+    max_employees: int
+
+
+def register_facts(scheme: Scheme, application: Application) -> RegisterFacts | None:
+    """The register's facts the decision used; None when the register was not asked."""
+    if application.registry_checked_at is None:
+        return None
+    return RegisterFacts(
+        found="not-in-register" not in (application.reasons or []), employees=application.registry_employees,
+        postcode=application.registry_postcode, active=application.registry_active,
+        extracted_on=application.registry_extracted_on, entered_employees=application.employees,
+        entered_postcode=application.postcode, max_employees=scheme.max_employees)
+
+
+async def register_facts_of(session: AsyncSession, public_id: str) -> RegisterFacts | None:
+    application = await session.scalar(select(Application).where(Application.public_id == public_id))
+    if application is None:
+        raise NotFound("application-not-found", N_("There is no application with this number."))
+    return register_facts(await session.get_one(Scheme, application.scheme_id), application)
 
 
 class DrawResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,6 +149,7 @@ def application_values(scheme: Scheme, details: ApplicantDetails, now: dt.dateti
         "purpose": details.purpose.strip(), "locale": details.locale, "reasons": [], "waitlist_number": None,
         "lottery_rank": None, "created_at": now, "decided_at": None, "email_confirmed_at": None,
         "registry_checked_at": None, "registry_employees": None, "registry_postcode": None, "registry_attempts": 0,
+        "registry_active": None, "registry_extracted_on": None,
     }
 
 
@@ -204,7 +240,7 @@ async def decide(session: AsyncSession, rt: Runtime, scheme: Scheme, application
         application.status = "entered"
         outbox.enqueue(session, to=application.email, template="application_entered", locale=application.locale,
                        contact_name=application.contact_name, application_id=application.public_id,
-                       closes_at=scheme.applications_close_at.date().isoformat(),
+                       closes_at=scheme.applications_close_at.isoformat(),
                        scheme_name=scheme_name(scheme, application.locale))
     elif await take_place(session, scheme, from_waiting_list=False):
         await issue_voucher(session, rt, scheme, application)
@@ -229,9 +265,11 @@ def reject(session: AsyncSession, scheme: Scheme, application: Application, reas
     application.status = "rejected"
     application.reasons = reasons
     application.decided_at = utcnow()
+    facts = register_facts(scheme, application)
     outbox.enqueue(session, to=application.email, template="application_rejected", locale=application.locale,
                    contact_name=application.contact_name, reasons=reasons,
-                   scheme_name=scheme_name(scheme, application.locale))
+                   scheme_name=scheme_name(scheme, application.locale),
+                   register=msgspec.to_builtins(facts) if facts is not None else None)
 
 
 def waiting_mail(scheme: Scheme, public_id: str, locale: str, contact_name: str) -> dict[str, Any]:

@@ -729,7 +729,9 @@ def voucher_extend(voucher_id: int, until: str, reason: str) -> None:
     async def work(args: Any) -> str:
         _rt, session = args
         voucher = await interventions.extend_voucher(session, voucher_id, until=day, reason=reason)
-        return f"voucher {voucher.id}: valid until {voucher.expires_at.isoformat()}"
+        from . import validity
+
+        return f"voucher {voucher.id}: valid up to and including {validity.last_day(voucher.expires_at).isoformat()}"
 
     click.echo(_in_transaction(work))
 

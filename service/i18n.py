@@ -25,11 +25,14 @@ from babel.messages.pofile import read_po
 from babel.numbers import format_currency, format_decimal
 from babel.numbers import format_percent as _format_percent
 
+from . import validity
+
 __all__ = (
     "DEFAULT_LOCALE",
     "LOCALES",
     "current_locale",
     "format_day",
+    "format_last_day",
     "format_moment",
     "format_money",
     "format_month",
@@ -125,10 +128,26 @@ def _money(cents: int, locale: str) -> str:
     return format_currency(Decimal(cents) / 100, "EUR", locale=_BABEL_LOCALE[locale])
 
 
-def format_day(day: dt.date | dt.datetime) -> str:
+def _parse(value: dt.date | dt.datetime | str) -> dt.date | dt.datetime:
+    # Mail parameters are stored as JSON, so their dates arrive as ISO text.
+    if isinstance(value, str):
+        return dt.datetime.fromisoformat(value) if "T" in value else dt.date.fromisoformat(value)
+    return value
+
+
+def format_day(day: dt.date | dt.datetime | str) -> str:
+    """A day in the reader's language (``31 december 2027``); a moment counts in Dutch time."""
+    day = _parse(day)
     if isinstance(day, dt.datetime):
         day = day.astimezone(ZoneInfo(_TIMEZONE)).date()
     return format_date(day, format="long", locale=_BABEL_LOCALE[_current.get()])
+
+
+def format_last_day(expires_at: dt.datetime | dt.date | str) -> str:
+    """The last day a voucher ending at ``expires_at`` can be used (``service.validity``); a date
+    is taken to be that last day already."""
+    end = _parse(expires_at)
+    return format_day(validity.last_day(end) if isinstance(end, dt.datetime) else end)
 
 
 def format_moment(moment: dt.datetime) -> str:

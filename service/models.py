@@ -173,6 +173,10 @@ class Application(Base):
     registry_employees: Mapped[int | None] = mapped_column(Integer)
     """People working at the firm according to the register (the figure the decision used)."""
     registry_postcode: Mapped[str | None] = mapped_column(String(7))
+    registry_active: Mapped[bool | None] = mapped_column(Boolean)
+    """Whether the register lists the firm as active; None when it was not found or not asked."""
+    registry_extracted_on: Mapped[dt.date | None] = mapped_column(Date)
+    """The date of the register's extract the decision used."""
     registry_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 

@@ -52,6 +52,7 @@ _env = Environment(
 _env.install_gettext_callables(i18n.gettext, i18n.ngettext, newstyle=True)  # type: ignore[attr-defined]
 _env.filters["money"] = i18n.format_money
 _env.filters["day"] = i18n.format_day
+_env.filters["last_day"] = i18n.format_last_day
 _env.globals["reason_texts"] = REJECTION_REASONS
 
 

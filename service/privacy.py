@@ -33,7 +33,7 @@ import msgspec
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import audit
+from . import audit, validity
 from .models import (
     Application,
     Enrolment,
@@ -192,7 +192,8 @@ async def export_subject(session: AsyncSession, rt: Runtime, kvk_number: str) ->
         "controller": "Gemeente Arnhem, Postbus 9029, 6800 EL Arnhem",
         "as_applicant": {
             "applications": [{**_row(a), "scheme": scheme_slugs.get(a.scheme_id)} for a in applications],
-            "vouchers": [_row(v, skip=("code_hash", "code_salt")) for v in vouchers],
+            "vouchers": [{**_row(v, skip=("code_hash", "code_salt")), "valid_until": validity.last_day(v.expires_at)}
+                         for v in vouchers],
             "redemptions": [{**_row(r), "provider": provider_names.get(r.provider_id)} for r in redemptions],
             "reservations": [{**_row(h), "provider": provider_names.get(h.provider_id)} for h in holds],
             "ledger_entries": [_row(e) for e in entries],

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stdnum.exceptions import ValidationError
 from stdnum.nl import postcode as nl_postcode
 
-from . import applications, outbox, schemes
+from . import applications, outbox, schemes, validity
 from .db import run_in_transaction
 from .models import Application, Scheme, Voucher, utcnow
 from .runtime import Runtime
@@ -59,6 +59,8 @@ class RegistryRecord(msgspec.Struct, frozen=True, kw_only=True):
     postcode: str | None
     """Postcode of the main establishment (hoofdvestiging), formatted ``1234 AB``."""
     active: bool
+    extracted_on: dt.date | None = None
+    """The date of the extract these facts come from (the day the register was asked, for the API)."""
 
 
 class RegistryUnavailable(Exception):
@@ -89,6 +91,8 @@ class FileRegistry:
         self.path = Path(path)
         self._records: dict[str, RegistryRecord] | None = None
         self._mtime: int | None = None
+        self.extracted_on: dt.date | None = None
+        """The date of the extract last read, which also answers for numbers it does not hold."""
 
     def _load(self) -> dict[str, RegistryRecord]:
         try:
@@ -100,6 +104,8 @@ class FileRegistry:
         except OSError as exc:
             raise RegistryUnavailable(f"cannot read {self.path}: {exc}") from None
         records = {}
+        # The file is the extract: its date is the day it was written, in Dutch time.
+        extracted_on = validity.local_day(dt.datetime.fromtimestamp(mtime / 1e9, dt.UTC))
         for row in rows:
             number = (row.get("kvk_number") or "").strip()
             employees = (row.get("employees") or "").strip()
@@ -109,8 +115,9 @@ class FileRegistry:
                 employees=int(employees) if employees.isdigit() else None,
                 postcode=normalise_postcode(row.get("postcode")),
                 active=(row.get("active") or "yes").strip().lower() in ("yes", "true", "1", "ja"),
+                extracted_on=extracted_on,
             )
-        self._records, self._mtime = records, mtime
+        self._records, self._mtime, self.extracted_on = records, mtime, extracted_on
         return records
 
     async def lookup(self, kvk_number: str) -> RegistryRecord | None:
@@ -169,6 +176,7 @@ def parse_basisprofiel(profile: dict[str, Any], main: dict[str, Any]) -> Registr
         employees=int(employees) if isinstance(employees, int | str) and str(employees).isdigit() else None,
         postcode=postcode,
         active=not ended,
+        extracted_on=validity.local_day(utcnow()),
     )
 
 
@@ -215,12 +223,18 @@ async def check_application(rt: Runtime, application_id: int, registry: Registry
         scheme = await session.get_one(Scheme, application.scheme_id)
         application.registry_checked_at = utcnow()
         application.registry_attempts += 1
+        # What the register said is kept with the decision, so the applicant can be shown it.
+        # A number the register does not hold has no record to date it: the extract's own date, or today.
+        application.registry_extracted_on = (
+            (record.extracted_on if record is not None else getattr(registry, "extracted_on", None))
+            or validity.local_day(application.registry_checked_at))
         reasons = []
         if record is None:
             reasons.append("not-in-register")
         else:
             application.registry_employees = record.employees
             application.registry_postcode = record.postcode
+            application.registry_active = record.active
             if not record.active:
                 reasons.append("not-active")
             has_voucher = await session.scalar(select(Voucher.id).where(

@@ -17,7 +17,7 @@ from sqlalchemy import and_, bindparam, case, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
-from . import audit, ledger, outbox
+from . import audit, ledger, outbox, validity
 from .codes import InvalidCode, normalise_code
 from .errors import N_, DomainError, Forbidden, InvalidInput, NotFound, Refused, TooManyAttempts
 from .fastpath import ScannedVoucher
@@ -88,7 +88,7 @@ def voucher_values(rt: Runtime, scheme: Scheme, application_id: int, kvk_number:
         "code_hash": rt.keys.hash_of(rt.keys.code_for(salt)), "code_salt": salt, "status": "active",
         "value_cents": scheme.value_cents, "balance_cents": scheme.value_cents, "held_cents": 0,
         "redeemed_cents": 0, "returned_cents": 0, "holds_place": True, "issued_at": now,
-        "expires_at": now + dt.timedelta(days=scheme.validity_days), "ended_at": None, "end_reason": None,
+        "expires_at": validity.issued_expiry(now, scheme.validity_days), "ended_at": None, "end_reason": None,
     }
 
 
@@ -96,7 +96,7 @@ def issued_mail(scheme: Scheme, voucher_id: int, expires_at: dt.datetime, locale
                 contact_name: str) -> dict[str, Any]:
     """The parameters of the ``voucher_issued`` mail (the code is derived when it is sent)."""
     return {"voucher_id": voucher_id, "scheme_name": scheme.name if locale == "nl" else scheme.name_en,
-            "value_cents": scheme.value_cents, "expires_at": expires_at.date().isoformat(),
+            "value_cents": scheme.value_cents, "expires_at": expires_at.isoformat(),
             "contact_name": contact_name}
 
 

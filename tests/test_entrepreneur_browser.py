@@ -90,6 +90,7 @@ def test_whole_journey_in_a_browser(backend: str, settings: Settings, live_serve
         assert_accessible(page, "entrepreneur/06-confirm")
         page.get_by_role("button", name="Mijn e-mailadres bevestigen").click()
         page.get_by_role("heading", name="Uw vouchercode").wait_for()
+        page.wait_for_load_state("load")  # the heading can be there before the QR image has loaded
         qr = page.get_by_role("img", name="QR-code van uw voucher. Uw coach kan deze scannen.")
         assert qr.evaluate("img => img.complete && img.naturalWidth > 0")
         _send_mail(settings)
@@ -117,3 +118,72 @@ def test_whole_journey_in_a_browser(backend: str, settings: Settings, live_serve
         page.set_viewport_size({"width": PHONE[0], "height": PHONE[1]})
         page.goto(server.url + "/mijn-voucher?lang=nl")
         assert_accessible(page, "entrepreneur/13-my-voucher-phone")
+
+
+async def _revoked_voucher(settings: Settings) -> None:
+    from service.admin import interventions
+    from tests.helpers import make_voucher
+
+    rt = Runtime.create(settings)
+    try:
+        scheme = await make_scheme(rt)
+        voucher, _ = await make_voucher(rt, scheme, email="jan@example.org")
+        await run_in_transaction(rt.sessionmaker, lambda s: interventions.revoke(
+            s, rt, voucher.id, reason="De KvK-inschrijving klopt niet"))
+        await outbox.send_due(rt)
+    finally:
+        await rt.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_revoked_voucher_on_a_phone(backend: str, settings: Settings, live_server_factory, smtp_server) -> None:
+    require_browser()
+    asyncio.run(_revoked_voucher(settings))
+    server = live_server_factory()
+    with chromium() as context, guarded_page(context, viewport=PHONE) as page:
+        page.goto(server.url + "/mijn-voucher?lang=nl")
+        page.get_by_label("E-mailadres").fill("jan@example.org")
+        page.get_by_role("button", name="Stuur mij een inloglink").click()
+        _send_mail(settings)
+        page.goto(server.url + link(smtp_server.to("jan@example.org")[-1], "/mijn-voucher/inloggen/"))
+        page.get_by_role("button", name="Inloggen").click()
+        page.get_by_role("heading", name="Uw voucher is ingetrokken").wait_for()
+        assert page.get_by_text("De KvK-inschrijving klopt niet").is_visible()
+        assert page.get_by_role("heading", name="Bezwaar maken").is_visible()
+        assert page.locator("img.qr").count() == 0
+        assert_accessible(page, "entrepreneur/20-revoked-phone")
+
+
+async def _refused_application(settings: Settings) -> str:
+    from service import applications, registry
+    from tests.helpers import applicant
+
+    rt = Runtime.create(settings)
+    try:
+        scheme = await make_scheme(rt)
+
+        async def work(session):  # type: ignore[no-untyped-def]
+            application = await applications.submit(session, scheme, applicant(kvk_number="20000002", employees=5))
+            application.status = "registry_pending"
+            return application
+
+        application = await run_in_transaction(rt.sessionmaker, work)
+        assert await registry.check_application(rt, application.id) == "rejected"
+        return application.public_id
+    finally:
+        await rt.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_refusal_with_the_registers_facts_on_a_phone(backend: str, settings: Settings, live_server_factory) -> None:
+    require_browser()
+    public_id = asyncio.run(_refused_application(settings))
+    server = live_server_factory()
+    with chromium() as context, guarded_page(context, viewport=PHONE) as page:
+        page.goto(server.url + f"/aanvraag/{public_id}?lang=nl")
+        page.get_by_role("heading", name="Wat het Handelsregister zegt").wait_for()
+        assert page.get_by_text("u vulde in: 5").is_visible()
+        assert_accessible(page, "entrepreneur/21-refused-phone")
+        page.goto(server.url + f"/aanvraag/{public_id}?lang=en")
+        page.get_by_role("heading", name="What the trade register says").wait_for()
+        assert_accessible(page, "entrepreneur/22-refused-phone-en")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import msgspec
@@ -298,3 +299,32 @@ async def test_an_english_applicant_gets_english_mail(client, rt, smtp_server) -
     (issued,) = await deliver(rt, smtp_server)
     assert issued["Subject"] == "Your voucher for Test scheme"
     assert "Your voucher code" in (await client.get("/mijn-voucher")).text
+
+
+async def test_a_refusal_shows_what_the_register_said(client, rt, settings, smtp_server) -> None:
+    await make_scheme(rt)
+    extract_day = dt.date(2026, 11, 30)
+    moment = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC).timestamp()
+    os.utime(settings.registry_file, (moment, moment))
+    cases = {
+        "20000002": ("5", "6811 AB", ["40", "u vulde in: 5", "6811 AB", "actief", "ten hoogste 10 mensen"]),
+        "20000003": ("2", "6811 AB", ["6701 AB", "u vulde in: 6811 AB", "actief"]),
+        "20000004": ("1", "6811 AB", ["beëindigd"]),
+        "29999999": ("1", "6811 AB", ["niet gevonden in het register"]),
+    }
+    for kvk, (employees, postcode, facts) in cases.items():
+        await apply(client, kvk_number=kvk, employees=employees, postcode=postcode, email=f"a{kvk}@example.org")
+        path = link((await deliver(rt, smtp_server))[-1], "/aanvraag/bevestigen/")
+        page = await client.get(path)
+        done = await client.post(path, data={"_csrf_token": csrf(page.text)}, follow_redirects=False)
+        status = (await client.get(done.headers["location"])).text
+        (rejection,) = await deliver(rt, smtp_server)
+        for text in (status, body(rejection)):
+            register = text.split("Wat het Handelsregister zegt" if text is status else "Deze gegevens hebben")[1]
+            assert "30 november 2026" in register, kvk
+            for fact in facts:
+                assert fact in text, (kvk, fact)
+            assert "bezwaar" in register
+    (application,) = [a for a in await applications_in(rt) if a.kvk_number == "20000002"]
+    assert (application.registry_employees, application.registry_active,
+            application.registry_extracted_on) == (40, True, extract_day)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from service import offers
+from service import history, i18n, offers
 from service.app import create_app
 from service.db import run_in_transaction
 from service.models import Hold, Voucher
 from tests.coach_helpers import make_staff
 from tests.coach_helpers import sign_in as coach_sign_in
 from tests.entrepreneur_journey import body, deliver, post_form, sign_in_as
-from tests.helpers import make_provider, make_scheme, make_voucher, reload
+from tests.helpers import admin_token, bearer, make_provider, make_scheme, make_voucher, reload
 
 
 async def publish(rt, scheme, provider, **overrides):  # type: ignore[no-untyped-def]
@@ -106,3 +108,64 @@ async def test_hidden_offer_cannot_be_reserved(client, rt, smtp_server) -> None:
     await sign_in_as(client, rt, smtp_server, "jan@example.org")
     assert (await client.get(f"/mijn-voucher/aanbod/{offer.id}")).status_code == 404
     assert (await post_form(client, "/mijn-voucher", f"/mijn-voucher/aanbod/{offer.id}")).status_code == 404
+
+
+def history_rows(html: str) -> list[str]:
+    table = html.split("Wat er met uw voucher is gebeurd")[2].split("</tbody>")[0]
+    return [row.split("</tr>")[0] for row in table.split("<tr>")[2:]]
+
+
+async def test_a_confirmed_reservation_is_one_row_and_the_rows_add_up(client, rt, smtp_server) -> None:
+    scheme = await make_scheme(rt, own_contribution_percent=10)
+    voucher, _ = await make_voucher(rt, scheme, email="jan@example.org")
+    provider, _ = await make_provider(rt, scheme, name="Coach & Co")
+    offer = await publish(rt, scheme, provider)
+    await sign_in_as(client, rt, smtp_server, "jan@example.org")
+    reserved = await post_form(client, f"/mijn-voucher/aanbod/{offer.id}")
+    hold_id = int(reserved.headers["location"].rsplit("/", 1)[1])
+    await run_in_transaction(rt.sessionmaker, lambda s: offers.confirm_reservation(
+        s, rt, hold_id, provider_id=provider.id, recorded_by="test"))
+    # A second reservation, cancelled: two rows (money out, money back).
+    second = await post_form(client, f"/mijn-voucher/aanbod/{offer.id}")
+    await post_form(client, second.headers["location"], f"{second.headers['location']}/annuleren")
+
+    page = (await client.get("/mijn-voucher")).text
+    rows = history_rows(page)
+    assert len(rows) == 4  # received, used, reserved, cancelled
+    confirmed = [row for row in rows if "bevestigd" in row]
+    assert len(confirmed) == 1 and "-450,00" in confirmed[0].replace("\xa0", "")
+    assert sum("450,00" in row for row in rows) == 3
+
+    async with rt.sessionmaker() as session:
+        rows_from_ledger = await history.voucher_history(session, voucher.id)
+    voucher = await reload(rt, Voucher, voucher.id)
+    assert sum(row.amount_cents for row in rows_from_ledger) == voucher.balance_cents == 900_00
+    assert [row.kind for row in rows_from_ledger] == ["issued", "reserved", "reserved", "released"]
+    api = await client.get(f"/api/v1/admin/vouchers/{voucher.id}/history", headers=bearer(await admin_token(rt)))
+    assert api.status_code == 200
+    assert [(r["kind"], r["amount_cents"]) for r in api.json()] == [
+        ("issued", 1_350_00), ("reserved", -450_00), ("reserved", -450_00), ("released", 450_00)]
+
+
+async def test_reservation_mails_say_reserved_and_use_the_readers_dates(client, rt, smtp_server) -> None:
+    scheme = await make_scheme(rt, own_contribution_percent=10)
+    await make_voucher(rt, scheme, email="jan@example.org")
+    provider, _ = await make_provider(rt, scheme, name="Coach & Co")
+    offer = await publish(rt, scheme, provider)
+    await sign_in_as(client, rt, smtp_server, "jan@example.org")
+    detail = (await client.get(f"/mijn-voucher/aanbod/{offer.id}")).text
+    assert "laten wij Coach &amp; Co weten" in detail
+    reserved = await post_form(client, f"/mijn-voucher/aanbod/{offer.id}")
+    page = (await client.get(reserved.headers["location"])).text
+    assert "Wij hebben Coach &amp; Co laten weten" in page and "het Coach" not in page
+    assert "Gereserveerd op uw voucher" in page
+    hold = await reload(rt, Hold, int(reserved.headers["location"].rsplit("/", 1)[1]))
+    with i18n.use_locale("nl"):
+        day = i18n.format_day(hold.expires_at)
+    mails = {m["To"]: body(m) for m in await deliver(rt, smtp_server)}
+    mine = mails["jan@example.org"]
+    assert "Gereserveerd op uw voucher: €\xa0450,00." in mine and "Betaald" not in mine
+    assert f"niet voor {day}?" in mine
+    assert f"vóór {day}" in mails["coach@example.org"]
+    for text in mails.values():
+        assert not re.search(r"\d{4}-\d{2}-\d{2}", text)

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -14,8 +16,10 @@ from typing import Any
 import pytest
 
 from service.demo import DEMO_KVK
+from service.models import utcnow
 from service.registry import FileRegistry, KvkApiRegistry, RegistryRecord, RegistryUnavailable
 from service.settings import DEMO_EXTRACT
+from service.validity import local_day
 
 API_KEY = "test-api-key"
 
@@ -92,7 +96,7 @@ async def test_basisprofiel_is_read(kvk: FakeKvk) -> None:
     kvk.routes["/api/v1/basisprofielen/69599084"] = (200, PROFILE)
     record = await client(kvk).lookup("69599084")
     assert record == RegistryRecord(kvk_number="69599084", name="Test EMZ Dagobert", employees=4,
-                                    postcode="6811 DG", active=True)
+                                    postcode="6811 DG", active=True, extracted_on=local_day(utcnow()))
     assert kvk.requests == [("/api/v1/basisprofielen/69599084", API_KEY)]
 
 
@@ -132,11 +136,15 @@ async def test_not_json_means_unavailable(kvk: FakeKvk) -> None:
 async def test_file_registry(tmp_path: Path) -> None:
     extract = tmp_path / "kvk.csv"
     extract.write_text("kvk_number,name,employees,postcode,active\n12345678,A,3,6811ab,yes\n23456789,B,,,no\n")
+    moment = dt.datetime(2026, 11, 30, 23, 30, tzinfo=dt.UTC)  # 1 December in Arnhem
+    os.utime(extract, (moment.timestamp(), moment.timestamp()))
     registry = FileRegistry(extract)
+    day = dt.date(2026, 12, 1)  # the extract's date is the file's
     assert await registry.lookup("12345678") == RegistryRecord(kvk_number="12345678", name="A", employees=3,
-                                                               postcode="6811 AB", active=True)
+                                                               postcode="6811 AB", active=True, extracted_on=day)
     assert await registry.lookup("23456789") == RegistryRecord(kvk_number="23456789", name="B", employees=None,
-                                                               postcode=None, active=False)
+                                                               postcode=None, active=False, extracted_on=day)
+    assert registry.extracted_on == day
     assert await registry.lookup("99999999") is None
     extract.unlink()
     with pytest.raises(RegistryUnavailable):

@@ -20,11 +20,11 @@ from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import applications, audit, privacy, schemes, spreadsheet
+from .. import applications, audit, history, privacy, schemes, spreadsheet, validity
 from ..auth import requires
 from ..db import run_in_transaction
-from ..errors import N_, InvalidInput
-from ..models import Application, Enrolment, Provider, Scheme
+from ..errors import N_, InvalidInput, NotFound
+from ..models import Application, Enrolment, Provider, Scheme, Voucher
 from ..runtime import Runtime
 from ..web import NO_STORE
 from . import interventions, reports
@@ -123,6 +123,9 @@ class VoucherExtended(msgspec.Struct, frozen=True, kw_only=True):
     voucher_id: int
     status: str
     expires_at: dt.datetime
+    """The moment it stops working: 00:00 Dutch time after ``valid_until``."""
+    valid_until: dt.date
+    """The last day it can be used (Dutch time)."""
 
 
 class SchemeClosed(msgspec.Struct, frozen=True, kw_only=True):
@@ -276,6 +279,15 @@ class AdminOperationsController(Controller):
 
         return await _idempotent(request, rt, work, body_type=ReportDecisionIn)
 
+    @get("/vouchers/{voucher_id:int}/history", response_headers=NO_STORE)
+    async def voucher_history(self, voucher_id: FromPath[int], rt: NamedDependency[Runtime]) -> list[history.HistoryRow]:
+        """What happened with a voucher, as its holder sees it on "my voucher": one row per change of
+        its spendable balance, oldest first; the amounts add up to ``balance_cents``."""
+        async with rt.sessionmaker() as session:
+            if await session.get(Voucher, voucher_id) is None:
+                raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
+            return await history.voucher_history(session, voucher_id)
+
     # --- interventions ---------------------------------------------------------------------------
 
     @post("/vouchers/{voucher_id:int}/extension")
@@ -283,7 +295,8 @@ class AdminOperationsController(Controller):
                              data: JSONBody[ExtensionIn], rt: NamedDependency[Runtime]) -> Response[bytes]:
         async def work(session: AsyncSession) -> VoucherExtended:
             voucher = await interventions.extend_voucher(session, voucher_id, until=data.until, reason=data.reason)
-            return VoucherExtended(voucher_id=voucher.id, status=voucher.status, expires_at=voucher.expires_at)
+            return VoucherExtended(voucher_id=voucher.id, status=voucher.status, expires_at=voucher.expires_at,
+                                   valid_until=validity.last_day(voucher.expires_at))
 
         return await _idempotent(request, rt, work, body_type=ExtensionIn)
 

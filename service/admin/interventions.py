@@ -9,12 +9,11 @@ one outbox. The audit log records every row it changes.
 from __future__ import annotations
 
 import datetime as dt
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import applications, ledger, outbox, providers, schemes, vouchers
+from .. import applications, ledger, outbox, providers, schemes, validity, vouchers
 from ..errors import N_, InvalidInput, NotFound, Refused
 from ..models import Application, Enrolment, Provider, Redemption, Scheme, Voucher, utcnow
 from ..models_admin import FlagReview
@@ -34,7 +33,6 @@ __all__ = (
 
 #: Application statuses the trade register (or intake) left undecided: staff decide them.
 UNDECIDED = ("registry_pending", "received")
-_ZONE = ZoneInfo("Europe/Amsterdam")
 
 
 def _reason(reason: str) -> str:
@@ -68,7 +66,7 @@ async def extend_voucher(session: AsyncSession, voucher_id: int, *, until: dt.da
     ended can be extended, and only to a later date; a zero-amount ledger entry records it."""
     reason = _reason(reason)
     now = now or utcnow()
-    new_expiry = dt.datetime.combine(until + dt.timedelta(days=1), dt.time(), _ZONE).astimezone(dt.UTC)
+    new_expiry = validity.end_after(until)
     if new_expiry <= now:
         raise InvalidInput("date-in-past", N_("Choose a date in the future."), field="until")
     voucher = await session.get(Voucher, voucher_id)
@@ -92,7 +90,7 @@ async def extend_voucher(session: AsyncSession, voucher_id: int, *, until: dt.da
         raise InvalidInput("date-not-later", N_("Choose a date after the current expiry date."), field="until")
     ledger.post(session, scheme_id=voucher.scheme_id, kind="extend", source=(ledger.VOUCHER, voucher.id),
                 target=(ledger.VOUCHER, voucher.id), amount_cents=0, voucher_id=voucher.id,
-                memo=f"expiry {old_expiry.date().isoformat()} -> {until.isoformat()}: {reason}")
+                memo=f"last day {validity.last_day(old_expiry).isoformat()} -> {until.isoformat()}: {reason}")
     await session.refresh(voucher)
     application = await session.get_one(Application, voucher.application_id)
     outbox.enqueue(session, to=application.email, template="admin_voucher_extended", locale=application.locale,

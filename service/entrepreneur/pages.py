@@ -7,6 +7,7 @@ Handlers turn forms into calls of the domain functions (``applications``, ``regi
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Annotated, Any
 
@@ -21,12 +22,12 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from .. import applications, i18n, links, outbox, qr, ratelimit, registry, schemes, signin
+from .. import applications, history, i18n, links, outbox, qr, ratelimit, registry, schemes, signin, validity, vouchers
 from ..auth import Principal, requires, sign_in, sign_out
 from ..codes import format_code
 from ..db import run_in_transaction
 from ..errors import N_, REJECTION_REASONS, Conflict, NotFound, TooManyAttempts
-from ..models import Application, Enrolment, Hold, Provider, Redemption, Scheme, Voucher
+from ..models import Application, Enrolment, Hold, Provider, Scheme, Voucher, utcnow
 from ..runtime import Runtime
 from ..vouchers import effective_status
 from ..web import NO_STORE, client_ip
@@ -218,6 +219,7 @@ async def status_page(request: Request[Any, Any, Any], public_id: FromPath[str],
             raise TooManyAttempts(minutes=max(1, window // 60))
         try:
             state = await applications.application_state(session, public_id.strip().upper())
+            register = await applications.register_facts_of(session, state.application_id)
             scheme = await schemes.get_scheme(session, state.scheme)
         except NotFound as exc:
             missing: NotFound | None = exc
@@ -228,7 +230,8 @@ async def status_page(request: Request[Any, Any, Any], public_id: FromPath[str],
             await ratelimit.count_attempt(counting, key, window_seconds=window)
         raise missing
     principal = _principal(request)
-    return entrepreneur_page("status", state=state, scheme=scheme, signed_in=principal is not None)
+    return entrepreneur_page("status", state=state, scheme=scheme, register=register,
+                             signed_in=principal is not None)
 
 
 # --- my voucher ---------------------------------------------------------------------------------
@@ -284,11 +287,14 @@ async def sign_out_page(request: Request[Any, Any, Any]) -> Response[Any]:
 
 
 async def _code_of(rt: Runtime, voucher_id: int) -> str:
+    """The code of a voucher that can still be used: an ended one has no QR code to show."""
     async with rt.sessionmaker() as session:
-        salt = await session.scalar(select(Voucher.code_salt).where(Voucher.id == voucher_id))
-    if salt is None:
+        voucher = await session.get(Voucher, voucher_id)
+    if voucher is None:
         raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
-    return format_code(rt.keys.code_for(salt))
+    if effective_status(voucher) != "active":
+        raise vouchers.refusal(voucher, 0, utcnow())
+    return format_code(rt.keys.code_for(voucher.code_salt))
 
 
 @get("/mijn-voucher/qr.png", guards=[requires("entrepreneur")])
@@ -318,6 +324,18 @@ async def print_page(request: Request[Any, Any, Any], rt: NamedDependency[Runtim
     return entrepreneur_page("print", **view)
 
 
+def _ended_on(voucher: Voucher, status: str, events: list[history.HistoryRow]) -> dt.date | None:
+    """The day a voucher stopped being usable, for the notice that replaces its code."""
+    if status == "expired":
+        return validity.last_day(voucher.expires_at)
+    if status == "revoked" and voucher.ended_at is not None:
+        return validity.local_day(voucher.ended_at)
+    if status == "used_up":
+        spent = [e.at for e in events if e.amount_cents < 0]
+        return validity.local_day(max(spent)) if spent else None
+    return None
+
+
 async def voucher_view(session: AsyncSession, rt: Runtime, voucher_id: int) -> dict[str, Any]:
     """Everything "my voucher" shows: money, code, history, the coaches that take part."""
     voucher = await session.get(Voucher, voucher_id)
@@ -325,40 +343,26 @@ async def voucher_view(session: AsyncSession, rt: Runtime, voucher_id: int) -> d
         raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
     application = await session.get_one(Application, voucher.application_id)
     scheme = await session.get_one(Scheme, voucher.scheme_id)
-    events: list[dict[str, Any]] = []
     holds = (await session.execute(
         select(Hold, Provider.name).join(Provider, Provider.id == Hold.provider_id)
-        .where(Hold.voucher_id == voucher.id).order_by(Hold.id))).all()
-    for hold, provider_name in holds:
-        events.append({"when": hold.created_at, "kind": "hold", "provider": provider_name,
-                       "amount": -hold.amount_cents, "status": hold.status, "hold_id": hold.id})
-        if hold.status == "released" and hold.decided_at is not None:
-            events.append({"when": hold.decided_at, "kind": f"released-{hold.release_reason}",
-                           "provider": provider_name, "amount": hold.amount_cents})
-    redemptions = (await session.execute(
-        select(Redemption, Provider.name).join(Provider, Provider.id == Redemption.provider_id)
-        .where(Redemption.voucher_id == voucher.id).order_by(Redemption.id))).all()
-    for redemption, provider_name in redemptions:
-        events.append({"when": redemption.created_at, "kind": "redemption", "provider": provider_name,
-                       "amount": -redemption.amount_cents, "invoice": redemption.invoice_cents,
-                       "own": redemption.own_contribution_cents})
-        if redemption.reversed_at is not None:
-            events.append({"when": redemption.reversed_at, "kind": "reversal", "provider": provider_name,
-                           "amount": redemption.amount_cents})
-    events.sort(key=lambda e: e["when"], reverse=True)
+        .where(Hold.voucher_id == voucher.id, Hold.status == "open").order_by(Hold.id))).all()
+    events = list(reversed(await history.voucher_history(session, voucher.id)))
     enrolment = aliased(Enrolment)
     coaches = (await session.execute(
         select(Provider, enrolment.categories).join(enrolment, enrolment.provider_id == Provider.id)
         .where(enrolment.scheme_id == scheme.id, enrolment.status == "approved").order_by(Provider.name))).all()
+    status = effective_status(voucher)
     return {
         "voucher": voucher,
-        "status": effective_status(voucher),
+        "status": status,
+        "ended_on": _ended_on(voucher, status, events),
         "application": application,
         "scheme": scheme,
         "scheme_name": scheme.name if i18n.current_locale() == "nl" else scheme.name_en,
-        "code": format_code(rt.keys.code_for(voucher.code_salt)),
+        # An ended voucher's code is of no use to anyone, so it is not shown.
+        "code": format_code(rt.keys.code_for(voucher.code_salt)) if status == "active" else None,
         "events": events,
-        "open_holds": [(h, name) for h, name in holds if h.status == "open"],
+        "open_holds": list(holds),
         "coaches": coaches,
     }
 

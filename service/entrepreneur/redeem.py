@@ -43,7 +43,7 @@ async def reserve_offer(session: AsyncSession, rt: Runtime, voucher_id: int, off
     application = await session.get_one(Application, voucher.application_id)
     provider = await session.get_one(Provider, offer.provider_id)
     common = {"offer_title": offer.title, "amount_cents": hold.amount_cents, "invoice_cents": hold.invoice_cents,
-              "own_contribution_cents": hold.own_contribution_cents, "expires_at": hold.expires_at.date().isoformat()}
+              "own_contribution_cents": hold.own_contribution_cents, "expires_at": hold.expires_at.isoformat()}
     outbox.enqueue(session, to=application.email, template="reservation_made", locale=application.locale,
                    contact_name=application.contact_name, provider_name=provider.name, **common)
     outbox.enqueue(session, to=provider.email, template="reservation_requested", locale=provider.locale,
