@@ -39,6 +39,7 @@ TITLE = N_("Your form was not sent")
 DETAIL = N_("For your safety the form had expired, for example because the page was open for a long time or "
             "your browser removed a cookie. We kept what you typed. Check it and send the form again.")
 SECRETS_AGAIN = N_("Passwords and codes are not kept: type them again.")
+TO_THE_FORM = N_("Go to the form")
 FALLBACK_DETAIL = N_("For your safety the form had expired. Go back, reload the page and send the form again.")
 
 
@@ -78,6 +79,7 @@ class _Prefill(HTMLParser):
         self.used: dict[str, int] = {}
         self.textarea: tuple[int, str] | None = None
         self.select: str | None = None
+        self.first_field: str | None = None
 
     def _offset(self) -> int:
         line, column = self.getpos()
@@ -111,6 +113,8 @@ class _Prefill(HTMLParser):
             return
         name = attr.get("name") or ""
         kind = (attr.get("type") or "text").lower()
+        if self.first_field is None and attr.get("id") and tag in ("input", "textarea", "select") and kind != "hidden":
+            self.first_field = attr["id"]
         if tag == "input" and name and not name.startswith("_"):
             if _secret(name, kind):
                 self.secrets = self.secrets or kind not in ("hidden", "submit", "button")
@@ -152,6 +156,9 @@ class _Prefill(HTMLParser):
         for start, end, text in sorted(self.edits, key=lambda e: (e[0], e[1])):
             if "{secrets}" in text:
                 text = text.replace("{secrets}", f"<p>{html.escape(i18n.gettext(SECRETS_AGAIN))}</p>" if self.secrets else "")
+                if self.first_field:  # the form may be far down the page
+                    text = text.replace("</div>", f'<p><a href="#{html.escape(self.first_field)}">'
+                                                  f'{html.escape(i18n.gettext(TO_THE_FORM))}</a></p></div>')
             out += [self.page[last:start], text]
             last = end
         out.append(self.page[last:])

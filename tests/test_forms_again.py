@@ -116,4 +116,5 @@ async def test_a_beheer_form_comes_back_filled_in_and_a_totp_code_never(client, 
     assert r.status_code == 403 and NOTICE in r.text
     assert _value(r.text, "extend_until") == "2030-01-31" and _textarea(r.text, "extend_reason") == "ziek geweest"
     assert _textarea(r.text, "revoke_reason") == ""  # only the form that was sent
+    assert '<a href="#extend_until">Naar het formulier</a>' in r.text  # it is further down the page
     assert (await reload(rt, Voucher, voucher.id)).expires_at == voucher.expires_at
