@@ -91,7 +91,7 @@ async def test_work_queues_decide_applications_and_providers(client, rt) -> None
                             {"decision": "refuse", "reason": "Geen bedrijf in Arnhem", "confirm": "yes"},
                             follow_redirects=False)).status_code == 303
     r = await post_form(client, f"/beheer/aanbieders/{enrolment_id}/besluit",
-                        {"decision": "approve", "reason": ""}, follow_redirects=False)
+                        {"decision": "approve", "reason": "", "confirm": "yes"}, follow_redirects=False)
     assert r.status_code == 303
     async with rt.sessionmaker() as session:
         assert (await session.get_one(Application, one)).status == "granted"

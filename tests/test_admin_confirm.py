@@ -9,9 +9,9 @@ from html import unescape
 
 from sqlalchemy import select
 
-from service import applications, vouchers
+from service import applications, staff, vouchers
 from service.db import run_in_transaction
-from service.models import Application, LedgerEntry, Redemption, Scheme, Voucher
+from service.models import Application, Enrolment, LedgerEntry, Redemption, Scheme, Voucher
 from tests.admin_helpers import post_form, staff_client_sign_in
 from tests.helpers import applicant, make_provider, make_scheme, make_voucher, reload
 
@@ -112,3 +112,25 @@ async def test_deciding_an_application_is_confirmed_first(client, rt) -> None:
     async with rt.sessionmaker() as session:
         assert (await session.get_one(Application, one)).status == "granted"
         assert (await session.get_one(Application, two)).status == "rejected"
+
+
+async def test_deciding_a_provider_is_confirmed_first(client, rt) -> None:
+    await make_scheme(rt)
+
+    async def pending(session):  # type: ignore[no-untyped-def]
+        enrolments = []
+        for name, kvk in (("Nieuwe Coach", "87654321"), ("Twijfel Coach", "87654322")):
+            enrolments.append((await staff.apply(session, staff.ProviderApplication(
+                scheme="test-scheme", name=name, kvk_number=kvk, email=f"{kvk}@coach.example",
+                iban="NL91ABNA0417164300", categories=["coaching"]))).id)
+        return enrolments
+
+    one, two = await run_in_transaction(rt.sessionmaker, pending)
+    await staff_client_sign_in(client, rt, "beoordelaar")
+    await _confirm(client, rt, f"/beheer/aanbieders/{one}/besluit", {"decision": "approve", "reason": ""},
+                   "Aanbieder goedkeuren?", "Nieuwe Coach (KvK 87654321) doet mee aan Testregeling")
+    await _confirm(client, rt, f"/beheer/aanbieders/{two}/besluit", {"decision": "refuse", "reason": "Geen KvK"},
+                   "Aanbieder afwijzen?", "met deze reden: Geen KvK")
+    async with rt.sessionmaker() as session:
+        assert (await session.get_one(Enrolment, one)).status == "approved"
+        assert (await session.get_one(Enrolment, two)).status == "refused"

@@ -28,6 +28,7 @@ __all__ = (
     "preview_close",
     "preview_decision",
     "preview_move",
+    "preview_provider_decision",
     "preview_reverse",
     "preview_revoke",
     "close_scheme",
@@ -370,3 +371,23 @@ async def preview_decision(session: AsyncSession, application_id: int, *, approv
         facts.append(Fact(N_("No place or money is left: if the figures meet the rules, the entrepreneur joins "
                              "the waiting list.")))
     return [*facts, FINAL]
+
+
+async def preview_provider_decision(session: AsyncSession, enrolment_id: int, *, approve: bool,
+                                    reason: str = "") -> list[Fact]:
+    """What deciding a provider's request to take part means for the provider."""
+    enrolment = await session.get(Enrolment, enrolment_id)
+    if enrolment is None:
+        raise NotFound("enrolment-not-found", N_("There is no such provider application."))
+    if enrolment.status != "pending":
+        raise Refused("enrolment-decided", N_("This provider application has already been decided."))
+    provider = await session.get_one(Provider, enrolment.provider_id)
+    scheme = await session.get_one(Scheme, enrolment.scheme_id)
+    who = {"provider": provider.name, "kvk": provider.kvk_number, "scheme": scheme.name}
+    if not approve:
+        return [Fact(N_("%(provider)s (KvK %(kvk)s) may not take part in %(scheme)s."), who),
+                Fact(N_("The provider gets an e-mail with this reason: %(reason)s"), {"reason": _reason(reason)}),
+                FINAL]
+    return [Fact(N_("%(provider)s (KvK %(kvk)s) takes part in %(scheme)s and can record redemptions from now on."),
+                 who),
+            Fact(N_("The provider gets an e-mail with the decision.")), FINAL]

@@ -254,7 +254,17 @@ class AdminPages(Controller):
             await interventions.decide_provider(session, enrolment_id, approve=_approve(data.decision),
                                                 reason=data.reason)
 
+        async def preview(session: AsyncSession) -> list[interventions.Fact]:
+            return await interventions.preview_provider_decision(session, enrolment_id,
+                                                                 approve=_approve(data.decision), reason=data.reason)
+
         try:
+            if data.confirm != "yes":
+                approve = _approve(data.decision)
+                return await _confirm_page(
+                    request, rt, preview, title=N_("Approve the provider?") if approve else N_("Refuse the provider?"),
+                    button=N_("Yes, approve") if approve else N_("Yes, refuse"), back="/beheer/aanbieders",
+                    fields={"decision": data.decision, "reason": data.reason})
             await run_in_transaction(rt.sessionmaker, work)
         except DomainError as exc:
             return await _providers_page(request, rt, failed=enrolment_id, errors=_row_errors(exc),
