@@ -68,6 +68,10 @@ async def test_revoke_reverse_move_and_close_are_confirmed_first(client, rt) -> 
     # A mistake is shown on the form, before any question.
     r = await post_form(client, f"/beheer/vouchers/{voucher.id}/intrekken", {"reason": ""})
     assert r.status_code == 422 and 'id="revoke_reason-error"' in r.text
+    assert '<a href="#revoke_reason">' in r.text  # the summary at the top links to the field
+    r = await post_form(client, f"/beheer/verzilveringen/{redemption_id}/terugdraaien", {"reason": ""})
+    assert r.status_code == 422 and f'<a href="#reverse_reason-{redemption_id}">' in r.text
+    assert f'id="reverse_reason-{redemption_id}-error"' in r.text
     await _confirm(client, rt, f"/beheer/vouchers/{voucher.id}/intrekken", {"reason": "fraude"},
                    "Voucher intrekken?", f"Voucher {voucher.id} van Drukkerij Rijn",
                    "€ 1.350,00 gaat terug naar het budget", "de plaats komt ook weer vrij",
