@@ -21,6 +21,7 @@ from litestar import Request, Response
 from litestar.datastructures import UploadFile
 from litestar.exceptions import PermissionDeniedException
 from litestar.types import Message, Receive, Scope, Send
+from litestar.utils.scope.state import ScopeState
 
 from . import i18n
 from .errors import N_
@@ -43,15 +44,31 @@ TO_THE_FORM = N_("Go to the form")
 FALLBACK_DETAIL = N_("For your safety the form had expired. Go back, reload the page and send the form again.")
 
 
+def _page_path(value: Any, default: str) -> str:
+    """A path on this site, never another host; ``default`` for anything else."""
+    value = value[0] if isinstance(value, list) and value else value
+    if isinstance(value, str):
+        path = value.split("?")[0]
+        if path.startswith("/") and not path.startswith("//") and "\\" not in path:
+            return path
+    return default
+
+
 class PageTemplate(jinja2.Template):
-    """Adds the page's own path to every form's CSRF field, so a refused form can be found again."""
+    """Adds the page's own path to every form's CSRF field, so a refused form can be found again.
+    A page answering a POST (a form with its errors, a confirmation) names the page the form
+    came from, which can be asked for again; the POST's path often cannot."""
 
     def render(self, *args: Any, **kwargs: Any) -> str:
         context = dict(*args, **kwargs)
         request = context.get("request")
         if "csrf_input" in context and isinstance(request, Request):
+            path = request.url.path
+            if request.method != "GET":
+                posted = ScopeState.from_scope(request.scope).form
+                path = _page_path(posted.get(PAGE_FIELD) if isinstance(posted, dict) else None, path)
             context["csrf_input"] = (f'{context["csrf_input"]}<input type="hidden" name="{PAGE_FIELD}" '
-                                     f'value="{html.escape(request.url.path)}">')
+                                     f'value="{html.escape(path)}">')
         return super().render(context)
 
 
@@ -211,9 +228,7 @@ async def _form_page_again(request: Request[Any, Any, Any]) -> tuple[list[tuple[
         if not isinstance(value, UploadFile):
             values.setdefault(key, []).append(value)
     action = request.url.path
-    page_path = (values.get(PAGE_FIELD) or [""])[0].split("?")[0]
-    if not page_path.startswith("/") or page_path.startswith("//") or "\\" in page_path:
-        page_path = action  # only a page of this site
+    page_path = _page_path(values.get(PAGE_FIELD), action)
     status, headers, body = await _get(request, page_path)
     content_type = dict(headers).get(b"content-type", b"")
     if status != 200 or not content_type.startswith(b"text/html"):

@@ -118,3 +118,22 @@ async def test_a_beheer_form_comes_back_filled_in_and_a_totp_code_never(client, 
     assert _textarea(r.text, "revoke_reason") == ""  # only the form that was sent
     assert '<a href="#extend_until">Naar het formulier</a>' in r.text  # it is further down the page
     assert (await reload(rt, Voucher, voucher.id)).expires_at == voucher.expires_at
+
+
+async def test_a_refused_confirmation_shows_the_page_the_form_came_from(client, rt) -> None:
+    scheme = await make_scheme(rt)
+    voucher, _code = await make_voucher(rt, scheme, company_name="Drukkerij Rijn")
+    await admin_helpers.staff_client_sign_in(client, rt, "beheerder")
+    page = f"/beheer/vouchers/{voucher.id}"
+    html = (await client.get(page, headers=HTML)).text
+    asked = await client.post(f"{page}/intrekken", headers=HTML, data={
+        "reason": "fraude", "_csrf_token": csrf(html), "_form_page": page})
+    assert asked.status_code == 200 and "Voucher intrekken?" in asked.text
+    # The confirmation names the voucher's page, not the path it was posted to.
+    assert f'name="_form_page" value="{page}"' in asked.text
+    hidden = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', asked.text))
+    client.cookies.delete("csrftoken")
+    r = await client.post(f"{page}/intrekken", headers=HTML, data=hidden, follow_redirects=False)
+    assert r.status_code == 403 and NOTICE in r.text
+    assert _textarea(r.text, "revoke_reason") == "fraude"
+    assert (await reload(rt, Voucher, voucher.id)).status == "active"
