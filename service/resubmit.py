@@ -11,7 +11,6 @@ The answer is 403: nothing was done.
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Coroutine
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urlsplit
@@ -192,9 +191,6 @@ def prefill(page: str, page_path: str, action: str, values: dict[str, list[str]]
     """``page`` with the form that posts to ``action`` filled in with ``values`` and a notice at the
     top of ``<main>``; None when the page has no such form."""
     return _Prefill(page, page_path, action, values, _notice()).result()
-
-
-ASGICall = Callable[..., Coroutine[Any, Any, None]]
 
 
 class FormAgain(Response[bytes]):
