@@ -34,6 +34,7 @@ from .entrepreneur import entrepreneur_router
 from .errors import DomainError
 from .models import Scheme
 from .problems import domain_error_handler, http_error_handler, unexpected_error_handler
+from .resubmit import PageTemplate
 from .runtime import Runtime
 from .sitegen.collect import ARNHEM_CONTACT
 from .settings import Settings
@@ -90,6 +91,7 @@ def _template_engine() -> JinjaTemplateEngine:
         autoescape=select_autoescape(default=True),
         extensions=["jinja2.ext.i18n"],
     )
+    env.template_class = PageTemplate
     env.install_gettext_callables(i18n.gettext, i18n.ngettext, newstyle=True)  # type: ignore[attr-defined]
     env.filters["money"] = i18n.format_money
     env.filters["day"] = i18n.format_day

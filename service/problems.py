@@ -15,6 +15,7 @@ from litestar.response import Template
 
 from . import i18n
 from .errors import N_, Conflict, DomainError, Forbidden, InvalidInput, NotFound, Refused, TooManyAttempts
+from .resubmit import FALLBACK_DETAIL, TITLE, FormAgain, csrf_failed
 
 __all__ = ("STATUS", "domain_error_handler", "http_error_handler", "problem_body", "request_id_of",
            "unexpected_error_handler", "wants_html")
@@ -94,6 +95,10 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
         body["detail"] = i18n.gettext("Something went wrong on our side. Nothing was changed; please try again.")
         body["request_id"] = _log_failure(request, exc)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, NotAuthorizedException) else {}
+    if wants_html(request) and csrf_failed(request, exc):
+        # Nothing was done; show the form again with what was typed (or say how to send it again).
+        body.update(title=i18n.gettext(TITLE), detail=i18n.gettext(FALLBACK_DETAIL))
+        return FormAgain(Template("error.html", context={"problem": body}, status_code=status))
     if wants_html(request):
         return Template("error.html", context={"problem": body}, status_code=status)
     return _problem(body, status, headers)

@@ -38,14 +38,15 @@ async def test_interventions_on_a_voucher_and_a_scheme(client, rt, smtp_server) 
     # Revoke needs a reason.
     r = await post_form(client, f"/beheer/vouchers/{voucher.id}/intrekken", {"reason": ""})
     assert r.status_code == 422 and 'id="revoke_reason-error"' in r.text
-    r = await post_form(client, f"/beheer/vouchers/{voucher.id}/intrekken", {"reason": "fraude"},
+    r = await post_form(client, f"/beheer/vouchers/{voucher.id}/intrekken", {"reason": "fraude", "confirm": "yes"},
                         follow_redirects=False)
     assert r.status_code == 303
     # Money to the reserve and back, then close the scheme.
     r = await post_form(client, "/beheer/regelingen/test-scheme/reserve",
-                        {"amount": "1.000", "direction": "to_reserve", "memo": "buffer"}, follow_redirects=False)
+                        {"amount": "1.000", "direction": "to_reserve", "memo": "buffer", "confirm": "yes"},
+                        follow_redirects=False)
     assert r.status_code == 303
-    r = await post_form(client, "/beheer/regelingen/test-scheme/sluiten", {"reason": "budget op"},
+    r = await post_form(client, "/beheer/regelingen/test-scheme/sluiten", {"reason": "budget op", "confirm": "yes"},
                         follow_redirects=False)
     assert r.status_code == 303
     async with rt.sessionmaker() as session:
@@ -85,13 +86,13 @@ async def test_work_queues_decide_applications_and_providers(client, rt) -> None
     assert "Wacht BV" in page.text and "Twijfel BV" in page.text
     r = await post_form(client, f"/beheer/aanvragen/{two}/besluit", {"decision": "refuse", "reason": ""})
     assert r.status_code == 422 and f'id="reason-{two}-error"' in r.text
-    assert (await post_form(client, f"/beheer/aanvragen/{one}/besluit", {"decision": "approve", "reason": ""},
+    assert (await post_form(client, f"/beheer/aanvragen/{one}/besluit", {"decision": "approve", "reason": "", "confirm": "yes"},
                             follow_redirects=False)).status_code == 303
     assert (await post_form(client, f"/beheer/aanvragen/{two}/besluit",
-                            {"decision": "refuse", "reason": "Geen bedrijf in Arnhem"},
+                            {"decision": "refuse", "reason": "Geen bedrijf in Arnhem", "confirm": "yes"},
                             follow_redirects=False)).status_code == 303
     r = await post_form(client, f"/beheer/aanbieders/{enrolment_id}/besluit",
-                        {"decision": "approve", "reason": ""}, follow_redirects=False)
+                        {"decision": "approve", "reason": "", "confirm": "yes"}, follow_redirects=False)
     assert r.status_code == 303
     async with rt.sessionmaker() as session:
         assert (await session.get_one(Application, one)).status == "granted"

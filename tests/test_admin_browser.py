@@ -81,6 +81,11 @@ def test_dashboard_and_revoking_a_voucher(rt, live_server_factory) -> None:
         assert_accessible(page, "admin/voucher-refused")
         page.locator("#revoke_reason").fill("Bedrijf bestaat niet meer")
         page.get_by_role("button", name="Intrekken").click()
+        # First what it will do, then only the confirm button does it.
+        page.get_by_role("heading", name="Voucher intrekken?").wait_for()
+        assert "gaat terug naar het budget" in page.content()
+        assert_accessible(page, "admin/voucher-revoke-confirm")
+        page.get_by_role("button", name="Ja, voucher intrekken").click()
         page.wait_for_url("**gedaan=revoked")
         assert "De voucher is ingetrokken" in page.content()
         assert_accessible(page, "admin/voucher-revoked")

@@ -331,3 +331,20 @@ async def test_statement_names_the_month_and_its_csv_is_the_one_spreadsheet_conv
         assert csv.headers["content-type"] == "text/csv; charset=utf-8"
         assert csv.content.startswith(b"\xef\xbb\xbf") and csv.content.count(b"\r\n") == 2
         assert ";125,50;125,50;" in csv.content.decode("utf-8-sig")
+
+
+async def test_every_mistake_in_the_redemption_form_at_once_with_a_summary_at_the_top(client, rt) -> None:
+    _scheme, voucher, code, _provider, email = await _setup(rt)
+    await sign_in(client, email)
+    page = await client.get(f"/v/{code}")
+    r = await post_form(client, f"/v/{code}", {"amount": "12,3,4", "category": "", "session_date": "23-11-2026",
+                                               "reference": "", "idempotency_key": form_key(page.text)})
+    assert r.status_code == 422
+    html = r.text
+    for name in ("amount", "category", "session_date", "reference"):
+        assert f'id="{name}-error"' in html, name
+        assert f'<a href="#{name}">' in html, name  # the summary links to the field
+    summary = html.index('id="error-summary-title"')
+    assert summary < html.index("<h1>")  # at the top, before the voucher
+    assert "<title>Fout:" in html
+    assert (await reload(rt, Voucher, voucher.id)).balance_cents == voucher.balance_cents

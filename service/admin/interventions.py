@@ -9,8 +9,10 @@ one outbox. The audit log records every row it changes.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import applications, ledger, outbox, providers, schemes, validity, vouchers
@@ -21,6 +23,13 @@ from ..runtime import Runtime
 
 __all__ = (
     "UNDECIDED",
+    "Fact",
+    "preview_close",
+    "preview_decision",
+    "preview_move",
+    "preview_provider_decision",
+    "preview_reverse",
+    "preview_revoke",
     "close_scheme",
     "decide_application",
     "decide_provider",
@@ -33,6 +42,18 @@ __all__ = (
 
 #: Application statuses the trade register (or intake) left undecided: staff decide them.
 UNDECIDED = ("registry_pending", "received")
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One consequence of an action, told before it is done: a message id with its parameters
+    (``*_cents`` are amounts of money, dates are days)."""
+
+    message: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+FINAL = Fact(N_("This cannot be undone."))
 
 
 def _reason(reason: str) -> str:
@@ -212,3 +233,159 @@ async def review_report(session: AsyncSession, redemption_id: int, *, reverse_it
                    contact_name=application.contact_name, provider_name=provider.name,
                    amount_cents=redemption.amount_cents, reversed=reverse_it, reason=reason)
     return review
+
+
+# --- what an action will do, told before it is done (the same checks, nothing changed) ----------
+
+
+async def _waiting(session: AsyncSession, scheme_id: int) -> int:
+    return await session.scalar(select(func.count()).select_from(Application).where(
+        Application.scheme_id == scheme_id, Application.status == "waiting")) or 0
+
+
+async def preview_close(session: AsyncSession, scheme_id: int, *, reason: str) -> list[Fact]:
+    """What closing a scheme does to the vouchers, providers and waiting list it has now."""
+    _reason(reason)
+    scheme = await session.get(Scheme, scheme_id)
+    if scheme is None:
+        raise NotFound("scheme-not-found", N_("There is no scheme with this name."))
+    if scheme.closed_at is not None:
+        raise Refused("scheme-already-closed", N_("This scheme has already been closed."))
+    count, unspent = (await session.execute(
+        select(func.count(), func.coalesce(func.sum(Voucher.balance_cents + Voucher.held_cents), 0))
+        .where(Voucher.scheme_id == scheme_id, Voucher.status.in_(("active", "used_up"))))).one()
+    enrolled = await session.scalar(select(func.count()).select_from(Enrolment).where(
+        Enrolment.scheme_id == scheme_id, Enrolment.status == "approved")) or 0
+    return [
+        Fact(N_("Nobody can apply for %(scheme)s any more, and no new vouchers are issued."), {"scheme": scheme.name}),
+        Fact(N_("Vouchers that can be used now: %(count)s, with %(unspent_cents)s unspent. From now on they "
+                "cannot be used; the money goes back to the budget when each voucher expires."),
+             {"count": count, "unspent_cents": unspent}),
+        Fact(N_("Providers taking part: %(count)s. They can no longer record redemptions."), {"count": enrolled}),
+        Fact(N_("Entrepreneurs on the waiting list: %(count)s. They will not get a voucher."),
+             {"count": await _waiting(session, scheme_id)}),
+        FINAL,
+    ]
+
+
+async def preview_revoke(session: AsyncSession, voucher_id: int, *, reason: str) -> list[Fact]:
+    """What revoking a voucher gives back, as ``vouchers.end_voucher`` will."""
+    _reason(reason)
+    voucher = await session.get(Voucher, voucher_id)
+    if voucher is None:
+        raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
+    if voucher.status not in ("active", "used_up"):
+        raise Refused("voucher-ended", N_("This voucher has already ended."))
+    application = await session.get_one(Application, voucher.application_id)
+    facts = [
+        Fact(N_("Voucher %(id)s of %(company)s (KvK %(kvk)s) ends now and can no longer be used."),
+             {"id": voucher.id, "company": application.company_name, "kvk": voucher.kvk_number}),
+        Fact(N_("%(amount_cents)s goes back to the budget."),
+             {"amount_cents": voucher.balance_cents + voucher.held_cents}),
+    ]
+    if voucher.held_cents:
+        facts.append(Fact(N_("Reservations with providers (%(held_cents)s) are cancelled."),
+                          {"held_cents": voucher.held_cents}))
+    if voucher.holds_place and voucher.redeemed_cents == 0:
+        facts.append(Fact(N_("Nothing was redeemed, so the place goes back too. Entrepreneurs on the waiting "
+                             "list: %(count)s."), {"count": await _waiting(session, voucher.scheme_id)}))
+    return [*facts, Fact(N_("The entrepreneur gets an e-mail with the reason.")), FINAL]
+
+
+async def preview_reverse(session: AsyncSession, redemption_id: int, *, reason: str) -> list[Fact]:
+    """Where the money of a reversed redemption goes, as ``vouchers.reverse_redemption`` decides."""
+    _reason(reason)
+    redemption = await session.get(Redemption, redemption_id)
+    if redemption is None:
+        raise NotFound("redemption-not-found", N_("There is no such redemption."))
+    if redemption.reversed_at is not None:
+        raise Refused("already-reversed", N_("This redemption has already been reversed."))
+    voucher = await session.get_one(Voucher, redemption.voucher_id)
+    provider = await session.get_one(Provider, redemption.provider_id)
+    application = await session.get_one(Application, voucher.application_id)
+    facts = [Fact(N_("%(amount_cents)s that %(provider)s recorded on %(date)s (reference %(reference)s) is taken "
+                     "back from the provider."),
+                  {"amount_cents": redemption.amount_cents, "provider": provider.name,
+                   "date": redemption.created_at.date(), "reference": redemption.reference})]
+    if vouchers.effective_status(voucher) in ("active", "used_up"):
+        facts.append(Fact(N_("The money goes back to the voucher of %(company)s: its balance becomes "
+                             "%(balance_cents)s."),
+                          {"company": application.company_name,
+                           "balance_cents": voucher.balance_cents + redemption.amount_cents}))
+    else:
+        facts.append(Fact(N_("The voucher of %(company)s can no longer be used, so the money goes back to the "
+                             "budget."), {"company": application.company_name}))
+    return [*facts, Fact(N_("The provider gets an e-mail with the reason.")), FINAL]
+
+
+async def preview_move(session: AsyncSession, scheme_id: int, amount_cents: int, *, to_reserve: bool,
+                       memo: str) -> list[Fact]:
+    """The budget and reserve after a move, refused as ``schemes.move_to_reserve`` would refuse it."""
+    _reason(memo)
+    if amount_cents <= 0:
+        raise InvalidInput("amount-not-positive", N_("The amount must be more than zero."), field="amount")
+    scheme = await session.get(Scheme, scheme_id)
+    if scheme is None:
+        raise NotFound("scheme-not-found", N_("There is no scheme with this name."))
+    delta = amount_cents if to_reserve else -amount_cents
+    budget, reserve = scheme.budget_cents - delta, scheme.reserve_cents + delta
+    if budget < scheme.committed_cents or reserve < 0:
+        raise Refused("not-enough-money", N_("There is not enough uncommitted money for this move."))
+    return [
+        Fact(N_("%(amount_cents)s moves from the budget to the reserve.") if to_reserve
+             else N_("%(amount_cents)s moves from the reserve to the budget."), {"amount_cents": amount_cents}),
+        Fact(N_("The budget becomes %(budget_cents)s (now %(old_cents)s) and the reserve %(reserve_cents)s."),
+             {"budget_cents": budget, "old_cents": scheme.budget_cents, "reserve_cents": reserve}),
+        Fact(N_("Money left for new vouchers becomes %(left_cents)s."),
+             {"left_cents": budget - scheme.committed_cents}),
+    ]
+
+
+async def preview_decision(session: AsyncSession, application_id: int, *, approve: bool,
+                           reason: str = "") -> list[Fact]:
+    """What deciding an undecided application leads to for the applicant."""
+    application = await session.get(Application, application_id)
+    if application is None:
+        raise NotFound("application-not-found", N_("There is no application with this number."))
+    if application.status not in UNDECIDED:
+        raise Refused("application-decided", N_("This application has already been decided."))
+    who = {"number": application.public_id, "company": application.company_name}
+    if not approve:
+        return [Fact(N_("Application %(number)s of %(company)s is refused."), who),
+                Fact(N_("The entrepreneur gets an e-mail with this reason: %(reason)s"), {"reason": _reason(reason)}),
+                FINAL]
+    scheme = await session.get_one(Scheme, application.scheme_id)
+    facts = [Fact(N_("Application %(number)s of %(company)s is approved: the scheme's rules then decide with the "
+                     "figures you checked (%(employees)s people, postcode %(postcode)s)."),
+                  {**who, "employees": application.registry_employees if application.registry_employees is not None
+                   else application.employees, "postcode": application.registry_postcode or application.postcode})]
+    if scheme.allocation == "lottery":
+        facts.append(Fact(N_("If the figures meet the rules, the application takes part in the lottery.")))
+    elif scheme.places_used < scheme.max_places and scheme.committed_cents + scheme.value_cents <= scheme.budget_cents:
+        facts.append(Fact(N_("If the figures meet the rules, a voucher of %(value_cents)s is issued and the "
+                             "entrepreneur gets it by e-mail. Places left: %(places)s."),
+                          {"value_cents": scheme.value_cents, "places": scheme.max_places - scheme.places_used}))
+    else:
+        facts.append(Fact(N_("No place or money is left: if the figures meet the rules, the entrepreneur joins "
+                             "the waiting list.")))
+    return [*facts, FINAL]
+
+
+async def preview_provider_decision(session: AsyncSession, enrolment_id: int, *, approve: bool,
+                                    reason: str = "") -> list[Fact]:
+    """What deciding a provider's request to take part means for the provider."""
+    enrolment = await session.get(Enrolment, enrolment_id)
+    if enrolment is None:
+        raise NotFound("enrolment-not-found", N_("There is no such provider application."))
+    if enrolment.status != "pending":
+        raise Refused("enrolment-decided", N_("This provider application has already been decided."))
+    provider = await session.get_one(Provider, enrolment.provider_id)
+    scheme = await session.get_one(Scheme, enrolment.scheme_id)
+    who = {"provider": provider.name, "kvk": provider.kvk_number, "scheme": scheme.name}
+    if not approve:
+        return [Fact(N_("%(provider)s (KvK %(kvk)s) may not take part in %(scheme)s."), who),
+                Fact(N_("The provider gets an e-mail with this reason: %(reason)s"), {"reason": _reason(reason)}),
+                FINAL]
+    return [Fact(N_("%(provider)s (KvK %(kvk)s) takes part in %(scheme)s and can record redemptions from now on."),
+                 who),
+            Fact(N_("The provider gets an e-mail with the decision.")), FINAL]

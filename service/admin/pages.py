@@ -9,6 +9,7 @@ CSRF token; errors are shown next to their field.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import msgspec
@@ -82,11 +83,13 @@ DONE = {
 
 class ReasonForm(msgspec.Struct, frozen=True, kw_only=True):
     reason: Long = ""
+    confirm: Short = ""
 
 
 class DecisionForm(msgspec.Struct, frozen=True, kw_only=True):
     decision: Short = ""
     reason: Long = ""
+    confirm: Short = ""
 
 
 class ExtendForm(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,6 +101,7 @@ class MoneyForm(msgspec.Struct, frozen=True, kw_only=True):
     amount: Short = ""
     direction: Short = ""
     memo: Long = ""
+    confirm: Short = ""
 
 
 class ExportForm(msgspec.Struct, frozen=True, kw_only=True):
@@ -171,7 +175,15 @@ class AdminPages(Controller):
             scheme = await _scheme(session, slug)
             await interventions.close_scheme(session, scheme.id, reason=data.reason)
 
+        async def preview(session: AsyncSession) -> list[interventions.Fact]:
+            scheme = await _scheme(session, slug)
+            return await interventions.preview_close(session, scheme.id, reason=data.reason)
+
         try:
+            if data.confirm != "yes":
+                return await _confirm_page(request, rt, preview, title=N_("Close the scheme early?"),
+                                           button=N_("Yes, close the scheme"), back=f"/beheer/regelingen/{slug}#close",
+                                           fields={"reason": data.reason})
             await run_in_transaction(rt.sessionmaker, work)
         except DomainError as exc:
             return await _dashboard_page(request, rt, slug, errors={"close_" + (exc.field or "form"): _msg(exc)},
@@ -181,15 +193,29 @@ class AdminPages(Controller):
     @post("/regelingen/{slug:str}/reserve", guards=[requires(*roles.FINANCE)])
     async def reserve(self, request: Request[Any, Any, Any], slug: FromPath[str], data: Annotated[MoneyForm, Form],
                       rt: NamedDependency[Runtime]) -> Template | Redirect:
-        async def work(session: AsyncSession) -> None:
-            scheme = await _scheme(session, slug)
+        def direction() -> bool:
             if data.direction not in ("to_reserve", "to_budget"):
                 raise InvalidInput("direction-required", N_("Choose where the money goes."), field="direction")
-            cents = _cents(data.amount)
-            await interventions.move_money(session, scheme.id, cents, to_reserve=data.direction == "to_reserve",
+            return data.direction == "to_reserve"
+
+        async def work(session: AsyncSession) -> None:
+            scheme = await _scheme(session, slug)
+            to_reserve = direction()
+            await interventions.move_money(session, scheme.id, _cents(data.amount), to_reserve=to_reserve,
                                            memo=data.memo)
 
+        async def preview(session: AsyncSession) -> list[interventions.Fact]:
+            scheme = await _scheme(session, slug)
+            to_reserve = direction()
+            return await interventions.preview_move(session, scheme.id, _cents(data.amount), to_reserve=to_reserve,
+                                                    memo=data.memo)
+
         try:
+            if data.confirm != "yes":
+                return await _confirm_page(request, rt, preview, title=N_("Move the money?"),
+                                           button=N_("Yes, move the money"), back=f"/beheer/regelingen/{slug}#money",
+                                           fields={"amount": data.amount, "direction": data.direction,
+                                                   "memo": data.memo})
             await run_in_transaction(rt.sessionmaker, work)
         except DomainError as exc:
             field = {"reason": "memo", "amount_cents": "amount"}.get(exc.field or "", exc.field or "form")
@@ -212,7 +238,17 @@ class AdminPages(Controller):
             await interventions.decide_application(session, rt, application_id, approve=_approve(data.decision),
                                                    reason=data.reason)
 
+        async def preview(session: AsyncSession) -> list[interventions.Fact]:
+            return await interventions.preview_decision(session, application_id, approve=_approve(data.decision),
+                                                        reason=data.reason)
+
         try:
+            if data.confirm != "yes":
+                approve = _approve(data.decision)
+                return await _confirm_page(
+                    request, rt, preview, title=N_("Approve the application?") if approve
+                    else N_("Refuse the application?"), button=N_("Yes, approve") if approve else N_("Yes, refuse"),
+                    back="/beheer/aanvragen", fields={"decision": data.decision, "reason": data.reason})
             await run_in_transaction(rt.sessionmaker, work)
         except DomainError as exc:
             return await _applications_page(request, rt, failed=application_id, errors=_row_errors(exc),
@@ -231,7 +267,17 @@ class AdminPages(Controller):
             await interventions.decide_provider(session, enrolment_id, approve=_approve(data.decision),
                                                 reason=data.reason)
 
+        async def preview(session: AsyncSession) -> list[interventions.Fact]:
+            return await interventions.preview_provider_decision(session, enrolment_id,
+                                                                 approve=_approve(data.decision), reason=data.reason)
+
         try:
+            if data.confirm != "yes":
+                approve = _approve(data.decision)
+                return await _confirm_page(
+                    request, rt, preview, title=N_("Approve the provider?") if approve else N_("Refuse the provider?"),
+                    button=N_("Yes, approve") if approve else N_("Yes, refuse"), back="/beheer/aanbieders",
+                    fields={"decision": data.decision, "reason": data.reason})
             await run_in_transaction(rt.sessionmaker, work)
         except DomainError as exc:
             return await _providers_page(request, rt, failed=enrolment_id, errors=_row_errors(exc),
@@ -252,7 +298,16 @@ class AdminPages(Controller):
             await interventions.review_report(session, redemption_id, reverse_it=data.decision == "reverse",
                                               reason=data.reason, decided_by=who(request).actor)
 
+        async def preview(session: AsyncSession) -> list[interventions.Fact]:
+            facts = await interventions.preview_reverse(session, redemption_id, reason=data.reason)
+            return [*facts[:-1], interventions.Fact(N_("The entrepreneur gets an e-mail with the decision.")),
+                    facts[-1]]
+
         try:
+            if data.decision == "reverse" and data.confirm != "yes":
+                return await _confirm_page(request, rt, preview, title=N_("Reverse the redemption?"),
+                                           button=N_("Yes, reverse the redemption"), back="/beheer/meldingen",
+                                           fields={"decision": data.decision, "reason": data.reason})
             await run_in_transaction(rt.sessionmaker, work)
         except DomainError as exc:
             return await _flags_page(request, rt, failed=redemption_id, errors=_row_errors(exc),
@@ -280,6 +335,11 @@ class AdminPages(Controller):
     async def revoke(self, request: Request[Any, Any, Any], voucher_id: FromPath[int], data: Annotated[ReasonForm, Form],
                      rt: NamedDependency[Runtime]) -> Template | Redirect:
         try:
+            if data.confirm != "yes":
+                return await _confirm_page(
+                    request, rt, lambda s: interventions.preview_revoke(s, voucher_id, reason=data.reason),
+                    title=N_("Revoke the voucher?"), button=N_("Yes, revoke the voucher"),
+                    back=f"/beheer/vouchers/{voucher_id}#revoke", fields={"reason": data.reason})
             await run_in_transaction(rt.sessionmaker, lambda s: interventions.revoke(s, rt, voucher_id,
                                                                                      reason=data.reason))
         except DomainError as exc:
@@ -314,6 +374,11 @@ class AdminPages(Controller):
         if voucher_id is None:
             raise NotFound("redemption-not-found", N_("There is no such redemption."))
         try:
+            if data.confirm != "yes":
+                return await _confirm_page(
+                    request, rt, lambda s: interventions.preview_reverse(s, redemption_id, reason=data.reason),
+                    title=N_("Reverse the redemption?"), button=N_("Yes, reverse the redemption"),
+                    back=f"/beheer/vouchers/{voucher_id}", fields={"reason": data.reason})
             await run_in_transaction(rt.sessionmaker, lambda s: interventions.reverse(s, redemption_id,
                                                                                       reason=data.reason))
         except DomainError as exc:
@@ -395,6 +460,29 @@ class AdminPages(Controller):
         exported = await run_in_transaction(rt.sessionmaker, lambda s: privacy.export_subject(s, rt, kvk))
         return Response(msgspec.json.format(msgspec.json.encode(exported)), media_type="application/json",
                         headers={**NO_STORE, "Content-Disposition": f'attachment; filename="gegevens-kvk-{kvk}.json"'})
+
+
+def _fact(fact: interventions.Fact) -> str:
+    """A consequence in the reader's language, with its amounts and days written out."""
+    def shown(key: str, value: Any) -> Any:
+        if key.endswith("_cents"):
+            return i18n.format_money(value)
+        return i18n.format_day(value) if isinstance(value, dt.date) else value
+
+    return i18n.gettext(fact.message) % {key: shown(key, value) for key, value in fact.params.items()}
+
+
+async def _confirm_page(request: Request[Any, Any, Any], rt: Runtime,
+                        preview: Callable[[AsyncSession], Awaitable[list[interventions.Fact]]], *, title: str,
+                        button: str, back: str, fields: dict[str, str]) -> Template:
+    """The step before an action that cannot be undone: what it will do, and a button that sends
+    the same form again with ``confirm=yes``. Works without JavaScript; the action's own checks
+    run here too, so a mistake is shown on the form before anything is asked."""
+    async with rt.sessionmaker() as session:
+        facts = await preview(session)
+    return page(request, "admin/confirm.html", title=i18n.gettext(title), facts=[_fact(f) for f in facts],
+                action=request.url.path, fields=fields, button=i18n.gettext(button), back=back,
+                reason=fields.get("reason") or fields.get("memo") or "")
 
 
 def _approve(decision: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import msgspec
@@ -168,10 +169,9 @@ class CoachVoucherPages(Controller):
         who = principal(request)
         values = {"amount": data.amount, "category": data.category, "session_date": data.session_date,
                   "reference": data.reference}
-        try:
-            fields = _checked(data)
-        except DomainError as exc:
-            return await _coach_view(rt, who, code, values=values, errors=errors_of(exc), status_code=status(exc))
+        fields, errors = _checked(data)
+        if errors:
+            return await _coach_view(rt, who, code, values=values, errors=errors, status_code=422)
         # The key was made when the form was shown, so a double tap or a reload of the POST
         # claims the same key and gets the first answer instead of a second debit.
         fingerprint = idempotency.request_fingerprint("POST", request.url.path, msgspec.json.encode(fields))
@@ -213,25 +213,52 @@ class CoachVoucherPages(Controller):
 _ALREADY_SENT = N_("This form was already sent. Check the list of redemptions before you try again.")
 
 
-def _checked(data: RedeemForm) -> dict[str, Any]:
-    """The form's fields as the domain needs them; the first mistake is shown next to its field."""
-    amount = parse_euros(data.amount)
-    if data.category not in CATEGORY_LABELS:
-        raise InvalidInput("category-missing", N_("Choose what you delivered."), field="category")
-    day = data.session_date.strip()
-    if day:
+def _checked(data: RedeemForm) -> tuple[dict[str, Any], dict[str, str]]:
+    """The form's fields as the domain needs them, and every mistake keyed by its field, so the
+    coach corrects them all at once."""
+    errors: dict[str, str] = {}
+
+    def check(rule: Callable[[], Any]) -> Any:
         try:
-            parsed = dt.date.fromisoformat(day)
-        except ValueError:
-            raise InvalidInput("date-invalid", N_("Type the date as year-month-day, for example 2026-11-23."),
-                               field="session_date") from None
-        if parsed > dt.date.today() + dt.timedelta(days=1):
-            raise InvalidInput("date-in-future", N_("The date of the session cannot be in the future."),
-                               field="session_date")
+            return rule()
+        except DomainError as exc:
+            errors.update(errors_of(exc))
+            return None
+
+    amount = check(lambda: parse_euros(data.amount))
+    check(lambda: _category(data.category))
+    day = data.session_date.strip()
+    check(lambda: _session_date(day))
     reference = data.reference.strip()
+    check(lambda: _reference(reference))
+    if not 1 <= len(data.idempotency_key) <= 100:
+        check(lambda: _raise(InvalidInput("form-expired", N_("This form is no longer valid. Please fill it in again."))))
+    return {"amount_cents": amount, "category": data.category, "session_date": day, "reference": reference}, errors
+
+
+def _raise(exc: DomainError) -> None:
+    raise exc
+
+
+def _category(category: str) -> None:
+    if category not in CATEGORY_LABELS:
+        raise InvalidInput("category-missing", N_("Choose what you delivered."), field="category")
+
+
+def _session_date(day: str) -> None:
+    if not day:
+        return
+    try:
+        parsed = dt.date.fromisoformat(day)
+    except ValueError:
+        raise InvalidInput("date-invalid", N_("Type the date as year-month-day, for example 2026-11-23."),
+                           field="session_date") from None
+    if parsed > dt.date.today() + dt.timedelta(days=1):
+        raise InvalidInput("date-in-future", N_("The date of the session cannot be in the future."),
+                           field="session_date")
+
+
+def _reference(reference: str) -> None:
     if not reference or len(reference) > 100:
         raise InvalidInput("reference-missing", N_("Fill in your invoice number or reference (at most 100 characters)."),
                            field="reference")
-    if not 1 <= len(data.idempotency_key) <= 100:
-        raise InvalidInput("form-expired", N_("This form is no longer valid. Please fill it in again."))
-    return {"amount_cents": amount, "category": data.category, "session_date": day, "reference": reference}
