@@ -540,8 +540,9 @@ def staff_add(email: str, role: str, name: str) -> None:
     async def work(args: Any) -> str:
         rt, session = args
         user = await municipality.create_staff(session, rt, email=email, name=name, role=role)
+        link = await municipality.setup_link(session, rt, user)
         return (f"account {user.id} for {user.email} ({user.role})\n"
-                f"setup link (works once, for {municipality.SETUP_HOURS} hours): {municipality.setup_link(rt, user)}")
+                f"setup link (works once, for {municipality.SETUP_HOURS} hours): {link}")
 
     click.echo(_in_transaction(work))
 
@@ -555,7 +556,7 @@ def staff_reset(email: str) -> None:
     async def work(args: Any) -> str:
         rt, session = args
         user = await municipality.reset_setup(session, rt, email)
-        return f"setup link for {user.email}: {municipality.setup_link(rt, user)}"
+        return f"setup link for {user.email}: {await municipality.setup_link(session, rt, user)}"
 
     click.echo(_in_transaction(work))
 

@@ -42,7 +42,7 @@ async def create_demo(rt: Runtime) -> str:
             user = await municipality.create_staff(session, rt, email=DEMO_STAFF_EMAIL, name="Demo Beheerder",
                                                    role="beheerder")
             lines.append(f"Municipality staff ({DEMO_STAFF_EMAIL}, beheerder): set a password and an "
-                         f"authenticator app at {municipality.setup_link(rt, user)}")
+                         f"authenticator app at {await municipality.setup_link(session, rt, user)}")
         if schemes.scheme_status(scheme) == "open" and scheme.allocation == "first_come":
             for n in range(3):
                 kvk = f"9100000{n}"
