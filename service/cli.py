@@ -211,8 +211,8 @@ def provider_approve(enrolment_id: int) -> None:
     from .admin.interventions import decide_provider
 
     async def work(args: Any) -> str:
-        _rt, session = args
-        enrolment = await decide_provider(session, enrolment_id, approve=True)
+        rt, session = args
+        enrolment = await decide_provider(session, rt, enrolment_id, approve=True)
         return f"enrolment {enrolment.id}: {enrolment.status}"
 
     click.echo(_in_transaction(work))
@@ -226,8 +226,8 @@ def provider_refuse(enrolment_id: int, reason: str) -> None:
     from .admin.interventions import decide_provider
 
     async def work(args: Any) -> str:
-        _rt, session = args
-        enrolment = await decide_provider(session, enrolment_id, approve=False, reason=reason)
+        rt, session = args
+        enrolment = await decide_provider(session, rt, enrolment_id, approve=False, reason=reason)
         return f"enrolment {enrolment.id}: {enrolment.status}"
 
     click.echo(_in_transaction(work))
