@@ -237,11 +237,17 @@ async def request_reset(session: AsyncSession, rt: Runtime, email: str) -> bool:
     address = email.strip().lower()[:254]
     if "@" not in address:
         return False
-    # Counted for every address asked about, known or not, so both take the same work.
-    sent = await ratelimit.count_attempt(session, f"password-reset:{address}", window_seconds=3600)
+    # Counted for every address asked about, known or not, so both take the same work; keyed by
+    # a hash, so the counters hold no addresses.
+    sent = await ratelimit.count_attempt(session, f"password-reset:{rt.token_hash(address).hex()[:40]}",
+                                         window_seconds=3600)
     user = await session.scalar(select(ProviderUser).where(ProviderUser.email == address,
                                                            ProviderUser.disabled_at.is_(None)))
     if user is None or sent > RESET_MAILS_PER_HOUR:
+        return False
+    # A sign-up's contact chooses a first password only once the municipality approved it.
+    if user.password_hash is None and await session.scalar(select(Enrolment.id).where(
+            Enrolment.provider_id == user.provider_id, Enrolment.status == "approved").limit(1)) is None:
         return False
     provider = await session.get_one(Provider, user.provider_id)
     link = await account_links.issue(session, rt, purpose="reset", hours=RESET_HOURS, provider_user_id=user.id)
