@@ -11,7 +11,7 @@ from typing import Any
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from service import outbox, staff
+from service import outbox, providers, staff
 from service.app import create_app
 from service.db import run_in_transaction
 from service.models import Provider, ProviderUser, utcnow
@@ -147,6 +147,14 @@ async def test_a_provider_joins_and_manages_its_team(client, rt, smtp_server) ->
         assert not await _signed_in(colleague)
         assert (await sign_in(colleague, COLLEAGUE, SECOND)).status_code == 422
     assert "Bram Jansen" not in (await client.get("/coach/team")).text
+    # An API token of the provider manages no accounts.
+    async with rt.sessionmaker() as session:
+        provider_id = await session.scalar(select(Provider.id).where(Provider.email == CONTACT))
+    token = await run_in_transaction(rt.sessionmaker, lambda s: providers.create_token(
+        s, rt, role="coach", name="kassa", provider_id=provider_id))
+    async with AsyncTestClient(app=create_app(rt.settings), base_url=BASE) as system:
+        r = await system.get("/coach/team", headers={"Authorization": f"Bearer {token}"}, follow_redirects=False)
+        assert r.status_code in (302, 303) and "/coach/login" in r.headers["location"]
 
     # Forgotten password: a mailed reset link; the reset ends the session that was open.
     async with AsyncTestClient(app=create_app(rt.settings), base_url=BASE) as elsewhere:

@@ -7,9 +7,11 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
+from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotAuthorizedException
+from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect, Template
 
@@ -35,10 +37,16 @@ class EmptyForm(msgspec.Struct, frozen=True, kw_only=True):
     """Buttons that only carry the CSRF token."""
 
 
+async def _people_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Accounts are managed by a signed-in person, never with an API token."""
+    if connection.scope.get("user") is None or connection.scope["user"].kind != "provider-staff":
+        raise NotAuthorizedException("sign in first")
+
+
 class TeamPages(Controller):
     path = "/coach/team"
     include_in_schema = False
-    guards = [requires("coach")]
+    guards = [requires("coach"), _people_only]
     exception_handlers = {NotAuthorizedException: to_login}
 
     @get("/")
