@@ -214,3 +214,47 @@ async def test_forgotten_password_does_not_tell_which_addresses_have_accounts(cl
     for _ in range(10):
         last = await post_form(client, "/coach/wachtwoord-vergeten", {"email": "iemand@leergroei.example"})
     assert last.status_code == 429
+
+
+async def test_account_links_are_stored_hashed_expire_and_replace_each_other(rt) -> None:
+    """One mechanism for municipality and provider accounts: only a hash of the token is kept, a
+    link works until it expires, and a new link for an account ends the earlier one."""
+    import datetime as dt
+
+    from service import account_links, municipality
+    from service.models import AccountLink, OutboxMessage
+
+    scheme = await make_scheme(rt)
+    from tests.helpers import make_provider
+
+    provider, _token = await make_provider(rt, scheme)
+
+    async def work(session):  # type: ignore[no-untyped-def]
+        person = await staff.invite(session, rt, provider_id=provider.id, email="c@leergroei.example", name="C",
+                                    invited_by="Anna")
+        official = await municipality.create_staff(session, rt, email="m@arnhem.example", name="M", role="lezer")
+        staff_url = await municipality.setup_link(session, rt, official)
+        return person.id, staff_url
+
+    person_id, staff_url = await run_in_transaction(rt.sessionmaker, work)
+    assert "/beheer/instellen/" in staff_url
+    async with rt.sessionmaker() as session:
+        link = await session.scalar(select(AccountLink).where(AccountLink.provider_user_id == person_id))
+        token = account_links.token_of(rt, link)
+        message = await session.scalar(select(OutboxMessage).where(OutboxMessage.template == "provider_invite"))
+        assert token.encode() not in bytes(link.token_hash) and token not in str(message.params)
+        _subject, body = await outbox.render(session, rt, message)
+        assert f"/coach/wachtwoord/{token}" in body
+        assert await account_links.find(session, rt, token, kind="staff") is None, "each kind has its own links"
+        later = link.created_at + dt.timedelta(hours=staff.SETUP_HOURS)
+        assert await account_links.find(session, rt, token, kind="provider", now=later - dt.timedelta(minutes=1))
+        assert await account_links.find(session, rt, token, kind="provider", now=later) is None
+        staff_token = staff_url.rpartition("/")[2]
+        assert await account_links.find(session, rt, staff_token, kind="staff") is not None
+
+    async def again(session):  # type: ignore[no-untyped-def]
+        return await staff.setup_link(session, rt, await session.get_one(ProviderUser, person_id))
+
+    await run_in_transaction(rt.sessionmaker, again)
+    async with rt.sessionmaker() as session:
+        assert await account_links.find(session, rt, token, kind="provider") is None, "replaced by the new link"
