@@ -446,7 +446,7 @@ class AdminController(Controller):
     async def approve_enrolment(self, request: Request[Any, Any, Any], enrolment_id: FromPath[int],
                                 rt: NamedDependency[Runtime]) -> Response[bytes]:
         async def work(session: AsyncSession) -> EnrolmentOut:
-            return _enrolment_out(await interventions.decide_provider(session, enrolment_id, approve=True))
+            return _enrolment_out(await interventions.decide_provider(session, rt, enrolment_id, approve=True))
 
         return await run_idempotent(request, rt, work, status_code=200)
 
@@ -454,7 +454,7 @@ class AdminController(Controller):
     async def refuse_enrolment(self, request: Request[Any, Any, Any], enrolment_id: FromPath[int], data: JSONBody[ReasonIn],
                                rt: NamedDependency[Runtime]) -> Response[bytes]:
         async def work(session: AsyncSession) -> EnrolmentOut:
-            return _enrolment_out(await interventions.decide_provider(session, enrolment_id, approve=False,
+            return _enrolment_out(await interventions.decide_provider(session, rt, enrolment_id, approve=False,
                                                                       reason=data.reason))
 
         return await run_idempotent(request, rt, work, status_code=200, body_type=ReasonIn)

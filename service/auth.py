@@ -34,6 +34,8 @@ class Principal:
     name: str
     provider_id: int | None = None
     voucher_id: int | None = None
+    generation: int = 0
+    """A provider account's ``session_generation`` at sign-in; a reset raises it, which ends this session."""
 
     @property
     def actor(self) -> str:
@@ -91,12 +93,12 @@ class AuthMiddleware(ASGIMiddleware):
             async with self.rt.reader() as session:
                 row = (
                     await session.execute(
-                        select(ProviderUser.provider_id, ProviderUser.disabled_at).where(
-                            ProviderUser.id == principal.subject_id
-                        )
+                        select(ProviderUser.provider_id, ProviderUser.disabled_at,
+                               ProviderUser.session_generation).where(ProviderUser.id == principal.subject_id)
                     )
                 ).first()
-            if row is None or row.disabled_at is not None or row.provider_id != principal.provider_id:
+            if (row is None or row.disabled_at is not None or row.provider_id != principal.provider_id
+                    or row.session_generation != principal.generation):
                 return None
         elif principal.kind == "staff":
             async with self.rt.reader() as session:

@@ -238,8 +238,8 @@ def provider_approve(enrolment_id: int) -> None:
     from .admin.interventions import decide_provider
 
     async def work(args: Any) -> str:
-        _rt, session = args
-        enrolment = await decide_provider(session, enrolment_id, approve=True)
+        rt, session = args
+        enrolment = await decide_provider(session, rt, enrolment_id, approve=True)
         return f"enrolment {enrolment.id}: {enrolment.status}"
 
     click.echo(_in_transaction(work))
@@ -253,8 +253,8 @@ def provider_refuse(enrolment_id: int, reason: str) -> None:
     from .admin.interventions import decide_provider
 
     async def work(args: Any) -> str:
-        _rt, session = args
-        enrolment = await decide_provider(session, enrolment_id, approve=False, reason=reason)
+        rt, session = args
+        enrolment = await decide_provider(session, rt, enrolment_id, approve=False, reason=reason)
         return f"enrolment {enrolment.id}: {enrolment.status}"
 
     click.echo(_in_transaction(work))
@@ -587,8 +587,9 @@ def staff_add(email: str, role: str, name: str) -> None:
     async def work(args: Any) -> str:
         rt, session = args
         user = await municipality.create_staff(session, rt, email=email, name=name, role=role)
+        link = await municipality.setup_link(session, rt, user)
         return (f"account {user.id} for {user.email} ({user.role})\n"
-                f"setup link (works once, for {municipality.SETUP_HOURS} hours): {municipality.setup_link(rt, user)}")
+                f"setup link (works once, for {municipality.SETUP_HOURS} hours): {link}")
 
     click.echo(_in_transaction(work))
 
@@ -602,7 +603,7 @@ def staff_reset(email: str) -> None:
     async def work(args: Any) -> str:
         rt, session = args
         user = await municipality.reset_setup(session, rt, email)
-        return f"setup link for {user.email}: {municipality.setup_link(rt, user)}"
+        return f"setup link for {user.email}: {await municipality.setup_link(session, rt, user)}"
 
     click.echo(_in_transaction(work))
 

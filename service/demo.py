@@ -94,7 +94,7 @@ async def _credentials(session, rt: Runtime) -> str:  # type: ignore[no-untyped-
     user = await session.scalar(select(StaffUser).where(StaffUser.email == DEMO_STAFF_EMAIL))
     if user is not None and user.activated_at is None:
         lines.append(f"Municipality staff ({DEMO_STAFF_EMAIL}, beheerder): set a password and an "
-                     f"authenticator app at {municipality.setup_link(rt, user)}")
+                     f"authenticator app at {await municipality.setup_link(session, rt, user)}")
     elif user is not None:
         # Resetting it here would throw away the authenticator app the developer already set up.
         lines.append(f"Municipality staff ({DEMO_STAFF_EMAIL}, beheerder) is set up; a new setup link: "

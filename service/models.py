@@ -49,6 +49,7 @@ __all__ = (
     "Offer",
     "PayoutBatch",
     "PayoutLine",
+    "AccountLink",
 )
 
 Id = BigInteger().with_variant(Integer, "sqlite")
@@ -234,6 +235,10 @@ class Provider(Base):
     locale: Mapped[str] = mapped_column(String(8), default="nl")
     """The language of the mails to the provider: the one its first application was made in,
     until its staff choose another on ``/coach/settings``."""
+    contact_name: Mapped[str] = mapped_column(String(200), default="")
+    """Who signed up on ``/coach/apply``; they become its first staff account once they confirm."""
+    email_confirmed_at: Mapped[dt.datetime | None]
+    """None until the address of a web sign-up is confirmed; staff decide only confirmed ones."""
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -437,10 +442,13 @@ class ProviderUser(Base):
     provider_id: Mapped[int] = mapped_column(ForeignKey("provider.id"), index=True)
     email: Mapped[str] = mapped_column(String(254), unique=True)
     name: Mapped[str] = mapped_column(String(200))
-    password_hash: Mapped[str] = mapped_column(String(200))
+    password_hash: Mapped[str | None] = mapped_column(String(200))
+    """argon2id; None until the person sets it through a mailed one-time link."""
     failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[dt.datetime | None]
     last_sign_in_at: Mapped[dt.datetime | None]
+    session_generation: Mapped[int] = mapped_column(Integer, default=0)
+    """Carried in the session cookie; raising it (a password reset) ends every open session."""
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     disabled_at: Mapped[dt.datetime | None]
 
@@ -520,6 +528,29 @@ class SignInToken(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
     voucher_id: Mapped[int] = mapped_column(ForeignKey("voucher.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    used_at: Mapped[dt.datetime | None]
+
+
+class AccountLink(Base):
+    """A mailed one-time link that lets a person set a password: a municipality staff member's
+    setup, a provider contact's or colleague's first password, a forgotten one. The token is
+    derived from ``salt`` with a key only the server has (so the outbox need not store it) and
+    only a keyed hash of it is kept; using it stamps ``used_at`` in a conditional UPDATE."""
+
+    __tablename__ = "account_link"
+    __table_args__ = (
+        CheckConstraint("(staff_user_id IS NULL) <> (provider_user_id IS NULL)", name="account_link_one_account"),
+        CheckConstraint("purpose IN ('setup', 'reset')", name="account_link_purpose_known"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    salt: Mapped[bytes] = mapped_column(LargeBinary(16))
+    purpose: Mapped[str] = mapped_column(String(16))
+    staff_user_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"), index=True)
+    provider_user_id: Mapped[int | None] = mapped_column(ForeignKey("provider_user.id"), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime]
     used_at: Mapped[dt.datetime | None]

@@ -50,8 +50,6 @@ class StaffUser(Base):
     """argon2id; None until the account is set up through its one-time link."""
     totp_secret: Mapped[bytes] = mapped_column(LargeBinary(128))
     """The TOTP secret, encrypted (AES-GCM) with a key derived from the server's secret."""
-    setup_nonce: Mapped[str | None] = mapped_column(String(32))
-    """Part of the one-time setup link; cleared when the account is set up."""
     activated_at: Mapped[dt.datetime | None]
     last_totp_step: Mapped[int] = mapped_column(Integer, default=0)
     """The last 30-second TOTP step used, so that a code works only once."""

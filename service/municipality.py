@@ -1,7 +1,7 @@
 """Municipality staff accounts: roles, passwords (argon2id) and a TOTP second factor (pyotp).
 
-An account is created by ``vouchers staff add``, which prints a one-time setup link. Following
-it, the staff member chooses a password and adds the TOTP secret to an authenticator app
+An account is created by ``vouchers staff add``, which prints a one-time setup link
+(``service.account_links``, shared with provider accounts). Following it, the staff member chooses a password and adds the TOTP secret to an authenticator app
 (shown as text and as a QR code), then proves it with one code; the link then stops working.
 
 Signing in takes two steps, password then code. Failures of either are counted on the account
@@ -25,6 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from . import account_links
 from .errors import N_, Conflict, InvalidInput, NotFound, Refused
 from .models import utcnow
 from .models_admin import STAFF_ROLES, StaffUser
@@ -52,7 +53,6 @@ LOCK_FOR = dt.timedelta(minutes=15)
 MIN_PASSWORD = 12
 SETUP_HOURS = 48
 ISSUER = "Gemeente Arnhem vouchers"
-_SETUP = "staff-setup"
 
 _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
@@ -83,9 +83,10 @@ def otpauth_uri(rt: Runtime, user: StaffUser) -> str:
     return pyotp.TOTP(totp_secret(rt, user)).provisioning_uri(name=user.email, issuer_name=ISSUER)
 
 
-def setup_link(rt: Runtime, user: StaffUser) -> str:
-    token = rt.sign(_SETUP, f"{user.id}-{user.setup_nonce}", SETUP_HOURS * 3600)
-    return rt.link(f"/beheer/instellen/{token}")
+async def setup_link(session: AsyncSession, rt: Runtime, user: StaffUser) -> str:
+    """A new one-time setup link for the account (earlier ones stop working)."""
+    link = await account_links.issue(session, rt, purpose="setup", hours=SETUP_HOURS, staff_user_id=user.id)
+    return account_links.url(rt, link)
 
 
 async def create_staff(session: AsyncSession, rt: Runtime, *, email: str, name: str, role: str) -> StaffUser:
@@ -98,8 +99,7 @@ async def create_staff(session: AsyncSession, rt: Runtime, *, email: str, name: 
         raise InvalidInput("email-invalid", N_("Fill in a valid e-mail address, for example naam@voorbeeld.nl."),
                            field="email") from None
     user = StaffUser(email=email, name=name.strip() or email, role=role, password_hash=None,
-                     totp_secret=_seal(rt, pyotp.random_base32(), email), setup_nonce=secrets.token_hex(8),
-                     failed_attempts=0, last_totp_step=0)
+                     totp_secret=_seal(rt, pyotp.random_base32(), email), failed_attempts=0, last_totp_step=0)
     try:
         async with session.begin_nested():
             session.add(user)
@@ -111,12 +111,12 @@ async def create_staff(session: AsyncSession, rt: Runtime, *, email: str, name: 
 
 
 async def reset_setup(session: AsyncSession, rt: Runtime, email: str) -> StaffUser:
-    """A lost phone or password: a new TOTP secret and setup link; the old password stops working."""
+    """A lost phone or password: a new TOTP secret; the old password stops working. The caller
+    makes a new :func:`setup_link`."""
     user = await session.scalar(select(StaffUser).where(StaffUser.email == email.strip().lower()))
     if user is None:
         raise NotFound("account-not-found", N_("There is no account with this e-mail address."))
     user.totp_secret = _seal(rt, pyotp.random_base32(), user.email)
-    user.setup_nonce = secrets.token_hex(8)
     user.password_hash = None
     user.activated_at = None
     user.last_totp_step = 0
@@ -137,14 +137,11 @@ async def set_disabled(session: AsyncSession, email: str, disabled: bool) -> Sta
 
 async def setup_account(session: AsyncSession, rt: Runtime, token: str) -> StaffUser | None:
     """The account a setup link belongs to, while the link is valid and unused."""
-    value = rt.unsign(_SETUP, token)
-    if value is None or "-" not in value:
+    link = await account_links.find(session, rt, token, kind="staff")
+    if link is None:
         return None
-    user_id, _, nonce = value.partition("-")
-    user = await session.get(StaffUser, int(user_id)) if user_id.isdigit() else None
-    if user is None or user.setup_nonce is None or not secrets.compare_digest(user.setup_nonce, nonce):
-        return None
-    if user.disabled_at is not None:
+    user = await session.get(StaffUser, link.staff_user_id)
+    if user is None or user.disabled_at is not None:
         return None
     return user
 
@@ -166,10 +163,14 @@ def _matching_step(secret: str, code: str, now: dt.datetime) -> int | None:
     return None
 
 
-async def complete_setup(session: AsyncSession, rt: Runtime, user: StaffUser, *, password: str, repeat: str,
+async def complete_setup(session: AsyncSession, rt: Runtime, token: str, *, password: str, repeat: str,
                          code: str, now: dt.datetime | None = None) -> StaffUser:
     """Set the password and confirm the authenticator app with one code; the link is then used."""
     now = now or utcnow()
+    link = await account_links.find(session, rt, token, kind="staff", now=now)
+    user = None if link is None else await session.get(StaffUser, link.staff_user_id)
+    if link is None or user is None or user.disabled_at is not None:
+        raise Refused("setup-used", N_("This link has already been used."))
     if len(password) < MIN_PASSWORD:
         raise InvalidInput("password-too-short", N_("The password must be at least 12 characters."), field="password")
     if password != repeat:
@@ -178,15 +179,13 @@ async def complete_setup(session: AsyncSession, rt: Runtime, user: StaffUser, *,
     if step is None:
         raise InvalidInput("code-wrong", N_("This code is not correct. Type the 6 digits your app shows now."),
                            field="code")
-    result = await session.execute(
-        update(StaffUser)
-        .where(StaffUser.id == user.id, StaffUser.setup_nonce == user.setup_nonce)
-        .values(password_hash=_hasher.hash(password), setup_nonce=None, activated_at=now, last_totp_step=step,
-                failed_attempts=0, locked_until=None)
-        .returning(StaffUser.id)
-    )
-    if result.first() is None:
+    if not await account_links.use(session, link, now=now):
         raise Refused("setup-used", N_("This link has already been used."))
+    await session.execute(
+        update(StaffUser).where(StaffUser.id == user.id)
+        .values(password_hash=_hasher.hash(password), activated_at=now, last_totp_step=step, failed_attempts=0,
+                locked_until=None)
+    )
     await session.refresh(user)
     return user
 

@@ -81,7 +81,8 @@ async def render(session: AsyncSession, rt: Runtime, message: OutboxMessage,
                  salts: dict[int, bytes] | None = None) -> tuple[str, str]:
     """Subject and body. Secrets are derived here, not stored: ``voucher_id`` gives the voucher's
     code, ``sign_in_token_ids`` the sign-in links, ``confirm_for`` an application's confirmation link,
-    ``report_redemption_id`` the link that reports a redemption as wrong.
+    ``report_redemption_id`` the link that reports a redemption as wrong, ``confirm_provider_for`` a
+    provider sign-up's confirmation link, ``account_link_id`` a one-time link to set a password.
     ``salts``: the vouchers' code salts, read for a whole batch at once."""
     context = dict(message.params)
     if "voucher_id" in context:
@@ -99,6 +100,14 @@ async def render(session: AsyncSession, rt: Runtime, message: OutboxMessage,
         context["confirm_url"] = signin.confirm_link(rt, context["confirm_for"])
     if "report_redemption_id" in context:
         context["report_url"] = signin.report_link(rt, context["report_redemption_id"])
+    if "confirm_provider_for" in context:
+        from . import staff
+
+        context["confirm_url"] = staff.confirm_link(rt, context["confirm_provider_for"])
+    if "account_link_id" in context:
+        from . import account_links
+
+        context["account_url"] = await account_links.url_for_id(session, rt, context["account_link_id"])
     context["base_url"] = rt.settings.base_url.rstrip("/")
     context["locale"] = message.locale
     with i18n.use_locale(message.locale):

@@ -45,7 +45,8 @@ def normalise_iban(value: str) -> str:
         raise InvalidInput("iban-invalid", N_("This is not a valid IBAN."), field="iban") from None
 
 
-async def add_provider(session: AsyncSession, details: ProviderDetails) -> Provider:
+async def add_provider(session: AsyncSession, details: ProviderDetails, *, confirmed: bool = True) -> Provider:
+    """A provider; one added by staff (``confirmed``) needs no confirmation of its address."""
     base = slugify(details.name)
     taken = set(await session.scalars(select(Provider.slug).where(Provider.slug.like(f"{base}%"))))
     slug, n = base, 2
@@ -60,6 +61,7 @@ async def add_provider(session: AsyncSession, details: ProviderDetails) -> Provi
         website=details.website,
         description=details.description.strip(),
         locale=details.locale,
+        email_confirmed_at=utcnow() if confirmed else None,
     )
     try:
         async with session.begin_nested():

@@ -24,7 +24,8 @@ async def make_staff(rt: Runtime, role: str, email: str | None = None) -> tuple[
     async def work(session):  # type: ignore[no-untyped-def]
         user = await municipality.create_staff(session, rt, email=email, name=f"Medewerker {role}", role=role)
         secret = municipality.totp_secret(rt, user)
-        await municipality.complete_setup(session, rt, user, password=PASSWORD, repeat=PASSWORD,
+        token = (await municipality.setup_link(session, rt, user)).rpartition("/")[2]
+        await municipality.complete_setup(session, rt, token, password=PASSWORD, repeat=PASSWORD,
                                           code=pyotp.TOTP(secret).now())
         return secret
 

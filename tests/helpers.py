@@ -98,6 +98,20 @@ async def make_provider(rt: Runtime, scheme: Scheme, *, approve: bool = True, ca
     return await run_in_transaction(rt.sessionmaker, work)
 
 
+async def confirm_providers(rt: Runtime) -> None:
+    """Confirm every web sign-up's address through the link its mail carries (staff decide only
+    confirmed ones)."""
+    from service import staff
+    from sqlalchemy import select
+
+    async def work(session):  # type: ignore[no-untyped-def]
+        for provider_id in list(await session.scalars(select(Provider.id).where(Provider.email_confirmed_at.is_(None)))):
+            token = staff.confirm_link(rt, provider_id).rpartition("/")[2]
+            assert await staff.confirm_provider(session, rt, token) is not None
+
+    await run_in_transaction(rt.sessionmaker, work)
+
+
 async def admin_token(rt: Runtime) -> str:
     return await run_in_transaction(
         rt.sessionmaker, lambda s: providers.create_token(s, rt, role="admin", name="gemeente", provider_id=None)

@@ -13,7 +13,7 @@ from service.check import reconcile
 from service.db import run_in_transaction
 from service.models import Application, AuditEntry, Enrolment, LedgerEntry, OutboxMessage, Scheme, Voucher, utcnow
 from tests.admin_helpers import post_form, staff_client_sign_in
-from tests.helpers import applicant, make_scheme, make_voucher
+from tests.helpers import applicant, confirm_providers, make_scheme, make_voucher
 
 
 async def _mails(rt, template):  # type: ignore[no-untyped-def]
@@ -81,6 +81,7 @@ async def test_work_queues_decide_applications_and_providers(client, rt) -> None
         return one.id, two.id, enrolment.id
 
     one, two, enrolment_id = await run_in_transaction(rt.sessionmaker, pending)
+    await confirm_providers(rt)
     await staff_client_sign_in(client, rt, "beoordelaar")
     page = await client.get("/beheer/aanvragen")
     assert "Wacht BV" in page.text and "Twijfel BV" in page.text

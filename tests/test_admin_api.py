@@ -26,6 +26,7 @@ from tests.helpers import (
     admin_token,
     applicant,
     bearer,
+    confirm_providers,
     make_provider,
     make_scheme,
     make_voucher,
@@ -186,6 +187,7 @@ async def test_provider_enrolments_are_decided_with_a_mail(client, world, rt) ->
 
     yes = await run_in_transaction(rt.sessionmaker, lambda s: apply(s, "Nieuwe Coach", "87654321", "nieuw@coach.nl"))
     no = await run_in_transaction(rt.sessionmaker, lambda s: apply(s, "Twijfel Coach", "87654322", "twijfel@coach.nl"))
+    await confirm_providers(rt)
     queue = (await client.get(f"{API}/enrolments/pending", headers=headers)).json()
     assert [(e["enrolment_id"], e["provider_name"]) for e in queue] == [(yes, "Nieuwe Coach"), (no, "Twijfel Coach")]
     r = await client.post(f"{API}/enrolments/{yes}/approval", headers=headers)

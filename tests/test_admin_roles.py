@@ -150,7 +150,7 @@ async def test_setup_link_works_once(client, rt) -> None:
     async def create(session):  # type: ignore[no-untyped-def]
         user = await municipality.create_staff(session, rt, email="nieuw@arnhem.example", name="Nieuw",
                                                role="financieel")
-        return municipality.setup_link(rt, user), municipality.totp_secret(rt, user)
+        return await municipality.setup_link(session, rt, user), municipality.totp_secret(rt, user)
 
     link, secret = await run_in_transaction(rt.sessionmaker, create)
     path = link.removeprefix(rt.settings.base_url)

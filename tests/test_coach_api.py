@@ -9,7 +9,7 @@ from service import offers, vouchers
 from service.check import reconcile
 from service.db import run_in_transaction
 from service.models import OutboxMessage, Voucher
-from tests.helpers import admin_token, bearer, make_provider, make_scheme, make_voucher
+from tests.helpers import admin_token, bearer, confirm_providers, make_provider, make_scheme, make_voucher
 
 
 async def test_provider_applies_and_is_approved(client, rt) -> None:
@@ -27,6 +27,9 @@ async def test_provider_applies_and_is_approved(client, rt) -> None:
     r = await client.post("/api/v1/provider-applications", json=body)
     assert r.status_code == 409
     admin = await admin_token(rt)
+    r = await client.post(f"/api/v1/admin/enrolments/{enrolment_id}/approval", headers=bearer(admin))
+    assert r.status_code == 422 and r.json()["code"] == "provider-unconfirmed"
+    await confirm_providers(rt)
     r = await client.post(f"/api/v1/admin/enrolments/{enrolment_id}/approval", headers=bearer(admin))
     assert r.status_code == 200 and r.json()["status"] == "approved"
 

@@ -240,11 +240,12 @@ async def test_report_link_flags_redemption(client, rt, smtp_server) -> None:
 async def test_a_provider_gets_its_mails_in_the_language_it_applied_in(client, rt, smtp_server) -> None:
     """The form sends the page's language; the API takes ``locale``; without it, Dutch."""
     from service.models import Provider
-    from tests.helpers import admin_token, bearer
+    from tests.helpers import admin_token, bearer, confirm_providers
 
     await make_scheme(rt)
     await csrf(client, "/coach/apply?lang=en")
-    form = {"scheme": "test-scheme", "name": "Learn & Grow", "kvk_number": "87654321", "email": "info@learn.example",
+    form = {"scheme": "test-scheme", "name": "Learn & Grow", "contact_name": "Lee", "kvk_number": "87654321",
+            "email": "info@learn.example",
             "iban": "NL91 ABNA 0417 1643 00", "cat_coaching": "on"}
     done = await post_form(client, "/coach/apply?lang=en", form)
     assert done.status_code == 200 and "info@learn.example" in done.text
@@ -259,16 +260,17 @@ async def test_a_provider_gets_its_mails_in_the_language_it_applied_in(client, r
             "info@learn.example": "en", "info@leer.example": "nl"}
         enrolments = list(await session.scalars(select(Enrolment).order_by(Enrolment.id)))
     admin = await admin_token(rt)
+    await confirm_providers(rt)
     for enrolment in enrolments:
         r = await client.post(f"/api/v1/admin/enrolments/{enrolment.id}/approval", headers=bearer(admin))
         assert r.status_code == 200
     await outbox.send_due(rt)
     subjects = sorted((m["To"], str(m["Subject"])) for m in smtp_server.messages)
     assert subjects == [
-        ("info@learn.example", "We have received your application as a provider"),
+        ("info@learn.example", "Confirm your e-mail address"),
         ("info@learn.example", "You can take part in Test scheme"),
+        ("info@leer.example", "Bevestig uw e-mailadres"),
         ("info@leer.example", "U kunt meedoen aan Testregeling"),
-        ("info@leer.example", "Wij hebben uw aanmelding als aanbieder ontvangen"),
     ], subjects
 
 

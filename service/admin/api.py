@@ -241,7 +241,8 @@ class AdminOperationsController(Controller):
         async with rt.sessionmaker() as session:
             rows = (await session.execute(
                 select(Enrolment, Provider, Scheme.slug).join(Provider, Provider.id == Enrolment.provider_id)
-                .join(Scheme, Scheme.id == Enrolment.scheme_id).where(Enrolment.status == "pending")
+                .join(Scheme, Scheme.id == Enrolment.scheme_id)
+                .where(Enrolment.status == "pending", Provider.email_confirmed_at.is_not(None))
                 .order_by(Enrolment.id).limit(200))).all()
         return [EnrolmentQueueItem(enrolment_id=e.id, scheme=slug, provider_id=p.id, provider_name=p.name,
                                    kvk_number=p.kvk_number, email=p.email, website=p.website,

@@ -15,9 +15,9 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import applications, ledger, outbox, providers, schemes, validity, vouchers
+from .. import applications, ledger, outbox, providers, schemes, staff, validity, vouchers
 from ..errors import N_, InvalidInput, NotFound, Refused
-from ..models import Application, Enrolment, Provider, Redemption, Scheme, Voucher, utcnow
+from ..models import Application, Enrolment, Provider, ProviderUser, Redemption, Scheme, Voucher, utcnow
 from ..models_admin import FlagReview
 from ..runtime import Runtime
 
@@ -193,20 +193,32 @@ async def decide_application(session: AsyncSession, rt: Runtime, application_id:
     return application
 
 
-async def decide_provider(session: AsyncSession, enrolment_id: int, *, approve: bool, reason: str = "") -> Enrolment:
-    """Approve or refuse a provider's request to take part, and mail the provider the decision."""
+async def decide_provider(session: AsyncSession, rt: Runtime, enrolment_id: int, *, approve: bool,
+                          reason: str = "") -> Enrolment:
+    """Approve or refuse a provider's request to take part, and mail the provider the decision
+    (the pages, the admin API and the CLI all decide here). An approved provider's contact who
+    has no password yet gets a one-time link to choose one in the same mail."""
     enrolment = await session.get(Enrolment, enrolment_id)
     if enrolment is None:
         raise NotFound("enrolment-not-found", N_("There is no such provider application."))
     if enrolment.status != "pending":
         raise Refused("enrolment-decided", N_("This provider application has already been decided."))
+    provider = await session.get_one(Provider, enrolment.provider_id)
+    if provider.email_confirmed_at is None:
+        raise Refused("provider-unconfirmed", N_("The provider has not yet confirmed its e-mail address."))
     reason = reason.strip() if approve else _reason(reason)
     enrolment = await providers.decide_enrolment(session, enrolment_id, approve=approve, reason=reason)
-    provider = await session.get_one(Provider, enrolment.provider_id)
     scheme = await session.get_one(Scheme, enrolment.scheme_id)
+    link: dict[str, int] = {}
+    if approve:
+        contact = await session.scalar(select(ProviderUser).where(
+            ProviderUser.provider_id == provider.id, ProviderUser.email == provider.email.strip().lower(),
+            ProviderUser.password_hash.is_(None), ProviderUser.disabled_at.is_(None)))
+        if contact is not None:
+            link = {"account_link_id": (await staff.setup_link(session, rt, contact)).id, "hours": staff.SETUP_HOURS}
     outbox.enqueue(session, to=provider.email, template="admin_enrolment_decided", locale=provider.locale,
                    provider_name=provider.name, scheme_name=schemes.scheme_name(scheme, provider.locale),
-                   approved=approve, reason=reason)
+                   approved=approve, reason=reason, **link)
     return enrolment
 
 

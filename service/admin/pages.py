@@ -264,7 +264,7 @@ class AdminPages(Controller):
     async def decide_provider(self, request: Request[Any, Any, Any], enrolment_id: FromPath[int],
                               data: Annotated[DecisionForm, Form], rt: NamedDependency[Runtime]) -> Template | Redirect:
         async def work(session: AsyncSession) -> None:
-            await interventions.decide_provider(session, enrolment_id, approve=_approve(data.decision),
+            await interventions.decide_provider(session, rt, enrolment_id, approve=_approve(data.decision),
                                                 reason=data.reason)
 
         async def preview(session: AsyncSession) -> list[interventions.Fact]:
@@ -537,7 +537,8 @@ async def _providers_page(request: Request[Any, Any, Any], rt: Runtime, *, done:
     async with rt.sessionmaker() as session:
         rows = (await session.execute(
             select(Enrolment, Provider, Scheme.name, Scheme.name_en).join(Provider, Provider.id == Enrolment.provider_id)
-            .join(Scheme, Scheme.id == Enrolment.scheme_id).where(Enrolment.status == "pending")
+            .join(Scheme, Scheme.id == Enrolment.scheme_id)
+            .where(Enrolment.status == "pending", Provider.email_confirmed_at.is_not(None))
             .order_by(Enrolment.id).limit(200)
         )).all()
     return page(request, "admin/providers.html", status=status_code, rows=rows, done=done, failed=failed,

@@ -141,7 +141,7 @@ class AdminSignInPages(Controller):
                 if user is None:
                     return page(request, "admin/setup_invalid.html", status=404)
                 audit.set_context(f"staff:{user.id}", client_ip(request))
-                await municipality.complete_setup(session, rt, user, password=data.password, repeat=data.repeat,
+                await municipality.complete_setup(session, rt, token, password=data.password, repeat=data.repeat,
                                                   code=data.code)
         except DomainError as exc:
             async with rt.sessionmaker() as session:

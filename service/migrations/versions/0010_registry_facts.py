@@ -1,7 +1,7 @@
 """application.registry_active, registry_extracted_on: the register's facts a decision used
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-05 17:00:00
 
 A refused applicant is shown what the trade register said (people working there, postcode of the
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0010'
-down_revision = '0008'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
