@@ -13,7 +13,7 @@ from service import applications, staff, vouchers
 from service.db import run_in_transaction
 from service.models import Application, Enrolment, LedgerEntry, Redemption, Scheme, Voucher
 from tests.admin_helpers import post_form, staff_client_sign_in
-from tests.helpers import applicant, make_provider, make_scheme, make_voucher, reload
+from tests.helpers import applicant, confirm_providers, make_provider, make_scheme, make_voucher, reload
 
 
 def _text(html: str) -> str:
@@ -130,6 +130,7 @@ async def test_deciding_a_provider_is_confirmed_first(client, rt) -> None:
         return enrolments
 
     one, two = await run_in_transaction(rt.sessionmaker, pending)
+    await confirm_providers(rt)
     await staff_client_sign_in(client, rt, "beoordelaar")
     await _confirm(client, rt, f"/beheer/aanbieders/{one}/besluit", {"decision": "approve", "reason": ""},
                    "Aanbieder goedkeuren?", "Nieuwe Coach (KvK 87654321) doet mee aan Testregeling")

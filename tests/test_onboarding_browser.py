@@ -94,6 +94,9 @@ def test_a_provider_joins_on_a_phone(rt, live_server_factory, smtp_server) -> No
         assert_accessible(page, "onboarding/admin-providers-phone")
         page.locator("input[type=radio][value=approve]").check()
         page.locator("main form button[type=submit]").first.click()
+        page.get_by_role("heading", name="Aanbieder goedkeuren?").wait_for()
+        assert_accessible(page, "onboarding/admin-confirm-provider-phone")
+        page.get_by_role("button", name="Ja, goedkeuren").click()
         page.wait_for_url("**/beheer/aanbieders?*")
 
         page.goto(_mailed_link(rt.settings, smtp_server, CONTACT, "/coach/wachtwoord/", server.url))
@@ -123,6 +126,7 @@ def test_a_provider_joins_on_a_phone(rt, live_server_factory, smtp_server) -> No
         assert_accessible(page, "onboarding/team-invited-phone")
         _mailed_link(rt.settings, smtp_server, "bram@leergroei.example", "/coach/wachtwoord/", server.url)
 
+        page.locator("details summary").click()  # the menu is folded on a phone
         page.locator("form[action='/coach/logout'] button").click()
         page.wait_for_url("**/coach/login")
         page.locator("a[href='/coach/wachtwoord-vergeten']").click()

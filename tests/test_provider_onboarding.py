@@ -59,7 +59,8 @@ async def _decide(rt: Any, approve: bool, reason: str = "") -> None:
         assert waiting.status_code == 200 and "Leer &amp; Groei" in waiting.text
         enrolment_id = re.search(r'/beheer/aanbieders/(\d+)/besluit', waiting.text).group(1)
         r = await admin_helpers.post_form(office, f"/beheer/aanbieders/{enrolment_id}/besluit",
-                                          {"decision": "approve" if approve else "refuse", "reason": reason},
+                                          {"decision": "approve" if approve else "refuse", "reason": reason,
+                                           "confirm": "yes"},
                                           follow_redirects=False)
         assert r.status_code == 303, r.text
 
