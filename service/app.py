@@ -29,6 +29,7 @@ from .admin import AuditContextMiddleware, admin_router
 from .api import api_router
 from .auth import AuthMiddleware
 from .coach import coach_router
+from .edge import EdgeMiddleware
 from .entrepreneur import entrepreneur_router
 from .errors import DomainError
 from .models import Scheme
@@ -139,7 +140,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     proxies = rt.settings.proxy_networks()
     forwarded = [ForwardedClientMiddleware(proxies)] if proxies else []
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             home,
             health,
@@ -171,3 +172,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         lifespan=[background],
         debug=False,
     )
+    # Around the router, so that it also answers for routes that do not exist (404, 405).
+    app.asgi_handler = EdgeMiddleware(app.asgi_handler, headers=SECURITY_HEADERS, https=settings.base_url.startswith(
+        "https://"), max_body_bytes=settings.max_request_body_bytes)
+    return app
