@@ -218,7 +218,7 @@ _SPEND = """UPDATE voucher
     RETURNING balance_cents, redeemed_cents, status"""
 _PAY = """UPDATE enrolment SET received_cents = received_cents + :amount
     WHERE id = :enrolment_id AND status = 'approved' AND scheme_closed_at IS NULL
-      AND (CAST(:cap AS BIGINT) IS NULL OR received_cents + :amount <= CAST(:cap AS BIGINT)){only_if}
+      AND (CAST(:cap AS BIGINT) IS NULL OR received_cents + held_cents + :amount <= CAST(:cap AS BIGINT)){only_if}
     RETURNING received_cents"""
 
 _REDEEM_PG, _REDEEM_PG_NAMES = _numbered(f"""
