@@ -139,3 +139,11 @@ async def test_hsts_on_every_answer_when_the_base_url_is_https(rt, backend) -> N
         for r in (await c.get("/healthz"), await c.get("/nope"), await c.delete("/healthz"),
                   await c.get("/api/v1/schemes/x%00")):
             assert r.headers["strict-transport-security"].startswith("max-age="), r.status_code
+
+
+async def test_a_body_over_the_limit_is_a_413_without_reading_it_all(client, world) -> None:
+    big = b'{"reference": "' + b"x" * (70 * 1024) + b'"}'
+    r = await client.post(f"/api/v1/vouchers/{world['code']}/redemptions", content=big,
+                          headers={**bearer(world["token"]), "content-type": "application/json"})
+    assert r.status_code == 413 and r.headers["content-type"].startswith("application/problem+json")
+    assert r.headers["x-content-type-options"] == "nosniff"
