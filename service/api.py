@@ -198,7 +198,7 @@ async def run_idempotent(
     try:
         body = await run_in_transaction(rt.sessionmaker, work_and_record)
     except DomainError as exc:
-        if record_id is not None:
+        if record_id is not None and not isinstance(exc, idempotency.ClaimLost):
             problem = problem_body(exc)
             async with rt.sessionmaker() as session, session.begin():
                 await idempotency.complete(session, record_id, status_code=problem["status"],

@@ -30,6 +30,7 @@ from .admin import AuditContextMiddleware, admin_router
 from .api import api_router
 from .auth import AuthMiddleware
 from .coach import coach_router
+from .edge import EdgeMiddleware
 from .entrepreneur import entrepreneur_router
 from .errors import DomainError
 from .models import Scheme
@@ -188,4 +189,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         debug=False,
     )
     app.asgi_handler = head_as_get(app.asgi_handler)
+    # Around the router, so that it also answers for routes that do not exist (404, 405).
+    app.asgi_handler = EdgeMiddleware(app.asgi_handler, headers=SECURITY_HEADERS, https=settings.base_url.startswith(
+        "https://"), max_body_bytes=settings.max_request_body_bytes)
     return app

@@ -18,8 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
-from . import audit, outbox
+from . import audit, outbox, privacy
 from .codes import new_public_id
+from .db import PSEUDONYM_KEY
 from .errors import N_, Conflict, InvalidInput, NotFound, Refused
 from .models import Application, Scheme, utcnow
 from .runtime import Runtime
@@ -154,11 +155,27 @@ def application_values(scheme: Scheme, details: ApplicantDetails, now: dt.dateti
 
 
 ALREADY_APPLIED = N_("This KvK number has already applied for this scheme.")
+LIVE_STATUSES_EXCLUDED = ("rejected", "withdrawn")
+"""Statuses that do not count as a live application (the partial unique index's WHERE)."""
+
+
+async def applied_before_purge(session: AsyncSession, scheme_id: int, pseudonym: str) -> bool:
+    """Whether a live application of this scheme carries the KvK number's pseudonym: after a
+    privacy purge the unique index sees only the pseudonym, so this check keeps the rule."""
+    query = select(Application.id).where(Application.scheme_id == scheme_id, Application.kvk_number == pseudonym,
+                                         Application.status.not_in(LIVE_STATUSES_EXCLUDED)).limit(1)
+    return await session.scalar(query) is not None
 
 
 async def submit(session: AsyncSession, scheme: Scheme, details: ApplicantDetails) -> Application:
-    """Record an application. One live application per KvK number per scheme."""
+    """Record an application. One live application per KvK number per scheme, also across a
+    privacy purge (which replaces the numbers by pseudonyms)."""
     values = application_values(scheme, details, utcnow())
+    key = session.info.get(PSEUDONYM_KEY)
+    if key is None:
+        raise RuntimeError("a session without the KvK pseudonym key: make it with Runtime.sessionmaker")
+    if await applied_before_purge(session, scheme.id, privacy.pseudonym_with(key, details.kvk_number)):
+        raise Conflict("already-applied", ALREADY_APPLIED, field="kvk_number")
     conn = await session.connection()
     application_id = (await conn.execute(_SUBMIT[conn.dialect.name], values)).scalar()
     if application_id is None:

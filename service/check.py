@@ -75,12 +75,17 @@ async def reconcile(session: AsyncSession) -> list[str]:
     for voucher_id, problem in await _voucher_differences(session):
         problems.append(f"voucher {voucher_id} {problem}")
 
+    held_for = dict((await session.execute(
+        select(Hold.enrolment_id, func.sum(Hold.amount_cents)).where(Hold.status == "open")
+        .group_by(Hold.enrolment_id))).all())
     for enrolment in await session.scalars(select(Enrolment)):
         expect(
             f"enrolment {enrolment.id} owed to provider",
             enrolment.received_cents - enrolment.paid_cents,
             balances[(ledger.PROVIDER, enrolment.id)],
         )
+        expect(f"enrolment {enrolment.id} held by open holds", enrolment.held_cents,
+               int(held_for.get(enrolment.id) or 0))
 
     return problems
 

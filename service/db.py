@@ -71,16 +71,19 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
 READ_ONLY = "vouchers_read_only"
 
 
-def make_sessionmaker(engine: AsyncEngine, *, read_only: bool = False,
-                      writers: int | None = None) -> async_sessionmaker[AsyncSession]:
+def make_sessionmaker(engine: AsyncEngine, *, read_only: bool = False, writers: int | None = None,
+                      pseudonym_key: bytes | None = None) -> async_sessionmaker[AsyncSession]:
     """Sessions for work that writes, or (``read_only``) for lookups that never write. With
-    ``writers``, :func:`transaction` runs at most that many at once per process."""
+    ``writers``, :func:`transaction` runs at most that many at once per process. ``pseudonym_key``
+    lets ``applications.submit`` compare a KvK number with the pseudonyms of a privacy purge."""
     if read_only:
         engine = engine.execution_options(**{READ_ONLY: True})
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info={WRITERS: writers})
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False,
+                              info={WRITERS: writers, PSEUDONYM_KEY: pseudonym_key})
 
 
 WRITERS = "vouchers_writers"
+PSEUDONYM_KEY = "vouchers_kvk_pseudonym_key"
 _turns: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, asyncio.Semaphore]] = WeakKeyDictionary()
 _holding_turn: ContextVar[bool] = ContextVar("holding_write_turn", default=False)
 

@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 
-from . import applications, audit, groups, ledger, outbox, vouchers
+from . import applications, audit, groups, ledger, outbox, privacy, vouchers
 from .db import writer_turn
 from .errors import N_, Conflict, DomainError, Forbidden, InvalidInput, NotFound, Refused
 from .fastpath import from_sqlite_moment, sqlite_moment
@@ -218,7 +218,7 @@ _SPEND = """UPDATE voucher
     RETURNING balance_cents, redeemed_cents, status"""
 _PAY = """UPDATE enrolment SET received_cents = received_cents + :amount
     WHERE id = :enrolment_id AND status = 'approved' AND scheme_closed_at IS NULL
-      AND (CAST(:cap AS BIGINT) IS NULL OR received_cents + :amount <= CAST(:cap AS BIGINT)){only_if}
+      AND (CAST(:cap AS BIGINT) IS NULL OR received_cents + held_cents + :amount <= CAST(:cap AS BIGINT)){only_if}
     RETURNING received_cents"""
 
 _REDEEM_PG, _REDEEM_PG_NAMES = _numbered(f"""
@@ -489,7 +489,9 @@ WITH placed AS (
            :email::text, :purpose::text, :locale::text, '[]'::json, waiting.waitlist_seq, NULL,
            :now::timestamptz, :now::timestamptz, NULL, NULL, NULL, NULL, 0
     FROM (SELECT 1 AS one) AS one LEFT JOIN placed ON true LEFT JOIN waiting ON true
-    WHERE placed.places_used IS NOT NULL OR waiting.waitlist_seq IS NOT NULL
+    WHERE (placed.places_used IS NOT NULL OR waiting.waitlist_seq IS NOT NULL)
+      AND NOT EXISTS (SELECT FROM application WHERE scheme_id = :scheme_id::bigint AND kvk_number = :pseudonym::text
+                      AND status NOT IN ('rejected', 'withdrawn'))
     ON CONFLICT DO NOTHING
     RETURNING id, status, waitlist_number
 ), issued AS (
@@ -551,6 +553,8 @@ FROM (SELECT 1 AS one) AS one LEFT JOIN applied ON true LEFT JOIN waiting ON tru
 _PLACE_SQLITE = _PLACE.format(only_if="")
 _WAIT_SQLITE = _WAIT.format(only_if="")
 _APPLIED_SQLITE = " ON CONFLICT DO NOTHING RETURNING id"
+_PURGED_TWIN_SQLITE = ("SELECT 1 FROM application WHERE scheme_id = ? AND kvk_number = ?"
+                       " AND status NOT IN ('rejected', 'withdrawn') LIMIT 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,6 +566,8 @@ class _Applying:
     scheme: Scheme
     application: dict[str, Any]
     """Its columns as ``applications.submit`` writes them (status ``received``)."""
+    pseudonym: str
+    """What its KvK number becomes in a privacy purge: a purged application of the scheme counts too."""
 
     def granted(self, application_id: int, voucher_id: int, entry_id: int
                 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -603,7 +609,7 @@ class _Applying:
             "postcode": a["postcode"], "contact_name": a["contact_name"], "email": a["email"],
             "purpose": a["purpose"], "locale": a["locale"], "now": self.now, "voucher_id": voucher_id,
             "entry_id": entry_id, "message_id": message["message_id"], "waiting_mail": _json(waiting),
-            "actor": who.actor, "address": who.address,
+            "actor": who.actor, "address": who.address, "pseudonym": self.pseudonym,
             "received": _json(audit.inserted("application", application_id, a)),
             "waiting_before": _json(waiting_before), "decided_at": waiting_after["decided_at"],
             "may_place": may_place, "code_hash": None, "code_salt": None, "expires_at": None, "issued_mail": None,
@@ -625,6 +631,8 @@ class _Applying:
 
     def on_sqlite(self, conn: sqlite3.Connection) -> tuple[str, int | None]:
         """The write transaction's work: the outcome and, when waiting, the length of the list."""
+        if conn.execute(_PURGED_TWIN_SQLITE, (self.scheme.id, self.pseudonym)).fetchone() is not None:
+            raise _Undo(_refusal("already-applied"))
         application_id, voucher_id, entry_id = _next_ids(conn, "application", "voucher", "ledger_entry")
         message, waiting_mail = self.mails()
         placed = conn.execute(_PLACE_SQLITE, {"scheme_id": self.scheme.id}).fetchone()
@@ -676,7 +684,8 @@ async def apply(rt: Runtime, slug: str, details: applications.ApplicantDetails
     if row is None:
         raise NotFound("scheme-not-found", N_("There is no scheme with this name."))
     scheme = _scheme_snapshot(rt, row)
-    job = _Applying(rt=rt, now=now, scheme=scheme, application=applications.application_values(scheme, details, now))
+    job = _Applying(rt=rt, now=now, scheme=scheme, application=applications.application_values(scheme, details, now),
+                    pseudonym=privacy.pseudonym(rt, details.kvk_number))
     if scheme.allocation != "first_come" or applications.eligibility_reasons(
             scheme, employees=details.employees, postcode=details.postcode):
         return None

@@ -250,6 +250,7 @@ class Enrolment(Base):
         UniqueConstraint("scheme_id", "provider_id", name="one_enrolment_per_scheme"),
         CheckConstraint("status IN ('pending', 'approved', 'refused', 'suspended')", name="enrolment_status_known"),
         CheckConstraint("cap_cents IS NULL OR received_cents <= cap_cents", name="provider_within_cap"),
+        CheckConstraint("held_cents >= 0", name="enrolment_held_not_negative"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -259,6 +260,8 @@ class Enrolment(Base):
     categories: Mapped[list[Any]] = mapped_column(JSON)
     cap_cents: Mapped[int | None] = mapped_column(BigInteger)
     received_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    held_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Set aside for this provider by open holds; counts against the cap as received money does."""
     paid_cents: Mapped[int] = mapped_column(BigInteger, default=0)
     decided_at: Mapped[dt.datetime | None]
     decision_reason: Mapped[str | None] = mapped_column(Text)

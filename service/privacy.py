@@ -13,7 +13,12 @@ municipality closes it, or else when the last voucher it could have issued expir
   always gives the same pseudonym) without the number itself, and without the key nobody can
   go back from the pseudonym by trying all 10^8 numbers;
 * what the entrepreneur wrote when reporting a redemption is erased; mail already sent to them
-  loses its address and parameters.
+  loses its address and parameters;
+* rate-limit counters whose window has passed are deleted (their keys never hold an e-mail
+  address, see ``ratelimit.personal_key``; older keys did).
+
+"One voucher per KvK number" holds across the purge: a new application to a purged scheme (one
+reopened later) is compared with the pseudonyms too (``applications.submit``, ``fastwrite.apply``).
 
 Amounts, dates, statuses and the ledger are not touched, so every figure and
 ``service.check.reconcile`` stay the same. The audit log never held these values
@@ -30,7 +35,7 @@ import hmac
 from typing import Any
 
 import msgspec
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import audit, validity
@@ -43,6 +48,7 @@ from .models import (
     OutboxMessage,
     Provider,
     ProviderUser,
+    RateLimitCounter,
     Redemption,
     Scheme,
     SignInToken,
@@ -52,7 +58,8 @@ from .models import (
 from .models_admin import AuditEntry
 from .runtime import Runtime
 
-__all__ = ("DEFAULT_RETENTION_DAYS", "PurgeReport", "export_subject", "pseudonym", "purge", "scheme_end")
+__all__ = ("DEFAULT_RETENTION_DAYS", "PurgeReport", "export_subject", "pseudonym", "pseudonym_with", "purge",
+           "scheme_end")
 
 DEFAULT_RETENTION_DAYS = 730
 """Two years after a scheme ends: time for objections, appeals and the accountant's audit."""
@@ -66,7 +73,11 @@ class PurgeReport(msgspec.Struct, kw_only=True):
 
 
 def pseudonym(rt: Runtime, kvk_number: str) -> str:
-    digest = hmac.new(rt.settings.derive_key("kvk-pseudonym"), kvk_number.encode(), hashlib.sha256).digest()
+    return pseudonym_with(rt.settings.derive_key("kvk-pseudonym"), kvk_number)
+
+
+def pseudonym_with(key: bytes, kvk_number: str) -> str:
+    digest = hmac.new(key, kvk_number.encode(), hashlib.sha256).digest()
     return "P" + base64.b32encode(digest).decode()[:7]
 
 
@@ -125,6 +136,9 @@ async def purge(session: AsyncSession, rt: Runtime, *, after_days: int = DEFAULT
             report.messages += int(result.rowcount or 0)  # type: ignore[attr-defined]
         report.applications += len(targets)
         report.vouchers += len(vouchers)
+    longest_window = max(rt.settings.limit_window_seconds, rt.settings.failed_lookup_window_seconds, 24 * 3600)
+    await session.execute(delete(RateLimitCounter).where(
+        RateLimitCounter.window_start < now - dt.timedelta(seconds=longest_window)))
     if report.applications:
         audit.record(session, "privacy-purge", "application", "",
                      {"schemes": report.schemes, "applications": report.applications, "after_days": after_days})

@@ -63,7 +63,10 @@ def problem_body(exc: DomainError) -> dict[str, Any]:
 
 
 def wants_html(request: Request[Any, Any, Any]) -> bool:
-    return not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", "")
+    # A form post comes from a page, whatever its Accept header says.
+    return not request.url.path.startswith("/api/") and (
+        "text/html" in request.headers.get("accept", "")
+        or request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"))
 
 
 def _problem(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response[bytes]:
@@ -94,13 +97,16 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
     elif status >= 500:
         body["detail"] = i18n.gettext("Something went wrong on our side. Nothing was changed; please try again.")
         body["request_id"] = _log_failure(request, exc)
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, NotAuthorizedException) else {}
+    # Such as the Allow header of a 405.
+    headers = dict(exc.headers or {})
+    if isinstance(exc, NotAuthorizedException):
+        headers["WWW-Authenticate"] = "Bearer"
     if wants_html(request) and csrf_failed(request, exc):
         # Nothing was done; show the form again with what was typed (or say how to send it again).
         body.update(title=i18n.gettext(TITLE), detail=i18n.gettext(FALLBACK_DETAIL))
         return FormAgain(Template("error.html", context={"problem": body}, status_code=status))
     if wants_html(request):
-        return Template("error.html", context={"problem": body}, status_code=status)
+        return Template("error.html", context={"problem": body}, status_code=status, headers=headers)
     return _problem(body, status, headers)
 
 

@@ -1,8 +1,13 @@
-"""Fixed-window counters kept in the database, so every server process shares them."""
+"""Fixed-window counters kept in the database, so every server process shares them.
+
+A counter for a personal value (an e-mail address) is keyed by a keyed hash of it
+(:func:`personal_key`), so the counters never hold the value itself.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 
 from sqlalchemy import case
 from sqlalchemy.dialects import postgresql, sqlite
@@ -10,8 +15,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .errors import TooManyAttempts
 from .models import RateLimitCounter, utcnow
+from .runtime import Runtime
 
-__all__ = ("attempts_so_far", "check_limit", "count_attempt")
+__all__ = ("attempts_so_far", "check_limit", "count_attempt", "personal_key")
+
+
+def personal_key(rt: Runtime, prefix: str, value: str) -> str:
+    """``prefix:<keyed hash of value>``: the same value always gives the same key, and without
+    the server's secret nobody can go back from the key to the value."""
+    digest = hmac.digest(rt.settings.derive_key("rate-limit"), value.strip().lower().encode(), "sha256")
+    return f"{prefix}:{digest.hex()[:32]}"
 
 
 async def count_attempt(session: AsyncSession, key: str, *, window_seconds: int, now: dt.datetime | None = None) -> int:

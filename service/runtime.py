@@ -35,8 +35,10 @@ class Runtime:
     def create(cls, settings: Settings) -> Runtime:
         engine = create_engine(settings)
         writers = 1 if settings.is_sqlite else settings.db_writers_per_process
-        return cls(settings, engine, make_sessionmaker(engine, writers=writers), CodeKeys.from_settings(settings),
-                   make_sessionmaker(engine, read_only=True), FastPath(settings))
+        key = settings.derive_key("kvk-pseudonym")
+        return cls(settings, engine, make_sessionmaker(engine, writers=writers, pseudonym_key=key),
+                   CodeKeys.from_settings(settings), make_sessionmaker(engine, read_only=True, pseudonym_key=key),
+                   FastPath(settings))
 
     async def close(self) -> None:
         """Close every connection this process holds."""

@@ -282,7 +282,22 @@ _REDEEM_PAY = (
     update(_E).where(_E.c.id == bindparam("enrolment_id"), _E.c.status == "approved", _E.c.scheme_closed_at.is_(None))
     .values(received_cents=_E.c.received_cents + bindparam("amount")).returning(_E.c.received_cents)
 )
-_REDEEM_PAY_CAPPED = _REDEEM_PAY.where(_E.c.received_cents + bindparam("amount") <= bindparam("cap"))
+# What the provider has received and what open holds set aside for it count alike against its cap.
+_REDEEM_PAY_CAPPED = _REDEEM_PAY.where(_E.c.received_cents + _E.c.held_cents + bindparam("amount") <= bindparam("cap"))
+_HOLD_FOR_PROVIDER = (
+    update(_E).where(_E.c.id == bindparam("enrolment_id"), _E.c.status == "approved", _E.c.scheme_closed_at.is_(None))
+    .values(held_cents=_E.c.held_cents + bindparam("amount")).returning(_E.c.held_cents)
+)
+_HOLD_FOR_PROVIDER_CAPPED = _HOLD_FOR_PROVIDER.where(
+    _E.c.received_cents + _E.c.held_cents + bindparam("amount") <= bindparam("cap"))
+# A confirmed hold moves what was set aside to what was received: the sum does not change, so
+# the cap is only checked again in case the municipality lowered it meanwhile.
+_PAY_HELD = (
+    update(_E).where(_E.c.id == bindparam("enrolment_id"), _E.c.status == "approved", _E.c.scheme_closed_at.is_(None))
+    .values(received_cents=_E.c.received_cents + bindparam("amount"), held_cents=_E.c.held_cents - bindparam("amount"))
+    .returning(_E.c.received_cents, _E.c.held_cents)
+)
+_PAY_HELD_CAPPED = _PAY_HELD.where(_E.c.received_cents + _E.c.held_cents <= bindparam("cap"))
 _REDEEM_RECORD = insert(Redemption.__table__).returning(Redemption.__table__.c.id)
 _ENROLMENT_NOW = select(_E.c.status, _E.c.scheme_closed_at).where(_E.c.id == bindparam("enrolment_id"))
 
@@ -318,6 +333,28 @@ async def _pay_provider(session: AsyncSession, enrolment_id: int, amount_cents: 
         raise enrolment_refusal(*(await conn.execute(_ENROLMENT_NOW, {"enrolment_id": enrolment_id})).one())
     audit.record_update(session, "enrolment", enrolment_id, {"received_cents": received - amount_cents},
                         {"received_cents": received})
+
+
+async def _hold_for_provider(session: AsyncSession, enrolment_id: int, amount_cents: int, cap_cents: int | None) -> None:
+    """Set money aside for the provider, under the same rule as a redemption's payment."""
+    conn = await session.connection()
+    hold = _HOLD_FOR_PROVIDER if cap_cents is None else _HOLD_FOR_PROVIDER_CAPPED
+    held = (await conn.execute(hold, {"enrolment_id": enrolment_id, "amount": amount_cents, "cap": cap_cents})).scalar()
+    if held is None:
+        raise enrolment_refusal(*(await conn.execute(_ENROLMENT_NOW, {"enrolment_id": enrolment_id})).one())
+    audit.record_update(session, "enrolment", enrolment_id, {"held_cents": held - amount_cents}, {"held_cents": held})
+
+
+async def _pay_held(session: AsyncSession, enrolment_id: int, amount_cents: int, cap_cents: int | None) -> None:
+    conn = await session.connection()
+    pay = _PAY_HELD if cap_cents is None else _PAY_HELD_CAPPED
+    row = (await conn.execute(pay, {"enrolment_id": enrolment_id, "amount": amount_cents, "cap": cap_cents})).first()
+    if row is None:
+        raise enrolment_refusal(*(await conn.execute(_ENROLMENT_NOW, {"enrolment_id": enrolment_id})).one())
+    received, held = row
+    audit.record_update(session, "enrolment", enrolment_id,
+                        {"received_cents": received - amount_cents, "held_cents": held + amount_cents},
+                        {"received_cents": received, "held_cents": held})
 
 
 async def redeem(
@@ -419,6 +456,8 @@ async def create_hold(
     if amount <= 0:
         raise InvalidInput("amount-not-positive", N_("The amount must be more than zero."), field="amount_cents")
     await _take_from_voucher(session, voucher, amount, now, to_held=True)
+    cap = enrolment.cap_cents if enrolment.cap_cents is not None else scheme.provider_cap_cents
+    await _hold_for_provider(session, enrolment.id, amount, cap)
     hold = Hold(
         scheme_id=scheme.id,
         voucher_id=voucher.id,
@@ -498,7 +537,7 @@ async def confirm_hold(session: AsyncSession, rt: Runtime, hold_id: int, *, prov
         )
     )
     cap = enrolment.cap_cents if enrolment.cap_cents is not None else scheme.provider_cap_cents
-    await _pay_provider(session, enrolment.id, hold.amount_cents, cap)
+    await _pay_held(session, enrolment.id, hold.amount_cents, cap)
     redemption = Redemption(
         scheme_id=scheme.id,
         voucher_id=voucher.id,
@@ -556,6 +595,10 @@ async def release_hold(session: AsyncSession, hold_id: int, *, reason: str, prov
             balance_cents=Voucher.balance_cents + hold.amount_cents,
             status=case((Voucher.status == "used_up", "active"), else_=Voucher.status),
         )
+    )
+    await session.execute(
+        update(Enrolment).where(Enrolment.id == hold.enrolment_id)
+        .values(held_cents=Enrolment.held_cents - hold.amount_cents)
     )
     ledger.post(
         session,

@@ -150,7 +150,7 @@ async def apply_submit(request: Request[Any, Any, Any], slug: FromPath[str], dat
     async with rt.sessionmaker() as session:
         scheme = await schemes.get_scheme(session, slug)
     if details is not None:
-        await _limit(rt, (f"apply:email:{details.email.lower()}", rt.settings.limit_per_address))
+        await _limit(rt, (ratelimit.personal_key(rt, "apply:email", details.email), rt.settings.limit_per_address))
 
         async def work(session: AsyncSession) -> str:
             fresh = await session.get_one(Scheme, scheme.id)
@@ -253,7 +253,7 @@ async def request_link(request: Request[Any, Any, Any], data: Form, rt: NamedDep
         return entrepreneur_page("signin", status_code=422, values={"email": email},
                      errors={"email": N_("Enter an e-mail address like name@example.nl.")})
     await _limit(rt, (f"signin:ip:{client_ip(request)}", rt.settings.limit_per_ip),
-                 (f"signin:email:{email.lower()}", rt.settings.limit_per_address))
+                 (ratelimit.personal_key(rt, "signin:email", email), rt.settings.limit_per_address))
     locale = i18n.current_locale()
     await run_in_transaction(rt.sessionmaker, lambda s: signin.request_sign_in(s, rt, email, locale=locale))
     # The same answer whether or not the address is known.
