@@ -67,8 +67,8 @@ async def test_without_the_pages_name_or_a_page(client, rt) -> None:
     # No page to show it on: the plain message says what to do.
     r = await client.post("/mijn-voucher/uitloggen", data={"_csrf_token": "x"}, headers=HTML)
     assert r.status_code == 403 and NOTICE in r.text
-    # The API answers as before.
-    r = await client.post("/regelingen/test-scheme/aanvragen", data=FORM)
+    # A program that posts JSON gets a problem document, as before.
+    r = await client.post("/regelingen/test-scheme/aanvragen", json=FORM)
     assert r.status_code == 403 and r.headers["content-type"].startswith("application/problem+json")
 
 
