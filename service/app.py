@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from litestar import Litestar, Request, get
@@ -56,34 +54,24 @@ SECURITY_HEADERS = [
 ]
 
 
-class LocaleAndHeadersMiddleware(ASGIMiddleware):
-    """Choose the language (``?lang=``, then the ``lang`` cookie, then Accept-Language) and add
-    the security headers and a request id (``X-Request-Id``, quoted on error pages and logged with
-    every failure) to every answer."""
+class LanguageCookieMiddleware(ASGIMiddleware):
+    """Remember a language chosen with ``?lang=`` in a cookie. The language itself, the security
+    headers and the request id are set for every request by ``edge.EdgeMiddleware``."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        request: Request[Any, Any, Any] = Request(scope)
-        chosen = request.query_params.get("lang")
-        locale = chosen if chosen in i18n.LOCALES else request.cookies.get("lang")
-        if locale not in i18n.LOCALES:
-            locale = i18n.negotiate(request.headers.get("accept-language"))
-        i18n.set_locale(locale)
-        state = scope.setdefault("state", {})
-        state["locale"] = locale
-        request_id = state["request_id"] = secrets.token_hex(8)
+        chosen = Request(scope).query_params.get("lang")
+        if chosen not in i18n.LOCALES:
+            await next_app(scope, receive, send)
+            return
 
-        async def send_with_headers(message: Message) -> None:
+        async def send_with_cookie(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                headers += [(k, v) for k, v in SECURITY_HEADERS if k not in present]
-                headers.append((b"x-request-id", request_id.encode()))
-                if chosen in i18n.LOCALES:
-                    headers.append((b"set-cookie", f"lang={chosen}; Path=/; Max-Age=31536000; SameSite=Lax".encode()))
+                headers.append((b"set-cookie", f"lang={chosen}; Path=/; Max-Age=31536000; SameSite=Lax".encode()))
                 message["headers"] = headers
             await send(message)
 
-        await next_app(scope, receive, send_with_headers)
+        await next_app(scope, receive, send_with_cookie)
 
 
 def _template_engine() -> JinjaTemplateEngine:
@@ -166,7 +154,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             create_static_files_router("/static", [HERE / "static"], include_in_schema=False),
         ],
         dependencies={"rt": Provide(provide_runtime, use_cache=True)},
-        middleware=[*forwarded, LocaleAndHeadersMiddleware(), session_config.middleware, AuthMiddleware(rt),
+        middleware=[*forwarded, LanguageCookieMiddleware(), session_config.middleware, AuthMiddleware(rt),
                     AuditContextMiddleware()],
         exception_handlers={DomainError: domain_error_handler, HTTPException: http_error_handler,
                             Exception: unexpected_error_handler},

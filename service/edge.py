@@ -1,5 +1,6 @@
-"""What every request passes before routing: the language, the security headers on every answer
-(also the 404 and 405 of routes that do not exist), and a check of the input no handler should see.
+"""What every request passes before routing: the language; the security headers and a request id
+on every answer (also the 404 and 405 of routes that do not exist); and a check of the input no
+handler should see.
 
 A NUL byte makes PostgreSQL refuse a statement (a 500 after work has begun) and is stored as is
 by SQLite; JSON nested deeper than the decoder's recursion limit raises a RecursionError. Both are
@@ -9,6 +10,7 @@ refused here with a 400 that names the field, once for every route, before any d
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl
@@ -69,13 +71,17 @@ class EdgeMiddleware:
         request: Request[Any, Any, Any] = Request(scope)
         locale = choose_locale(request)
         i18n.set_locale(locale)
-        scope.setdefault("state", {})["locale"] = locale
+        state = scope.setdefault("state", {})
+        state["locale"] = locale
+        # Quoted on error pages and logged with every failure (problems.py).
+        request_id = state["request_id"] = secrets.token_hex(8)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
                 headers += [(k, v) for k, v in self.headers if k not in present]
+                headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
             await send(message)
 

@@ -63,3 +63,4 @@ async def test_every_answer_carries_a_request_id(client) -> None:
     first = await client.get("/healthz")
     second = await client.get("/healthz")
     assert first.headers["x-request-id"] != second.headers["x-request-id"]
+    assert len((await client.get("/no-such-page")).headers["x-request-id"]) == 16
