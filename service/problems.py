@@ -124,7 +124,7 @@ def unexpected_error_handler(request: Request[Any, Any, Any], exc: Exception) ->
 
 
 def request_id_of(scope: Any) -> str:
-    """The id the answer carries in ``X-Request-Id`` (set by the app's header middleware)."""
+    """The id the answer carries in ``X-Request-Id`` (set by ``edge.EdgeMiddleware``)."""
     return str(scope.get("state", {}).get("request_id", "-"))
 
 
@@ -137,7 +137,7 @@ _ROOT = str(Path(__file__).parent.parent) + "/"
 
 def _log_failure(request: Request[Any, Any, Any], exc: BaseException) -> str:
     """One JSON line an operator can find by the id the user quotes. The route is the template
-    (``/v/{code:str}``), never the path, and exception messages are left out: paths and messages
+    (``/v/{code}``), never the path, and exception messages are left out: paths and messages
     can hold voucher codes, tokens, e-mail addresses and SQL parameters. Types and frames are
     enough to find the fault."""
     request_id = request_id_of(request.scope)
