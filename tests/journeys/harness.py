@@ -26,7 +26,6 @@ from email.header import decode_header, make_header
 from email.message import Message
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -210,7 +209,3 @@ def mail_body(message: Message) -> str:
 
 def mail_links(message: Message) -> list[str]:
     return re.findall(r"https?://[^\s<>\"]+", mail_body(message))
-
-
-def same_site(url: str, base: str) -> bool:
-    return urlsplit(url).netloc == urlsplit(base).netloc

@@ -56,7 +56,7 @@ def test_a_scheme_from_start_to_council_report(journey: Journey, tmp_path: Path)
 
     with journey.step("an entrepreneur applies in Dutch from the site's button and confirms by mail"):
         baker = journey.person("baker", PHONE)
-        baker_code = apply_from_site(journey, baker, site, lang="nl", kvk="30000001", company="Bakkerij Het Zuiden",
+        apply_from_site(journey, baker, site, lang="nl", kvk="30000001", company="Bakkerij Het Zuiden",
                                      employees="3", postcode="6811 AB", name="Fatima el Amrani", email=BAKER)
 
     with journey.step("another entrepreneur applies in English and confirms by mail"):
