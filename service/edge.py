@@ -145,15 +145,19 @@ def _check_path(scope: Scope) -> None:
 
 
 def _check_query(query_string: bytes) -> None:
-    if not query_string:
-        return
+    if query_string:
+        _check_pairs(query_string, where="query")
+
+
+def _check_pairs(encoded: bytes, *, where: str) -> None:
+    """A query string or a form body: names and values, each refused by the field's name."""
     try:
-        pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True, encoding="utf-8", errors="strict")
+        pairs = parse_qsl(encoded.decode("latin-1"), keep_blank_values=True, encoding="utf-8", errors="strict")
     except UnicodeDecodeError:
-        raise _Refusal("query", _NOT_UTF8) from None
+        raise _Refusal(where, _NOT_UTF8) from None
     for name, value in pairs:
         if _CONTROL_IN_PATH.search(name):
-            raise _Refusal("query", _BAD_CHARACTER)
+            raise _Refusal(where, _BAD_CHARACTER)
         if _CONTROL_IN_TEXT.search(value):
             raise _Refusal(name, _BAD_CHARACTER)
 
@@ -163,15 +167,7 @@ def _check_body(content_type: str, body: bytes) -> None:
         return
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type == "application/x-www-form-urlencoded":
-        try:
-            pairs = parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding="utf-8", errors="strict")
-        except UnicodeDecodeError:
-            raise _Refusal("body", _NOT_UTF8) from None
-        for name, value in pairs:
-            if _CONTROL_IN_PATH.search(name):
-                raise _Refusal("body", _BAD_CHARACTER)
-            if _CONTROL_IN_TEXT.search(value):
-                raise _Refusal(name, _BAD_CHARACTER)
+        _check_pairs(body, where="body")
         return
     if media_type.startswith("multipart/"):
         # No route takes files, so no part may hold a control character either.
