@@ -395,6 +395,53 @@ def site_serve(site_dir: Path, port: int) -> None:
     serve_site(site_dir, port=port)
 
 
+def _site_dir() -> Path:
+    try:
+        return Path(Settings.from_env().site_dir)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@site.command("rollback")
+def site_rollback() -> None:
+    """Serve the previous build of the live site (VOUCHERS_SITE_DIR) again, and pause automatic
+    builds until `vouchers site resume`. A second rollback undoes the first."""
+    from .sitegen import live
+
+    try:
+        now_live = live.rollback(_site_dir())
+    except live.SiteDirError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"serving {now_live} again; automatic builds paused (`vouchers site resume` starts them)")
+
+
+@site.command("resume")
+def site_resume() -> None:
+    """Let the background process build the site again after a rollback."""
+    from .sitegen import live
+
+    live.resume(_site_dir())
+    click.echo("automatic builds resumed; the next round builds if the figures or templates changed")
+
+
+@site.command("publish")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--from", "source", type=click.Path(file_okay=False, path_type=Path),
+              help="A site folder or a built site (default: the live site in VOUCHERS_SITE_DIR).")
+def site_publish(dest: Path, source: Path | None) -> None:
+    """Copy the live site to DEST, rsync style: only changed files, each replaced atomically, and
+    files the site no longer has deleted. Run it from cron or after a build to push the site to a
+    web server's folder or a mounted share."""
+    from .sitegen import live
+
+    try:
+        report = live.publish(source or _site_dir(), dest)
+    except live.SiteDirError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"published to {dest}: {report.copied} copied, {report.unchanged} unchanged, "
+               f"{report.deleted} deleted")
+
+
 def _development_only() -> None:
     try:
         environment = Settings.from_env().environment

@@ -94,6 +94,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     audit_seal_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     """How often new audit entries are sealed into the hash chain (``service.audit.seal``)."""
 
+    site_rebuild: bool = True
+    """Keep the public site current: the background process rebuilds it into ``site_dir`` when a
+    public figure changed (``service.sitegen.keeper``). With several hosts one of them builds."""
+
+    site_dir: str = "var/site"
+    """Where the background process writes the public site. Point the web server at
+    ``<site_dir>/current`` (a symlink to the live build; see ``service.sitegen.live``)."""
+
+    site_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    """How often the background process looks for changed figures: at most one build per interval."""
+
+    site_url: str | None = None
+    """Where the public site is served, e.g. ``https://www.arnhem.nl/ondernemersvoucher/`` (its
+    canonical links and 404 page need it); None: the local preview address."""
+
     failed_lookup_limit: Annotated[int, msgspec.Meta(ge=1)] = 20
     """Unknown or mistyped codes one client may try per ``failed_lookup_window_seconds``."""
 

@@ -41,14 +41,23 @@ async def _every(seconds: float, work: Callable[[], Awaitable[object]], name: st
 
 
 def tasks(rt: Runtime) -> list[asyncio.Task[None]]:
-    """Start the three loops on the running event loop."""
+    """Start the loops on the running event loop (the site's only when ``site_rebuild`` is on)."""
     s = rt.settings
     return [
         asyncio.create_task(_every(s.outbox_interval_seconds, lambda: outbox.send_due(rt), "outbox")),
         asyncio.create_task(_every(s.sweep_interval_seconds, lambda: sweep.sweep(rt), "sweep")),
         asyncio.create_task(_every(s.audit_seal_interval_seconds, lambda: audit.seal_all(rt.sessionmaker),
                                    "audit seal")),
-    ]
+    ] + _site_task(rt)
+
+
+def _site_task(rt: Runtime) -> list[asyncio.Task[None]]:
+    """Keep the public site current (``service.sitegen.keeper``); one process of several builds."""
+    if not rt.settings.site_rebuild:
+        return []
+    from .sitegen import keeper  # mkdocs is only loaded where the site is built
+
+    return [asyncio.create_task(keeper.keep_current(rt))]
 
 
 async def _orphaned(parent: int) -> None:

@@ -25,7 +25,7 @@ def vouchers(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     return {"VOUCHERS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db", "VOUCHERS_ENVIRONMENT": "development",
-            "VOUCHERS_MAIL_DIR": str(tmp_path / "mail")}
+            "VOUCHERS_MAIL_DIR": str(tmp_path / "mail"), "VOUCHERS_SITE_DIR": str(tmp_path / "live-site")}
 
 
 def test_set_up_from_nothing_then_check(env: dict[str, str], tmp_path: Path) -> None:
@@ -77,7 +77,7 @@ def test_a_bad_scheme_file_is_explained(env: dict[str, str], tmp_path: Path) -> 
 
 @pytest.mark.parametrize("command", [[], ["serve"], ["db", "upgrade"], ["scheme", "load"], ["scheme", "draw"],
                                      ["provider", "add"], ["token", "create"], ["check"], ["sweep"], ["outbox", "send"],
-                                     ["worker"]])
+                                     ["worker"], ["site", "publish"], ["site", "rollback"], ["site", "resume"]])
 def test_every_command_has_help(command: list[str], env: dict[str, str]) -> None:
     result = vouchers(*command, "--help", env=env)
     assert result.returncode == 0 and "Usage:" in result.stdout
