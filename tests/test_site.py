@@ -4,7 +4,10 @@ One realistic site (two schemes, 100 providers plus one with hostile texts) is b
 once per module; the file checks its content, then opens every page in Chromium.
 """
 
+import csv
 import dataclasses
+import datetime
+import json
 import os
 import re
 import subprocess
@@ -12,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import jsonschema
 import msgspec
 import pytest
 
@@ -75,7 +79,7 @@ def test_generated_sources_stay_out_of_the_committed_site_folder(built: Built) -
 def test_every_dutch_page_has_an_english_twin(built: Built) -> None:
     dutch = [p.relative_to(built.out) for p in built.out.rglob("index.html")
              if p.relative_to(built.out).parts[0] != "en"]
-    assert len(dutch) == 8
+    assert len(dutch) == 9
     assert [p for p in dutch if not (built.out / "en" / p).is_file()] == []
 
 
@@ -258,3 +262,90 @@ def test_search_finds_a_provider(site_url: str, browser_context) -> None:
         result = page.locator(".md-search-result__item").first
         result.wait_for(timeout=10_000)
         assert "Klarendal" in result.inner_text()
+
+
+# --- open data -----------------------------------------------------------------------
+
+OPEN_DATA_SCHEMES = ("ondernemersvoucher-2025", "innovatievoucher-2026")
+
+
+def check_cell(field: dict, value: str) -> object:
+    """One CSV cell against a Frictionless field: its type and constraints; returns the value."""
+    constraints = field.get("constraints", {})
+    if value == "":
+        assert not constraints.get("required"), f"{field['name']} is required"
+        return None
+    kind = field["type"]
+    if kind == "integer":
+        assert re.fullmatch(r"-?\d+", value), (field["name"], value)
+        parsed: object = int(value)
+    elif kind == "date":
+        parsed = datetime.date.fromisoformat(value)
+    elif kind == "datetime":
+        assert value.endswith("Z"), value
+        parsed = datetime.datetime.fromisoformat(value)
+    else:
+        assert kind == "string", kind
+        parsed = value
+    if "minimum" in constraints:
+        assert parsed >= constraints["minimum"], (field["name"], value)  # type: ignore[operator]
+    if "enum" in constraints:
+        assert value in constraints["enum"], (field["name"], value)
+    return parsed
+
+
+def test_open_data_files_are_at_stable_urls_and_validate_against_their_description(built: Built) -> None:
+    data = built.out / "data"
+    package = json.loads((data / "datapackage.json").read_text())
+    assert package["licenses"][0]["name"] == "CC0-1.0"
+    resources = {r["path"]: r for r in package["resources"]}
+    expected = {f"{slug}/{table}.csv" for slug in OPEN_DATA_SCHEMES for table in ("figures", "history")}
+    assert set(resources) == expected
+    for path, resource in resources.items():
+        fields = resource["schema"]["fields"]
+        assert all(f["description"] and f["description_nl"] for f in fields), path
+        with (data / path).open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+        assert rows[0] == [f["name"] for f in fields], path
+        assert all(len(row) == len(fields) for row in rows), path
+        parsed = [{f["name"]: check_cell(f, cell) for f, cell in zip(fields, row)} for row in rows[1:]]
+        # The JSON twin has the same rows and conforms to its JSON Schema.
+        table = path.split("/")[1].removesuffix(".csv")
+        schema = json.loads((data / f"{table}.schema.json").read_text())
+        jsonschema.Draft202012Validator.check_schema(schema)
+        document = json.loads((data / path.replace(".csv", ".json")).read_text())
+        jsonschema.Draft202012Validator(schema).validate(document)
+        assert len(document["rows"]) == len(parsed), path
+        for from_json, from_csv in zip(document["rows"], parsed):
+            assert {k: v for k, v in from_json.items()} == {
+                k: (v.isoformat().replace("+00:00", "Z") if isinstance(v, (datetime.date, datetime.datetime)) else v)
+                for k, v in from_csv.items()}, path
+    figures = (data / "ondernemersvoucher-2025" / "figures.csv").read_text().splitlines()
+    assert figures[1] == "ondernemersvoucher-2025,2025-03-14T13:05:00Z,open,300,120,180,0,40500000,16200000,4321050,135000"
+    history = (data / "ondernemersvoucher-2025" / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 14 and history[-1].startswith("ondernemersvoucher-2025,2025-03-14,120,")
+    assert (data / "innovatievoucher-2026" / "history.csv").read_text().splitlines() == [
+        "scheme,day,places_used,waiting_list,committed_cents,redeemed_cents"]
+
+
+def test_a_wrong_file_fails_the_validation(built: Built) -> None:
+    """The check above would notice a wrong value: a negative count breaks the JSON Schema."""
+    schema = json.loads((built.out / "data" / "history.schema.json").read_text())
+    document = json.loads((built.out / "data" / "ondernemersvoucher-2025" / "history.json").read_text())
+    document["rows"][0]["places_used"] = -1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(document, schema)
+    field = {"name": "places_used", "type": "integer", "constraints": {"required": True, "minimum": 0}}
+    with pytest.raises(AssertionError):
+        check_cell(field, "")
+
+
+def test_the_open_data_page_links_the_files_and_describes_every_column(built: Built) -> None:
+    nl, en = read(built, "open-data/index.html"), read(built, "en/open-data/index.html")
+    for slug in OPEN_DATA_SCHEMES:
+        for name in ("figures.csv", "figures.json", "history.csv", "history.json"):
+            assert f'href="../data/{slug}/{name}"' in nl and f'href="../../data/{slug}/{name}"' in en
+    assert "Gebruikte plaatsen: ondernemers met een voucher." in nl and "Places used: entrepreneurs with a voucher." in en
+    assert "Ondernemers op de wachtlijst" in nl and "Entrepreneurs on the waiting list" in en
+    for page in (nl, en):
+        assert 'href="https://creativecommons.org/publicdomain/zero/1.0/"' in page and "CC0 1.0" in page

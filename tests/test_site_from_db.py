@@ -58,8 +58,12 @@ async def test_site_from_the_database_has_figures_and_no_personal_data(rt, tmp_p
     assert [o.title for o in snapshot.providers[0].offers] == ["Loopbaantraject"]
 
     out = build_site(snapshot, tmp_path / "site")
-    text = "\n".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file()
-                     and p.suffix in (".html", ".json", ".xml", ".txt", ".svg", ".js"))
+    checked = [p for p in out.rglob("*") if p.is_file()
+               and p.suffix in (".html", ".json", ".xml", ".txt", ".svg", ".js", ".csv")]
+    # The open data is guarded too: the figures and the history of the scheme, as CSV and JSON.
+    assert {f"data/{scheme.slug}/{name}" for name in ("figures.csv", "figures.json", "history.csv", "history.json")} \
+        <= {p.relative_to(out).as_posix() for p in checked}
+    text = "\n".join(p.read_text(errors="replace") for p in checked)
     assert "Zichtbare Coach" in text and "Loopbaantraject" in text
     assert "Nog Niet Goedgekeurd" not in text and "Verborgen aanbod" not in text
     leaked = [item for item in personal if item in text]

@@ -20,7 +20,7 @@ import jinja2
 from markupsafe import Markup
 
 from .. import links
-from . import chart, text
+from . import chart, opendata, text
 from .snapshot import ProviderFacts, PublicSnapshot, SchemeFacts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +78,7 @@ def write_sources(snapshot: PublicSnapshot, src_dir: Path) -> None:
             suffix = ".en.md" if lang == "en" else ".md"
             page = src_dir / "regelingen" / f"{scheme.slug}{suffix}"
             page.write_text(_render(f"{lang}/scheme.md", snapshot, lang, scheme=scheme), encoding="utf-8")
+    opendata.write_open_data(snapshot, src_dir)
 
 
 def refuse_to_touch(folder: Path) -> None:
@@ -149,6 +150,8 @@ def _environment(lang: str) -> jinja2.Environment:
         providers_of=_providers_of,
         sorted_providers=_sorted_providers,
         charts=functools.partial(_charts, lang=lang),
+        open_data_tables=opendata.TABLES,
+        open_data_licence=opendata.LICENCE,
     )
     return env
 

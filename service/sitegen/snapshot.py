@@ -34,6 +34,7 @@ class FiguresPoint(msgspec.Struct, frozen=True, kw_only=True):
     places_used: int
     committed_cents: int
     redeemed_cents: int
+    waiting_list: int | None = None  # None for days before the service kept the waiting list
 
 
 class SchemeFacts(msgspec.Struct, frozen=True, kw_only=True):
