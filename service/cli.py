@@ -372,8 +372,10 @@ def site_build(out_dir: Path, site_url: str | None) -> None:
     """Take a public snapshot of the figures and providers and build the static site."""
     from .sitegen import build_site
     from .sitegen.collect import collect_snapshot
+    from .sitegen.daily import record_day
 
     async def work(rt: Runtime) -> Any:
+        await record_day(rt.sessionmaker)
         async with rt.sessionmaker() as session:
             return await collect_snapshot(session, service_url=rt.settings.base_url)
 

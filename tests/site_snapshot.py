@@ -48,6 +48,8 @@ def history(days: int, used: int, value_cents: int, redeemed_cents: int) -> tupl
             places_used=places,
             committed_cents=places * value_cents,
             redeemed_cents=round(redeemed_cents * share ** 2),
+            # The first days come from the ledger, which does not know the waiting list.
+            waiting_list=None if i < 3 else max(0, 12 - i),
         ))
     return tuple(points)
 

@@ -144,7 +144,22 @@ def test_scheme_page_has_accessible_charts_and_a_table(built: Built) -> None:
     assert nl.count('<svg class="vz-chart"') == 2
     assert '<title id="chart-ondernemersvoucher-2025-places-title">' in nl
     assert '<desc id="chart-ondernemersvoucher-2025-money-desc">' in nl
-    assert '<th scope="row">14 maart 2025</th><td>120</td><td>€\u00a0162.000,00</td>' in nl
+    assert '<th scope="row">14 maart 2025</th><td>120</td><td>0</td><td>€\u00a0162.000,00</td>' in nl
+    assert '<th scope="row">1 maart 2025</th><td>24</td><td>onbekend</td>' in nl
+
+
+def test_the_places_chart_shows_the_waiting_list_in_both_languages(built: Built) -> None:
+    nl = read(built, SCHEME_PAGE)
+    start = nl.index('<svg class="vz-chart"')
+    places = nl[start:nl.index("</svg>", start)]
+    assert places.count("<polyline") == 2 and ">Wachtlijst</text>" in places
+    assert "Op 14 maart 2025 stonden 0 ondernemers op de wachtlijst." in places
+    # Days without a known waiting list are left out of its line: 14 days, 11 of them known.
+    waiting_line = re.findall(r'<polyline points="([^"]+)"', places)[1]
+    assert len(waiting_line.split()) == 11
+    en = read(built, Path("en") / SCHEME_PAGE)
+    assert ">Waiting list</text>" in en and "entrepreneurs were on the waiting list" in en
+    assert '<th scope="col">Waiting list</th>' in en and "<td>unknown</td>" in en
 
 
 def test_lottery_scheme_publishes_its_seed_hash(built: Built) -> None:

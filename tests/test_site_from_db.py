@@ -11,6 +11,7 @@ from service.db import run_in_transaction
 from service.models import Offer
 from service.sitegen import build_site
 from service.sitegen.collect import collect_snapshot
+from service.sitegen.daily import record_day
 from tests.helpers import make_provider, make_scheme, make_voucher, reload
 from service.models import Voucher
 from service import vouchers
@@ -49,6 +50,7 @@ async def test_site_from_the_database_has_figures_and_no_personal_data(rt, tmp_p
     assert (await reload(rt, Voucher, voucher.id)).redeemed_cents == 25000
     personal += [c for _, c in codes] + [c.replace("-", "") for _, c in codes] + ["F-PRIVATE-REF"]
 
+    await record_day(rt.sessionmaker)
     async with rt.sessionmaker() as session:
         snapshot = await collect_snapshot(session, service_url="https://vouchers.example")
     [facts] = snapshot.schemes

@@ -21,7 +21,7 @@ STYLES = (("#1d4ed8", ""), ("#b91c1c", "8 5"), ("#4b5563", "3 4"))
 @dataclass(frozen=True)
 class Series:
     label: str
-    values: Sequence[int]
+    values: Sequence[int | None]  # None: not known that day (no point is drawn)
 
 
 def line_chart(
@@ -40,7 +40,7 @@ def line_chart(
     `maximum` fixes the top of the scale (the cap or the budget), so the chart shows
     how much of it is used. The markup has no blank lines, so Markdown leaves it be.
     """
-    top = max([maximum, 1, *(v for s in series for v in s.values)])
+    top = max([maximum, 1, *(v for s in series for v in s.values if v is not None)])
     parts = [
         f'<svg class="vz-chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
         f'aria-labelledby="{chart_id}-title {chart_id}-desc" xmlns="http://www.w3.org/2000/svg">',
@@ -50,8 +50,10 @@ def line_chart(
     ]
     parts += _grid(top, label_value)
     parts += _day_labels(days, label_day)
+    legend_x = float(LEFT)
     for index, line in enumerate(series):
-        parts += _line(index, line, len(days), top)
+        parts += _line(index, line, len(days), top, legend_x)
+        legend_x += 34 + 8.5 * len(line.label) + 24  # the sample, the label, a gap
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -90,21 +92,21 @@ def _day_labels(days: Sequence[datetime.date], label_day: Callable[[datetime.dat
     ]
 
 
-def _line(index: int, line: Series, count: int, top: int) -> list[str]:
-    """One series: the line (or a dot for a single day) plus its legend entry."""
+def _line(index: int, line: Series, count: int, top: int, legend_x: float) -> list[str]:
+    """One series: the line (or a dot for a single known day) plus its legend entry."""
     colour, dash = STYLES[index % len(STYLES)]
     dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
-    points = " ".join(f"{_x(i, count):.1f},{_y(v, top):.1f}" for i, v in enumerate(line.values))
-    legend_x = LEFT + index * 170
+    known = [(i, v) for i, v in enumerate(line.values) if v is not None]
+    points = " ".join(f"{_x(i, count):.1f},{_y(v, top):.1f}" for i, v in known)
     out = [
-        f'<line x1="{legend_x}" x2="{legend_x + 28}" y1="16" y2="16" stroke="{colour}" '
+        f'<line x1="{legend_x:.1f}" x2="{legend_x + 28:.1f}" y1="16" y2="16" stroke="{colour}" '
         f'stroke-width="3"{dash_attr}/>',
-        f'<text x="{legend_x + 34}" y="21" {FONT}>{html.escape(line.label)}</text>',
+        f'<text x="{legend_x + 34:.1f}" y="21" {FONT}>{html.escape(line.label)}</text>',
     ]
-    if count == 1:
+    if len(known) == 1:
         x, y = points.split(",")
         out.append(f'<circle cx="{x}" cy="{y}" r="5" fill="{colour}"/>')
-    elif count > 1:
+    elif len(known) > 1:
         out.append(f'<polyline points="{points}" fill="none" stroke="{colour}" '
                    f'stroke-width="3"{dash_attr}/>')
     return out

@@ -1,18 +1,19 @@
 """Take the public snapshot from the database: figures, approved providers and their visible
-offers. Only public fields are read; nothing about an entrepreneur can reach the site."""
+offers. Only public fields are read; nothing about an entrepreneur can reach the site. The daily
+history is what ``daily.record_day`` kept."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import defaultdict
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import links
-from ..models import Enrolment, LedgerEntry, Offer, Provider, Scheme, utcnow
+from ..models import Enrolment, Offer, Provider, Scheme, utcnow
 from ..schemes import redeemed, scheme_status
-from .snapshot import ContactFacts, FiguresPoint, OfferFacts, ProviderFacts, PublicSnapshot, SchemeFacts
+from . import daily
+from .snapshot import ContactFacts, OfferFacts, ProviderFacts, PublicSnapshot, SchemeFacts
 
 __all__ = ("ARNHEM_CONTACT", "collect_snapshot")
 
@@ -25,32 +26,6 @@ ARNHEM_CONTACT = ContactFacts(
     objection_address="Gemeente Arnhem\nt.a.v. Bezwaarschriftencommissie\nPostbus 9029\n6800 EL Arnhem",
     privacy_officer_email="fg@arnhem.nl",
 )
-
-# How each kind of ledger entry moves the public figures.
-_COMMITS = {"issue": 1, "revoked": -1, "expired": -1, "return": -1}
-_REDEEMS = {"redeem": 1, "confirm": 1, "reverse": -1}
-
-
-async def _history(session: AsyncSession, scheme_id: int) -> tuple[FiguresPoint, ...]:
-    """Figures at the end of each day with activity, summed per day in the database."""
-    day = func.date(LedgerEntry.created_at)
-    rows = await session.execute(
-        select(day, LedgerEntry.kind, func.sum(LedgerEntry.amount_cents), func.sum(LedgerEntry.places))
-        .where(LedgerEntry.scheme_id == scheme_id)
-        .group_by(day, LedgerEntry.kind)
-        .order_by(day)
-    )
-    per_day: dict[dt.date, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for when, kind, amount, places in rows:
-        key = when if isinstance(when, dt.date) else dt.date.fromisoformat(str(when))
-        per_day[key][0] += int(places or 0)
-        per_day[key][1] += _COMMITS.get(kind, 0) * int(amount or 0)
-        per_day[key][2] += _REDEEMS.get(kind, 0) * int(amount or 0)
-    points, totals = [], [0, 0, 0]
-    for key in sorted(per_day):
-        totals = [a + b for a, b in zip(totals, per_day[key], strict=True)]
-        points.append(FiguresPoint(day=key, places_used=totals[0], committed_cents=totals[1], redeemed_cents=totals[2]))
-    return tuple(points)
 
 
 async def collect_snapshot(session: AsyncSession, *, service_url: str,
@@ -72,7 +47,7 @@ async def collect_snapshot(session: AsyncSession, *, service_url: str,
             # The site knows upcoming, open and closed; vouchers in use after the window count as closed.
             status="open" if status == "open" else "upcoming" if status == "upcoming" else "closed",
             apply_url=links.url(service_url, links.SCHEME_START, slug=scheme.slug),
-            lottery_seed_hash=scheme.lottery_seed_hash, history=await _history(session, scheme.id),
+            lottery_seed_hash=scheme.lottery_seed_hash, history=await daily.history(session, scheme.id),
         ))
     slugs = {scheme.id: scheme.slug for scheme in schemes}
 

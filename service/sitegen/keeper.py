@@ -22,7 +22,7 @@ import msgspec
 
 from .. import lease
 from ..runtime import Runtime
-from . import live
+from . import daily, live
 from .build import CONFIG, build_site
 from .collect import collect_snapshot
 from .pages import BRAND_FILES, HAND_WRITTEN, TEMPLATES
@@ -89,6 +89,7 @@ class Keeper:
         s = self.rt.settings
         if not await lease.take(self.rt.sessionmaker, LEASE, self.holder, self.lease_seconds()):
             return "elsewhere"
+        await daily.record_day(self.rt.sessionmaker)  # before a pause too: the series has no gaps
         if live.is_paused(self.site_dir):
             return "paused"
         async with self.rt.reader() as session:

@@ -35,7 +35,9 @@ CHART_TEXT = {
     "nl": {
         "places_title": "Gebruikte plaatsen van de {max} plaatsen",
         "places_desc": "Van {first} tot en met {last}. Op {last} waren {used} van de {max} plaatsen gebruikt.",
+        "waiting_desc": " Op {last} stonden {waiting} ondernemers op de wachtlijst.",
         "places_line": "Gebruikte plaatsen",
+        "waiting_line": "Wachtlijst",
         "money_title": "Toegezegd en verzilverd geld, van het budget van {budget}",
         "money_desc": "Van {first} tot en met {last}. Op {last} was {committed} toegezegd "
                       "en {redeemed} verzilverd, van het budget van {budget}.",
@@ -45,7 +47,9 @@ CHART_TEXT = {
     "en": {
         "places_title": "Places used out of {max} places",
         "places_desc": "From {first} to {last}. On {last}, {used} of the {max} places were used.",
+        "waiting_desc": " On {last}, {waiting} entrepreneurs were on the waiting list.",
         "places_line": "Places used",
+        "waiting_line": "Waiting list",
         "money_title": "Money committed and redeemed, out of the budget of {budget}",
         "money_desc": "From {first} to {last}. On {last}, {committed} was committed "
                       "and {redeemed} redeemed, out of the budget of {budget}.",
@@ -185,12 +189,18 @@ def _charts(scheme: SchemeFacts, lang: str) -> Markup:
         "committed": text.money(last.committed_cents, lang),
         "redeemed": text.money(last.redeemed_cents, lang),
     }
+    waiting = [p.waiting_list for p in scheme.history]
+    if last.waiting_list is not None:
+        facts["waiting"] = text.number(last.waiting_list, lang)
     common = {"days": days, "label_day": functools.partial(text.day, lang=lang)}
     places = chart.line_chart(
         chart_id=f"chart-{scheme.slug}-places",
         title=words["places_title"].format(**facts),
-        desc=words["places_desc"].format(**facts),
-        series=[chart.Series(words["places_line"], [p.places_used for p in scheme.history])],
+        desc=words["places_desc"].format(**facts) + words["waiting_desc"].format(**facts) if "waiting" in facts
+        else words["places_desc"].format(**facts),
+        # The waiting list shares the scale of the places: both count entrepreneurs.
+        series=[chart.Series(words["places_line"], [p.places_used for p in scheme.history]),
+                *([chart.Series(words["waiting_line"], waiting)] if any(w is not None for w in waiting) else [])],
         maximum=scheme.max_places,
         label_value=functools.partial(text.number, lang=lang),
         **common,
