@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import data, inproc, report
+from . import data, inproc, report, site_build
 from .cpu import cpu_seconds, group_cpu_seconds
 from .profile import Profiler, summarise
 from .servers import ROOT, bare_server, service_server
@@ -328,6 +328,7 @@ class Run:
         if "site" in args.scenarios:
             say("[in-process] site build")
             self.results.append({"kind": "site", "figures": inproc.measure_site()})
+            self.results += site_build.results(quick=args.quick)
         command = "python -m bench " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "make bench"
         payload = {"machine": report.machine(self.db_versions), "args": vars(args), "results": self.results}
         report.write_json(self.out / "results.json", payload)
