@@ -364,3 +364,4 @@ def test_the_open_data_page_links_the_files_and_describes_every_column(built: Bu
     assert "Ondernemers op de wachtlijst" in nl and "Entrepreneurs on the waiting list" in en
     for page in (nl, en):
         assert 'href="https://creativecommons.org/publicdomain/zero/1.0/"' in page and "CC0 1.0" in page
+    assert 'href="../../open-data/">Open data</a>' in read(built, SCHEME_PAGE)
