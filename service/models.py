@@ -572,5 +572,5 @@ event.listen(Redemption.__table__, "after_create", DDL(REFUSE_FUNCTION).execute_
 from .models_admin import AuditEntry, AuditHead, FlagReview, StaffUser  # noqa: E402, F401
 from . import audit as _audit  # noqa: E402, F401
 
-# --- Site issue (migration 0013): the daily figures of the public site and the background lease.
+# --- Site issue (migration 0012): the daily figures of the public site and the background lease.
 from .models_site import BackgroundLease, SiteHistory  # noqa: E402, F401

@@ -1,4 +1,4 @@
-"""Tables of the public site (migration 0013): the daily figures per scheme, and the lease that
+"""Tables of the public site (migration 0012): the daily figures per scheme, and the lease that
 lets one background process of several do a piece of work (build the site).
 
 Imported at the end of :mod:`service.models`, so ``Base.metadata`` (and Alembic) see them.

@@ -1,7 +1,7 @@
 """site_history and background_lease: the public site's daily figures, and who builds it
 
-Revision ID: 0013_site_history
-Revises: 0011_enrolment_held
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-05 20:00:00
 
 The background process keeps the public site current. It records each scheme's public figures
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0013_site_history'
-down_revision = '0011_enrolment_held'
+revision = '0012'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 
