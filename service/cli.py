@@ -476,7 +476,7 @@ def demo_credentials_command() -> None:
 
 
 
-# --- coach issue: staff accounts, payouts, offers ---------------------------------------------
+# --- coaches: staff accounts, payouts, offers ---------------------------------------------
 
 @provider.command("user-add")
 @click.option("--provider", "provider_slug", required=True, help="Provider slug.")
@@ -605,7 +605,7 @@ def offer_hide(offer_id: int, reason: str) -> None:
     click.echo(_in_transaction(work))
 
 
-# --- municipality issue: staff accounts, audit log, privacy, interventions, reports ----------
+# --- municipality staff: staff accounts, audit log, privacy, interventions, reports ----------
 
 def _audit_as_cli() -> None:
     """Everything a command changes is recorded in the audit log as done by ``cli:<user>``."""

@@ -316,7 +316,7 @@ class Redemption(Base):
     reversal_reason: Mapped[str | None] = mapped_column(Text)
     flagged_at: Mapped[dt.datetime | None]
     payout_batch_id: Mapped[int | None] = mapped_column(BigInteger)
-    # Added by migration 0002 (coach issue).
+    # Added by migration 0002 (coaches).
     flag_note: Mapped[str | None] = mapped_column(Text)
     """What the entrepreneur wrote when reporting this redemption."""
     clawback_batch_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -567,10 +567,10 @@ BEGIN
 END $$"""
 event.listen(Redemption.__table__, "after_create", DDL(REFUSE_FUNCTION).execute_if(dialect="postgresql"))
 
-# --- Municipality issue (migration 0004): the tables live in models_admin; imported here so that
+# --- Municipality staff (migration 0004): the tables live in models_admin; imported here so that
 # Base.metadata and Alembic see them, and so that the audit log's session events are always on.
 from .models_admin import AuditEntry, AuditHead, FlagReview, StaffUser  # noqa: E402, F401
 from . import audit as _audit  # noqa: E402, F401
 
-# --- Site issue (migration 0012): the daily figures of the public site and the background lease.
+# --- The public site (migration 0012): the daily figures of the public site and the background lease.
 from .models_site import BackgroundLease, SiteHistory  # noqa: E402, F401
