@@ -200,5 +200,4 @@ async def _touch(rt: Runtime, hashed: bytes, now: dt.datetime) -> None:
         await rt.fast.write(lambda connection: connection.execute(_SQLITE_TOUCH, (sqlite_moment(now), hashed)),
                             writer_turn(rt.sessionmaker))
     else:
-        async with rt.fast.connection() as connection:
-            await connection.execute(_POSTGRES_TOUCH, now, hashed)
+        await rt.fast.fetchrow(_POSTGRES_TOUCH, now, hashed)
