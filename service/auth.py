@@ -64,9 +64,9 @@ class AuthMiddleware(ASGIMiddleware):
                 scope["user"] = await self._bearer_principal(value)
                 await next_app(scope, receive, send)
                 return
-        if scope["path"].startswith("/api/"):
+        if scope["path"].startswith(("/api/", "/static/")):
             # The API takes bearer tokens only, so a browser's cookie can never be used
-            # against it from another site (the API has no CSRF token).
+            # against it from another site (the API has no CSRF token). Static files need nobody.
             scope["user"] = None
             await next_app(scope, receive, send)
             return
@@ -96,6 +96,8 @@ class AuthMiddleware(ASGIMiddleware):
         old_id = scope.get(_SESSION_ID)  # type: ignore[call-overload]
         current = scope.get("user")
         if what == "start" and status >= 400:  # a sign-in that failed after all starts nothing
+            return None
+        if what != "start" and not old_id:  # signing out a browser that had no session
             return None
         settings = self.rt.settings
         async with transaction(self.rt.sessionmaker) as session:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, or_, and_, update
+from sqlalchemy import and_, delete, insert, or_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .db import writer_turn
