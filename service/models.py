@@ -452,7 +452,7 @@ class ProviderUser(Base):
     locked_until: Mapped[dt.datetime | None]
     last_sign_in_at: Mapped[dt.datetime | None]
     session_generation: Mapped[int] = mapped_column(Integer, default=0)
-    """Carried in the session cookie; raising it (a password reset) ends every open session."""
+    """Stored with each session (``UserSession.generation``); raising it (a password reset) ends them all."""
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     disabled_at: Mapped[dt.datetime | None]
 
