@@ -13,7 +13,6 @@ from litestar.config.csrf import CSRFConfig
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
-from litestar.middleware.session.client_side import CookieBackendConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -125,17 +124,6 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             await asyncio.gather(*tasks, return_exceptions=True)
             await rt.close()
 
-    session_config = CookieBackendConfig(
-        secret=settings.derive_key("session"),
-        key="vouchers_session",
-        httponly=True,
-        samesite="lax",
-        secure=settings.base_url.startswith("https://"),
-        max_age=60 * 60 * 8,
-        # The API takes bearer tokens only (see AuthMiddleware): no cookie to read or write there.
-        exclude=["^/api/"],
-    )
-
     async def provide_runtime() -> Runtime:
         return rt
 
@@ -154,7 +142,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             create_static_files_router("/static", [HERE / "static"], include_in_schema=False),
         ],
         dependencies={"rt": Provide(provide_runtime, use_cache=True)},
-        middleware=[*forwarded, LanguageCookieMiddleware(), session_config.middleware, AuthMiddleware(rt),
+        middleware=[*forwarded, LanguageCookieMiddleware(), AuthMiddleware(rt),
                     AuditContextMiddleware()],
         exception_handlers={DomainError: domain_error_handler, HTTPException: http_error_handler,
                             Exception: unexpected_error_handler},

@@ -79,9 +79,9 @@ REDACTED = "[redacted]"
 GENESIS = "0" * 64
 
 #: Tables that are machinery, not state of the scheme: mail delivery, rate limits, stored
-#: API answers, and the log itself.
-EXCLUDED_TABLES = frozenset({"outbox_message", "rate_limit_counter", "idempotency_record", "audit_entry",
-                             "audit_head", "alembic_version"})
+#: API answers, sessions, and the log itself.
+EXCLUDED_TABLES = frozenset({"outbox_message", "rate_limit_counter", "idempotency_record", "user_session",
+                             "audit_entry", "audit_head", "alembic_version"})
 
 #: Columns whose values never enter the log (secrets, personal data); a change shows as REDACTED.
 REDACTED_COLUMNS: dict[str, frozenset[str]] = {

@@ -1,46 +1,37 @@
-"""Who is asking: one principal per request, from a bearer token (systems) or the signed
-session cookie (people), and one way of guarding routes by role."""
+"""Who is asking: one principal per request, from a bearer token (systems) or the session
+cookie (people), and one way of guarding routes by role.
+
+Every sign-in calls :func:`start_session` and every sign-out :func:`end_session`. Both only note
+what is to happen; :class:`AuthMiddleware` does it when the answer starts (writing the session's
+row and the cookie), so that they stay plain calls that any sign-in journey can make. The cookie
+carries only a random id (``service.sessions``), is HttpOnly, SameSite=Lax, Secure and
+``__Host-`` prefixed on https, and is sent only when it changes: at sign-in, at sign-out, and once
+to remove a cookie whose session has ended.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Receive, Scope, Send
-from sqlalchemy import select
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from .models import ApiToken, ProviderUser
-from .models_admin import StaffUser
+from . import sessions
+from .db import transaction
+from .models import ApiToken
 from .providers import authenticate_token
 from .runtime import Runtime
+from .sessions import Principal
 
-__all__ = ("AuthMiddleware", "Principal", "requires", "sign_in", "sign_out")
+__all__ = ("AuthMiddleware", "Principal", "end_session", "requires", "sign_in", "sign_out", "start_session")
 
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """The signed-in party. ``role`` is what guards check."""
-
-    kind: str
-    """``token``, ``provider-staff``, ``staff`` or ``entrepreneur``."""
-    role: str
-    """``coach`` and ``admin`` for tokens; staff and entrepreneur roles for people."""
-    subject_id: int
-    name: str
-    provider_id: int | None = None
-    voucher_id: int | None = None
-    generation: int = 0
-    """A provider account's ``session_generation`` at sign-in; a reset raises it, which ends this session."""
-
-    @property
-    def actor(self) -> str:
-        """How this party is named in records: never a personal detail, only kind and id."""
-        return f"{self.kind}:{self.subject_id}"
+# What a request's handler asked for (see start_session), and the session id its cookie carried.
+_CHANGE = "vouchers_session_change"
+_SESSION_ID = "vouchers_session_id"
 
 
 def _from_token(token: ApiToken) -> Principal:
@@ -52,6 +43,7 @@ class AuthMiddleware(ASGIMiddleware):
 
     Valid tokens are remembered for ``TOKEN_CACHE_SECONDS`` per process, which saves a database
     round trip on every API call; a revoked token therefore stops working within that time.
+    Sessions are never remembered: each request reads its session in one statement.
     """
 
     TOKEN_CACHE_SECONDS = 15.0
@@ -60,57 +52,74 @@ class AuthMiddleware(ASGIMiddleware):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self._tokens: dict[bytes, tuple[float, Principal]] = {}
+        settings = rt.settings
+        self._cookie = settings.session_cookie
+        self._cookie_attributes = "; Path=/; HttpOnly; SameSite=Lax" + (
+            "; Secure" if settings.base_url.startswith("https://") else "")
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        scope["user"] = await self._principal(scope)
-        await next_app(scope, receive, send)
-
-    async def _principal(self, scope: Scope) -> Principal | None:
-        for name, value in scope.get("headers", ()):
+        headers = scope.get("headers", ())
+        for name, value in headers:
             if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() != "bearer" or not token:
-                    return None
-                return await self._token_principal(token.strip())
-        if scope["path"].startswith("/api/"):
+                scope["user"] = await self._bearer_principal(value)
+                await next_app(scope, receive, send)
+                return
+        if scope["path"].startswith(("/api/", "/static/")):
             # The API takes bearer tokens only, so a browser's cookie can never be used
-            # against it from another site (the API has no CSRF token).
-            return None
-        session_data = scope.get("session") or {}
-        principal = session_data.get("principal") if isinstance(session_data, dict) else None
-        if isinstance(principal, dict):
-            return await self._session_principal(principal)
-        return None
+            # against it from another site (the API has no CSRF token). Static files need nobody.
+            scope["user"] = None
+            await next_app(scope, receive, send)
+            return
+        session_id = _cookie(headers, self._cookie)
+        principal = await sessions.lookup(self.rt, session_id) if session_id else None
+        scope["user"] = principal
+        scope[_SESSION_ID] = session_id  # type: ignore[literal-required]
+        # A cookie whose session has ended is removed, once; otherwise the answer carries no
+        # cookie unless the handler signs someone in or out.
+        stale = session_id is not None and principal is None
 
-    async def _session_principal(self, data: dict[str, Any]) -> Principal | None:
-        """The person in the session cookie, if their account may still be used: a disabled
-        staff account loses access at its next request, not when the cookie expires."""
-        try:
-            principal = Principal(**data)
-        except TypeError:
+        async def send_with_session(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                cookie = await self._apply(scope, message["status"], stale)
+                if cookie is not None:
+                    message["headers"] = [*message.get("headers", ()), (b"set-cookie", cookie.encode("latin-1"))]
+            await send(message)
+
+        await next_app(scope, receive, send_with_session)
+
+    async def _apply(self, scope: Scope, status: int, stale: bool) -> str | None:
+        """Carry out what the handler asked (start or end a session): the Set-Cookie to send."""
+        change = scope.get(_CHANGE)  # type: ignore[call-overload]
+        if change is None:
+            return self._expired() if stale else None
+        what, principal = change
+        old_id = scope.get(_SESSION_ID)  # type: ignore[call-overload]
+        current = scope.get("user")
+        if what == "start" and status >= 400:  # a sign-in that failed after all starts nothing
             return None
-        if principal.kind == "provider-staff":
-            async with self.rt.reader() as session:
-                row = (
-                    await session.execute(
-                        select(ProviderUser.provider_id, ProviderUser.disabled_at,
-                               ProviderUser.session_generation).where(ProviderUser.id == principal.subject_id)
-                    )
-                ).first()
-            if (row is None or row.disabled_at is not None or row.provider_id != principal.provider_id
-                    or row.session_generation != principal.generation):
-                return None
-        elif principal.kind == "staff":
-            async with self.rt.reader() as session:
-                row = (
-                    await session.execute(
-                        select(StaffUser.role, StaffUser.disabled_at).where(StaffUser.id == principal.subject_id)
-                    )
-                ).first()
-            # A changed role takes effect at once too: sign in again for the new one.
-            if row is None or row.disabled_at is not None or row.role != principal.role:
-                return None
-        return principal
+        if what != "start" and not old_id:  # signing out a browser that had no session
+            return None
+        settings = self.rt.settings
+        async with transaction(self.rt.sessionmaker) as session:
+            if what == "end-everywhere" and isinstance(current, Principal) and current.kind in sessions.KINDS:
+                await sessions.revoke_all(session, current.kind, current.subject_id)
+            elif old_id:
+                await sessions.revoke(session, settings, old_id)
+            if what == "start":
+                new_id = await sessions.create(session, settings, principal)
+        if what != "start":
+            return self._expired() if old_id else None
+        _idle, absolute = settings.session_timeouts(principal.kind)
+        return f"{self._cookie}={new_id}; Max-Age={absolute}{self._cookie_attributes}"
+
+    def _expired(self) -> str:
+        return f"{self._cookie}=; Max-Age=0{self._cookie_attributes}"
+
+    async def _bearer_principal(self, value: bytes) -> Principal | None:
+        scheme, _, token = value.decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return None
+        return await self._token_principal(token.strip())
 
     async def _token_principal(self, token: str) -> Principal:
         key = self.rt.token_hash(token)
@@ -145,11 +154,30 @@ def requires(*roles: str) -> Any:
     return guard
 
 
-def sign_in(request: Any, principal: Principal) -> None:
-    """Start a session for ``principal`` (every journey signs in through here)."""
-    request.clear_session()
-    request.set_session({"principal": asdict(principal)})
+def _cookie(headers: Any, name: str) -> str | None:
+    """The value of cookie ``name`` in the request's Cookie headers."""
+    wanted = name.encode("latin-1") + b"="
+    for header, value in headers:
+        if header == b"cookie":
+            for part in value.split(b";"):
+                part = part.strip()
+                if part.startswith(wanted):
+                    found = part[len(wanted):].decode("latin-1").strip('"')
+                    return found or None
+    return None
 
 
-def sign_out(request: Any) -> None:
-    request.clear_session()
+def start_session(request: Any, principal: Principal) -> None:
+    """Sign ``principal`` in: every sign-in journey ends here. A new session with a new random
+    id replaces whatever session this browser had (so an id planted before sign-in is useless)."""
+    request.scope[_CHANGE] = ("start", principal)
+
+
+def end_session(request: Any, *, everywhere: bool = False) -> None:
+    """Sign out this browser; with ``everywhere``, every session of the same account as well."""
+    request.scope[_CHANGE] = ("end-everywhere" if everywhere else "end", None)
+
+
+# The names the journeys used before sessions moved to the server.
+sign_in = start_session
+sign_out = end_session

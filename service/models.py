@@ -50,6 +50,7 @@ __all__ = (
     "PayoutBatch",
     "PayoutLine",
     "AccountLink",
+    "UserSession",
 )
 
 Id = BigInteger().with_variant(Integer, "sqlite")
@@ -451,7 +452,7 @@ class ProviderUser(Base):
     locked_until: Mapped[dt.datetime | None]
     last_sign_in_at: Mapped[dt.datetime | None]
     session_generation: Mapped[int] = mapped_column(Integer, default=0)
-    """Carried in the session cookie; raising it (a password reset) ends every open session."""
+    """Stored with each session (``UserSession.generation``); raising it (a password reset) ends them all."""
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     disabled_at: Mapped[dt.datetime | None]
 
@@ -557,6 +558,34 @@ class AccountLink(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime]
     used_at: Mapped[dt.datetime | None]
+
+
+class UserSession(Base):
+    """A signed-in person's session (``service.sessions``). The browser's cookie holds only a
+    random id; this row holds a keyed hash of it, never the id itself, so a copy of the database
+    signs nobody in. Revoking it (logout, "log out everywhere", a new password, a disabled
+    account) ends it at once in every server process."""
+
+    __tablename__ = "user_session"
+    __table_args__ = (
+        CheckConstraint("kind IN ('staff', 'provider-staff', 'entrepreneur')", name="user_session_kind_known"),
+        Index("user_sessions_of_subject", "kind", "subject_id"),
+        Index("user_sessions_by_last_seen", "last_seen_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    id_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    """``staff`` (municipality), ``provider-staff`` (coaches) or ``entrepreneur`` ("my voucher")."""
+    role: Mapped[str] = mapped_column(String(16))
+    subject_id: Mapped[int] = mapped_column(Id)
+    """The staff account, provider account or voucher signed in."""
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    """A provider account's ``session_generation`` at sign-in: raising it ends the session too."""
+    created_at: Mapped[dt.datetime]
+    last_seen_at: Mapped[dt.datetime]
+    """Moved on at most once a minute, so that reading a page does not become a write."""
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 # A statement that must undo itself when a rule refuses halfway calls this (``service.fastwrite``);

@@ -25,7 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import account_links
+from . import account_links, sessions
 from .errors import N_, Conflict, InvalidInput, NotFound, Refused
 from .models import utcnow
 from .models_admin import STAFF_ROLES, StaffUser
@@ -123,6 +123,7 @@ async def reset_setup(session: AsyncSession, rt: Runtime, email: str) -> StaffUs
     user.failed_attempts = 0
     user.locked_until = None
     await session.flush()
+    await sessions.revoke_all(session, "staff", user.id)
     return user
 
 
@@ -132,6 +133,8 @@ async def set_disabled(session: AsyncSession, email: str, disabled: bool) -> Sta
         raise NotFound("account-not-found", N_("There is no account with this e-mail address."))
     user.disabled_at = utcnow() if disabled else None
     await session.flush()
+    if disabled:  # signed out at once, everywhere
+        await sessions.revoke_all(session, "staff", user.id)
     return user
 
 
@@ -186,6 +189,7 @@ async def complete_setup(session: AsyncSession, rt: Runtime, token: str, *, pass
         .values(password_hash=_hasher.hash(password), activated_at=now, last_totp_step=step, failed_attempts=0,
                 locked_until=None)
     )
+    await sessions.revoke_all(session, "staff", user.id)
     await session.refresh(user)
     return user
 

@@ -14,6 +14,7 @@ municipality closes it, or else when the last voucher it could have issued expir
   go back from the pseudonym by trying all 10^8 numbers;
 * what the entrepreneur wrote when reporting a redemption is erased; mail already sent to them
   loses its address and parameters;
+* sessions of "my voucher" of those vouchers are deleted;
 * rate-limit counters whose window has passed are deleted (their keys never hold an e-mail
   address, see ``ratelimit.personal_key``; older keys did).
 
@@ -38,7 +39,7 @@ import msgspec
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import audit, validity
+from . import audit, sessions, validity
 from .models import (
     Application,
     Enrolment,
@@ -126,6 +127,8 @@ async def purge(session: AsyncSession, rt: Runtime, *, after_days: int = DEFAULT
                 else voucher.kvk_number
         await session.flush()
         voucher_ids = [v.id for v in vouchers]
+        # Whoever is still signed in to "my voucher" of a purged application is signed out.
+        await sessions.delete_of(session, "entrepreneur", voucher_ids)
         if voucher_ids:
             await session.execute(update(Redemption).where(Redemption.voucher_id.in_(voucher_ids),
                                                            Redemption.flag_note.is_not(None)).values(flag_note=None))

@@ -148,6 +148,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     limit_per_ip: Annotated[int, msgspec.Meta(ge=1)] = 30
     """Applications or sign-in links one IP address may ask for per window."""
 
+    session_idle_minutes_staff: Annotated[int, msgspec.Meta(ge=1)] = 30
+    """A municipality staff member's session ends after this many minutes without a request."""
+
+    session_absolute_hours_staff: Annotated[int, msgspec.Meta(ge=1)] = 8
+    """A municipality staff member's session ends this many hours after signing in, however busy."""
+
+    session_idle_minutes_coach: Annotated[int, msgspec.Meta(ge=1)] = 120
+    """A coach's (provider staff) session ends after this many minutes without a request: longer
+    than staff, so that a session with a client does not sign the coach out before the scan."""
+
+    session_absolute_hours_coach: Annotated[int, msgspec.Meta(ge=1)] = 12
+    """A coach's session ends this many hours after signing in (a working day)."""
+
+    session_idle_minutes_entrepreneur: Annotated[int, msgspec.Meta(ge=1)] = 60
+    """An entrepreneur's "my voucher" session ends after this many minutes without a request."""
+
+    session_absolute_hours_entrepreneur: Annotated[int, msgspec.Meta(ge=1)] = 12
+    """An entrepreneur's "my voucher" session ends this many hours after signing in."""
+
     trusted_proxies: str = ""
     """Addresses or networks of the reverse proxies in front of the service, comma-separated
     (``127.0.0.1,10.0.0.0/8``). A request that comes from one of them is counted (rate limits, audit
@@ -190,6 +209,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             path = str(exc).rpartition("at `$.")[2].rstrip("`")
             variable = f"VOUCHERS_{path.upper()}" if path and path != str(exc) else "VOUCHERS_*"
             raise ConfigError(f"{variable}: {exc}") from None
+
+    def session_timeouts(self, kind: str) -> tuple[int, int]:
+        """(idle, absolute) limits in seconds of a session of a principal of ``kind``
+        (``staff``, ``provider-staff`` or ``entrepreneur``)."""
+        if kind == "staff":
+            return self.session_idle_minutes_staff * 60, self.session_absolute_hours_staff * 3600
+        if kind == "provider-staff":
+            return self.session_idle_minutes_coach * 60, self.session_absolute_hours_coach * 3600
+        return self.session_idle_minutes_entrepreneur * 60, self.session_absolute_hours_entrepreneur * 3600
+
+    @property
+    def session_cookie(self) -> str:
+        """The session cookie's name: with the ``__Host-`` prefix on https, which the browser only
+        accepts for a Secure cookie of the whole host (no Domain, Path=/)."""
+        return "__Host-vouchers_session" if self.base_url.startswith("https://") else "vouchers_session"
 
     @property
     def is_sqlite(self) -> bool:

@@ -5,7 +5,7 @@ Whoever signs up on the web confirms the address with a mailed link and becomes 
 first account, without a password; approval mails them a one-time link to choose one
 (``service.account_links``). Accounts invite colleagues the same way, and a forgotten password
 is reset through a shorter-lived link, which also ends every open session of the account
-(``ProviderUser.session_generation``, checked by ``service.auth``).
+(``service.sessions``; ``ProviderUser.session_generation`` is raised too).
 
 Passwords are hashed with argon2id (argon2-cffi). Failed sign-ins are counted on the account
 row with conditional UPDATEs, so the lock-out holds across every server process; the web layer
@@ -25,7 +25,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import account_links, outbox, providers, ratelimit, schemes
+from . import account_links, outbox, providers, ratelimit, schemes, sessions
 from .errors import N_, Conflict, InvalidInput, NotFound, Refused
 from .models import AccountLink, Enrolment, Provider, ProviderUser, Scheme, utcnow
 from .runtime import Runtime
@@ -200,6 +200,7 @@ async def remove(session: AsyncSession, *, provider_id: int, user_id: int, remov
     if user is None or user.provider_id != provider_id:
         raise NotFound("account-not-found", N_("There is no such account."))
     await session.execute(delete(AccountLink).where(AccountLink.provider_user_id == user_id))
+    await sessions.delete_of(session, "provider-staff", [user_id])
     await session.delete(user)
     await session.flush()
 
@@ -228,6 +229,7 @@ async def set_password(session: AsyncSession, rt: Runtime, token: str, *, passwo
         update(ProviderUser).where(ProviderUser.id == link.provider_user_id)
         .values(password_hash=_hasher.hash(password), failed_attempts=0, locked_until=None,
                 session_generation=ProviderUser.session_generation + 1))
+    await sessions.revoke_all(session, "provider-staff", link.provider_user_id)
     return await session.get_one(ProviderUser, link.provider_user_id, populate_existing=True)
 
 
@@ -288,6 +290,7 @@ async def reset_password(session: AsyncSession, email: str) -> str:
     user.failed_attempts = 0
     user.locked_until = None
     await session.flush()
+    await sessions.revoke_all(session, "provider-staff", user.id)
     return password
 
 

@@ -1,4 +1,5 @@
-"""The background work: the outbox, the sweep and the audit log's sealing, each every few seconds.
+"""The background work: the outbox, the sweep, the audit log's sealing and the removal of ended
+sessions, each every few seconds or minutes.
 
 ``vouchers serve`` runs it in one process of its own beside the web processes, at a lower CPU
 priority (``Settings.background_nice``): on opening day the applicants' answers come first and
@@ -22,11 +23,12 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable
 
-from . import audit, outbox, sweep
+from . import audit, outbox, sessions, sweep
+from .db import transaction
 from .runtime import Runtime
 from .settings import Settings
 
-__all__ = ("Beside", "main", "run_forever", "tasks")
+__all__ = ("Beside", "main", "purge_sessions", "run_forever", "tasks")
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,12 @@ async def _every(seconds: float, work: Callable[[], Awaitable[object]], name: st
         await asyncio.sleep(seconds)
 
 
+async def purge_sessions(rt: Runtime) -> int:
+    """Delete sessions that were revoked or ran past a timeout."""
+    async with transaction(rt.sessionmaker) as session:
+        return await sessions.purge_expired(session, rt.settings)
+
+
 def tasks(rt: Runtime) -> list[asyncio.Task[None]]:
     """Start the loops on the running event loop (the site's only when ``site_rebuild`` is on)."""
     s = rt.settings
@@ -48,6 +56,7 @@ def tasks(rt: Runtime) -> list[asyncio.Task[None]]:
         asyncio.create_task(_every(s.sweep_interval_seconds, lambda: sweep.sweep(rt), "sweep")),
         asyncio.create_task(_every(s.audit_seal_interval_seconds, lambda: audit.seal_all(rt.sessionmaker),
                                    "audit seal")),
+        asyncio.create_task(_every(s.sweep_interval_seconds, lambda: purge_sessions(rt), "session purge")),
     ] + _site_task(rt)
 
 

@@ -3,18 +3,20 @@ through its one-time link."""
 
 from __future__ import annotations
 
-import time
+import base64
+import binascii
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
+from litestar.datastructures import Cookie
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath, QueryParameter
 from litestar.response import Redirect, Template
 
 from .. import audit, municipality, ratelimit
-from ..auth import Principal, sign_in, sign_out
+from ..auth import Principal, end_session, start_session
 from ..db import transaction
 from ..errors import DomainError
 from ..models_admin import StaffUser
@@ -49,11 +51,31 @@ class SetupForm(msgspec.Struct, frozen=True, kw_only=True):
     code: Short = ""
 
 
-def _pending(request: Request[Any, Any, Any]) -> dict[str, Any] | None:
-    data = request.session.get("staff_pending") if isinstance(request.session, dict) else None
-    if not isinstance(data, dict) or data.get("until", 0) < time.time():
+PENDING_COOKIE = "vouchers_staff_pending"
+"""Between the password and the code: which account gave the right password, and where to go
+next, signed by the server and valid for ``CODE_STEP_SECONDS``. Not a session: it signs nobody in."""
+
+
+def _pending(request: Request[Any, Any, Any], rt: Runtime) -> dict[str, Any] | None:
+    token = request.cookies.get(PENDING_COOKIE)
+    value = rt.unsign("staff-pending", token) if token else None
+    if value is None:
         return None
-    return data
+    user_id, _, next_ = value.partition(":")
+    try:
+        return {"id": int(user_id), "next": base64.urlsafe_b64decode(next_ + "==").decode()}
+    except (ValueError, binascii.Error):
+        return None
+
+
+def _b64(text: str) -> str:
+    # Cookie values are safest without any characters a parser might unquote.
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _pending_cookie(rt: Runtime, value: str = "", max_age: int = 0) -> Cookie:
+    return Cookie(key=PENDING_COOKIE, value=value, path="/beheer/inloggen", max_age=max_age, httponly=True,
+                  samesite="lax", secure=rt.settings.base_url.startswith("https://"))
 
 
 async def _limit(rt: Runtime, request: Request[Any, Any, Any]) -> None:
@@ -84,21 +106,20 @@ class AdminSignInPages(Controller):
             result = await municipality.check_password(session, data.email, data.password)
         if not isinstance(result, StaffUser):
             return page(request, "admin/login.html", status=status(result), values=values, errors=errors_of(result))
-        request.clear_session()
-        request.set_session({"staff_pending": {"id": result.id, "until": time.time() + CODE_STEP_SECONDS,
-                                               "next": values["next"]}})
-        return Redirect("/beheer/inloggen/code", status_code=303, headers=NO_STORE)
+        pending = rt.sign("staff-pending", f"{result.id}:{_b64(values['next'])}", CODE_STEP_SECONDS)
+        return Redirect("/beheer/inloggen/code", status_code=303, headers=NO_STORE,
+                        cookies=[_pending_cookie(rt, pending, CODE_STEP_SECONDS)])
 
     @get("/inloggen/code")
-    async def code_form(self, request: Request[Any, Any, Any]) -> Template | Redirect:
-        if _pending(request) is None:
+    async def code_form(self, request: Request[Any, Any, Any], rt: NamedDependency[Runtime]) -> Template | Redirect:
+        if _pending(request, rt) is None:
             return Redirect("/beheer/inloggen", status_code=303, headers=NO_STORE)
         return page(request, "admin/code.html")
 
     @post("/inloggen/code")
     async def code(self, request: Request[Any, Any, Any], data: Annotated[CodeForm, Form],
                    rt: NamedDependency[Runtime]) -> Template | Redirect:
-        pending = _pending(request)
+        pending = _pending(request, rt)
         if pending is None:
             return Redirect("/beheer/inloggen", status_code=303, headers=NO_STORE)
         try:
@@ -110,17 +131,25 @@ class AdminSignInPages(Controller):
             result = await municipality.check_code(session, rt, int(pending["id"]), data.code)
         if not isinstance(result, StaffUser):
             if result.code != "code-wrong":  # locked or gone: start again
-                request.clear_session()
-                return page(request, "admin/login.html", status=status(result), values={"next": "/beheer"},
-                            errors=errors_of(result))
+                answer = page(request, "admin/login.html", status=status(result), values={"next": "/beheer"},
+                              errors=errors_of(result))
+                answer.cookies.append(_pending_cookie(rt))
+                return answer
             return page(request, "admin/code.html", status=status(result), errors=errors_of(result))
-        sign_in(request, Principal(kind="staff", role=result.role, subject_id=result.id, name=result.name))
-        return Redirect(safe_next(pending.get("next")), status_code=303, headers=NO_STORE)
+        start_session(request, Principal(kind="staff", role=result.role, subject_id=result.id, name=result.name))
+        return Redirect(safe_next(pending.get("next")), status_code=303, headers=NO_STORE,
+                        cookies=[_pending_cookie(rt)])
 
     @post("/uitloggen")
     async def logout(self, request: Request[Any, Any, Any]) -> Redirect:
-        sign_out(request)
+        end_session(request)
         return Redirect("/beheer/inloggen", status_code=303, headers=NO_STORE)
+
+    @post("/overal-uitloggen")
+    async def logout_everywhere(self, request: Request[Any, Any, Any]) -> Redirect:
+        """End every session of this account, on every device (a lost laptop, a shared computer)."""
+        end_session(request, everywhere=True)
+        return Redirect("/beheer/inloggen?klaar=overal", status_code=303, headers=NO_STORE)
 
     @get("/instellen/{token:str}")
     async def setup_form(self, request: Request[Any, Any, Any], token: FromPath[str],

@@ -15,7 +15,7 @@ from litestar.response import Redirect, Template
 from sqlalchemy import select
 
 from .. import i18n, ratelimit, staff
-from ..auth import Principal, sign_in, sign_out
+from ..auth import Principal, end_session, start_session
 from ..db import run_in_transaction, transaction
 from ..errors import N_, DomainError, InvalidInput
 from ..models import Provider, Scheme
@@ -82,7 +82,7 @@ class SignInPages(Controller):
     @get("/login")
     async def login_form(self, next_: Annotated[str | None, QueryParameter(name="next")] = None,
                          done: Annotated[str | None, QueryParameter(name="klaar")] = None) -> Template:
-        return page("coach/login.html", values={"next": safe_next(next_)}, errors={}, done=done == "wachtwoord")
+        return page("coach/login.html", values={"next": safe_next(next_)}, errors={}, done=done)
 
     @post("/login")
     async def login(self, request: Request[Any, Any, Any], data: Annotated[LoginForm, Form],
@@ -104,13 +104,19 @@ class SignInPages(Controller):
                                 generation=result.session_generation)
         if isinstance(result, staff.SignInRefused):
             return page("coach/login.html", status=status(result), values=values, errors=errors_of(result))
-        sign_in(request, who)
+        start_session(request, who)
         return Redirect(values["next"], status_code=303, headers=NO_STORE)
 
     @post("/logout")
     async def logout(self, request: Request[Any, Any, Any]) -> Redirect:
-        sign_out(request)
+        end_session(request)
         return Redirect("/coach/login", status_code=303, headers=NO_STORE)
+
+    @post("/logout-everywhere")
+    async def logout_everywhere(self, request: Request[Any, Any, Any]) -> Redirect:
+        """End every session of this account, on every device (a lost phone, a shared computer)."""
+        end_session(request, everywhere=True)
+        return Redirect("/coach/login?klaar=overal", status_code=303, headers=NO_STORE)
 
     @get("/apply")
     async def apply_form(self, rt: NamedDependency[Runtime]) -> Template:
@@ -178,7 +184,7 @@ class SignInPages(Controller):
             return page("coach/password.html", status=status(exc), valid=True, token=token, name=user.name,
                         errors=errors_of(exc), values={})
         # Whoever was signed in on this browser is not necessarily the account that was set.
-        sign_out(request)
+        end_session(request)
         return Redirect("/coach/login?klaar=wachtwoord", status_code=303, headers=NO_STORE)
 
     @get("/wachtwoord-vergeten")

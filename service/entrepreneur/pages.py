@@ -16,14 +16,14 @@ from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromPath
+from litestar.params import Body, FromPath, QueryParameter
 from litestar.response import Redirect, Template
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from .. import applications, history, i18n, links, outbox, qr, ratelimit, registry, schemes, signin, validity, vouchers
-from ..auth import Principal, requires, sign_in, sign_out
+from ..auth import Principal, end_session, requires, start_session
 from ..codes import format_code
 from ..db import run_in_transaction
 from ..errors import N_, REJECTION_REASONS, Conflict, NotFound, TooManyAttempts
@@ -203,7 +203,7 @@ async def confirm(request: Request[Any, Any, Any], token: FromPath[str], rt: Nam
             async with rt.sessionmaker() as session:
                 voucher = await session.scalar(select(Voucher).where(Voucher.application_id == application.id))
             if voucher is not None:
-                sign_in(request, Principal(kind="entrepreneur", role="entrepreneur", subject_id=voucher.id,
+                start_session(request, Principal(kind="entrepreneur", role="entrepreneur", subject_id=voucher.id,
                                            name=application.contact_name, voucher_id=voucher.id))
                 return Redirect("/mijn-voucher", status_code=303)
     return Redirect(f"/aanvraag/{application.public_id}", status_code=303)
@@ -237,10 +237,11 @@ async def status_page(request: Request[Any, Any, Any], public_id: FromPath[str],
 # --- my voucher ---------------------------------------------------------------------------------
 
 @get("/mijn-voucher", response_headers=NO_STORE)
-async def my_voucher(request: Request[Any, Any, Any], rt: NamedDependency[Runtime]) -> Template:
+async def my_voucher(request: Request[Any, Any, Any], rt: NamedDependency[Runtime],
+                     done: Annotated[str | None, QueryParameter(name="klaar")] = None) -> Template:
     principal = _principal(request)
     if principal is None or principal.voucher_id is None:
-        return entrepreneur_page("signin", values={}, errors={})
+        return entrepreneur_page("signin", values={}, errors={}, signed_out_everywhere=done == "overal")
     async with rt.sessionmaker() as session:
         view = await voucher_view(session, rt, principal.voucher_id)
     return entrepreneur_page("voucher", **view)
@@ -275,15 +276,22 @@ async def sign_in_with_link(request: Request[Any, Any, Any], token: FromPath[str
     async with rt.sessionmaker() as session:
         voucher = await session.get_one(Voucher, voucher_id)
         application = await session.get_one(Application, voucher.application_id)
-    sign_in(request, Principal(kind="entrepreneur", role="entrepreneur", subject_id=voucher.id,
+    start_session(request, Principal(kind="entrepreneur", role="entrepreneur", subject_id=voucher.id,
                                name=application.contact_name, voucher_id=voucher.id))
     return Redirect("/mijn-voucher", status_code=303)
 
 
 @post("/mijn-voucher/uitloggen")
 async def sign_out_page(request: Request[Any, Any, Any]) -> Response[Any]:
-    sign_out(request)
+    end_session(request)
     return Redirect("/mijn-voucher", status_code=303)
+
+
+@post("/mijn-voucher/overal-uitloggen")
+async def sign_out_everywhere(request: Request[Any, Any, Any]) -> Response[Any]:
+    """End every session of this voucher, on every device."""
+    end_session(request, everywhere=True)
+    return Redirect("/mijn-voucher?klaar=overal", status_code=303)
 
 
 async def _code_of(rt: Runtime, voucher_id: int) -> str:
@@ -368,4 +376,4 @@ async def voucher_view(session: AsyncSession, rt: Runtime, voucher_id: int) -> d
 
 
 ROUTES = [start, apply_form, apply_submit, confirm_form, confirm, status_page, my_voucher, request_link,
-          sign_in_form, sign_in_with_link, sign_out_page, qr_png, qr_svg, print_page]
+          sign_in_form, sign_in_with_link, sign_out_page, sign_out_everywhere, qr_png, qr_svg, print_page]
