@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ("machine", "table", "write_json", "update_markdown")
+__all__ = ("machine", "table", "targets_table", "write_json", "update_markdown")
 
 START = "<!-- bench:results:start -->"
 END = "<!-- bench:results:end -->"
@@ -52,11 +52,20 @@ def _ms(value: float | None) -> str:
     return f"{value:.1f}" if value >= 1 else f"{value:.2f}"
 
 
+def _sql(sql: dict[str, float] | None) -> str:
+    if not sql:
+        return "–"
+    text = f"{sql['statements']:.2f}"
+    if sql.get("idempotency"):
+        text += f" +{sql['idempotency']:.2f} key"
+    return text
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """One Markdown table; also what is printed."""
-    head = ("| db | scenario | conns | req/s | % of bare | p50 ms (× bare) | p99 ms (× bare) | bare req/s | "
-            "answers | CPU ms/req server + db | wrk cpu | check |")
-    lines = [head, "|---|---|--:|--:|--:|--:|--:|--:|---|--:|--:|---|"]
+    head = ("| db | scenario | conns | req/s | yardstick | % of it | p50 ms (× it) | p99 ms (× it) | its req/s | "
+            "SQL/req under load (alone) | answers | CPU ms/req server + db | wrk cpu | check |")
+    lines = [head, "|---|---|--:|--:|---|--:|--:|--:|--:|--:|---|--:|--:|---|"]
     for r in results:
         if r.get("kind") != "http":
             continue
@@ -69,13 +78,30 @@ def table(results: list[dict[str, Any]]) -> str:
         if errors:
             answers += " " + " ".join(f"{k}-err:{v}" for k, v in errors.items())
         bare_rps = f"{bare['rps']:,.0f}" if bare.get("rps") else "–"
+        yardstick = bare.get("name", "bare").rsplit(" c", 1)[0] if bare else "–"
         check = "ok" if not r["problems"] else "FAIL: " + "; ".join(r["problems"])[:200]
         extra = r.get("extra") or {}
         cpu = (f"{extra['server_cpu_ms']:.2f} + {extra['db_cpu_ms']:.2f}" if "server_cpu_ms" in extra else "–")
         if r["db"] == "sqlite" and "server_cpu_ms" in extra:
             cpu = f"{extra['server_cpu_ms']:.2f}"  # SQLite runs inside the server
-        lines.append(f"| {r['db']} | {r['scenario']} | {r['connections']} | {r['rps']:,.0f} | {ratio} | {p50} | {p99} | "
-                     f"{bare_rps} | {answers} | {cpu} | {r['wrk_cpu']:.2f} | {check} |")
+        sql = _sql(extra.get("sql"))
+        if r.get("sql_alone"):
+            sql += f" ({_sql(r['sql_alone'])})"
+        lines.append(f"| {r['db']} | {r['scenario']} | {r['connections']} | {r['rps']:,.0f} | {yardstick} | {ratio} | "
+                     f"{p50} | {p99} | {bare_rps} | {sql} | {answers} | {cpu} | {r['wrk_cpu']:.2f} | {check} |")
+    return "\n".join(lines)
+
+
+def targets_table(results: list[dict[str, Any]]) -> str:
+    """The targets of issue 19 against this run's figures (empty when no page scenario ran)."""
+    rows = [r for r in results if r.get("kind") == "target"]
+    if not rows:
+        return ""
+    lines = ["| db | path | measured | against | target | met | from |", "|---|---|--:|---|--:|---|---|"]
+    for r in rows:
+        note = f"; {r['note']}" if r.get("note") else ""
+        lines.append(f"| {r['db']} | {r['what']} | {r['value']} | {r['versus']} | {r['target']} | "
+                     f"{'yes' if r['met'] else '**no**'} | {r['measured']}{note} |")
     return "\n".join(lines)
 
 
@@ -122,6 +148,8 @@ def update_markdown(path: Path, payload: dict[str, Any], command: str) -> None:
         f"{payload['args']['wrk_threads']} thread, one run of {payload['args']['duration']} s per timed scenario.",
         "",
         table(payload["results"]),
+        "",
+        targets_table(payload["results"]),
         "",
         inproc_lines(payload["results"]),
         END,

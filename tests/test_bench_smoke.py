@@ -1,6 +1,6 @@
 """The benchmark harness works: ``python -m bench --quick`` on SQLite, about a second per
-scenario. Not a timed test: it asserts the checks the harness makes (exact counts, balances,
-reconcile), never a speed."""
+scenario, the pages included. Not a timed test: it asserts the checks the harness makes (exact
+counts, balances, reconcile) and that statements are counted, never a speed."""
 
 from __future__ import annotations
 
@@ -28,20 +28,76 @@ def test_bench_quick_run_on_sqlite(tmp_path: Path) -> None:
     _need_wrk()
     out = tmp_path / "bench"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--db", "sqlite", "--duration", "1",
-         "--scenarios", "rush,scan,redeem,qr", "--out", str(out), "--no-markdown"],
+        [sys.executable, "-m", "bench", "--quick", "--db", "sqlite", "--duration", "1", "--rush-applicants", "40",
+         "--scenarios", "rush,page-rush,scan,page-scan,redeem,page-redeem,qr", "--out", str(out), "--no-markdown"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     results = json.loads((out / "results.json").read_text())["results"]
     http = {r["scenario"]: r for r in results if r["kind"] == "http"}
-    assert {"bare GET c32", "bare POST c32", "scan", "redeem", "redeem 10 providers", "redeem hot-10"} <= set(http)
-    rush = next(r for name, r in http.items() if name.startswith("rush"))
-    assert rush["statuses"] == {"201": 200} and rush["problems"] == []
-    assert http["scan"]["requests"] > 0 and http["redeem"]["statuses"].get("201", 0) > 0
+    assert {"bare GET c32", "bare POST c32", "bare page c32", "bare form c32", "scan", "page scan", "redeem",
+            "page redeem", "redeem 10 providers", "redeem hot-10", "rush 40→10", "page rush 40→10: form",
+            "page rush 40→10: confirm"} <= set(http)
+    # Each applicant once, all but the five sent one at a time through wrk; the books exact.
+    assert http["rush 40→10"]["statuses"] == {"201": 35}
+    assert http["page rush 40→10: form"]["statuses"] == {"303": 35}
+    assert http["page rush 40→10: confirm"]["statuses"] == {"303": 35}
+    assert http["page rush 40→10: confirm"]["applicants_per_second"] > 0
+    assert http["bare page c32"]["statuses"].keys() == {"200"} and http["bare form c32"]["statuses"].keys() == {"303"}
+    assert http["scan"]["requests"] > 0 and http["page scan"]["statuses"].keys() == {"200"}
+    assert http["redeem"]["statuses"].get("201", 0) > 0 and http["page redeem"]["statuses"].keys() == {"303"}
     assert http["redeem 10 providers"]["statuses"].get("201", 0) > 0
     assert all(not r["problems"] for r in http.values())
+    # Statements are counted in the server, under load and one at a time, for every path.
+    for name in ("scan", "page scan", "redeem", "page redeem", "rush 40→10", "page rush 40→10: confirm"):
+        assert http[name]["extra"]["sql"]["statements"] > 0, name
+        assert http[name]["sql_alone"]["statements"] >= 1, name
+    assert http["page redeem"]["sql_alone"]["idempotency"] > 0  # the form's key, counted apart
+    targets = {(r["what"], r["versus"]) for r in results if r["kind"] == "target"}
+    assert {("page scan", "of API scan"), ("page scan", "of bare Jinja page"), ("page redemption", "of API redemption"),
+            ("page rush (applicants)", "of API rush")} <= targets
     assert any(r["kind"] == "qr" for r in results)
+
+
+def test_statements_are_counted_by_transaction_and_the_idempotency_key_apart() -> None:
+    """The counter the harness puts in the server (``bench/sqlcount.py``), on a SQLite connection
+    of its own: control statements count, a trigger's program does not, a transaction that only
+    claims an idempotency key is the key's own, and a simple query is split into its statements."""
+    import sqlite3
+
+    from bench.sqlcount import split_statements, sqlite_factory
+
+    class Tally:
+        def __init__(self) -> None:
+            self.values = [0, 0, 0]
+
+        def add(self, *values: int) -> None:
+            self.values = [a + b for a, b in zip(self.values, values, strict=True)]
+
+    tally = Tally()
+    connection = sqlite3.connect(":memory:", isolation_level=None, factory=sqlite_factory(tally))
+    connection.executescript("CREATE TABLE t (x); CREATE TABLE idempotency_key (k); CREATE TABLE u (k);")
+    connection.execute("CREATE TRIGGER copy AFTER INSERT ON t BEGIN INSERT INTO u VALUES (new.x); END")
+    assert tally.values == [3, 0, 1]
+    connection.execute("BEGIN IMMEDIATE")
+    connection.execute("INSERT INTO t VALUES (1)")
+    connection.executemany("INSERT INTO t VALUES (?)", [(2,), (3,)])
+    connection.cursor().execute("UPDATE idempotency_key SET k = 0 WHERE k = 1")
+    connection.execute("COMMIT")
+    # BEGIN, three inserts (not their trigger's), COMMIT; the key's UPDATE apart.
+    assert tally.values == [3 + 5, 2, 1 + 1]
+    connection.execute("BEGIN")
+    connection.execute("INSERT INTO idempotency_key VALUES (9)")
+    connection.commit()
+    assert tally.values == [8, 2, 2 + 3]
+    legacy = sqlite3.connect(":memory:", factory=sqlite_factory(tally))  # the module's own BEGIN
+    legacy.execute("CREATE TABLE t (x)")
+    legacy.execute("INSERT INTO t VALUES (1)")
+    legacy.commit()
+    assert tally.values == [8 + 4, 2 + 2, 5]
+    for c in (connection, legacy):
+        c.close()
+    assert split_statements("BEGIN; SELECT ';' FROM t ;SELECT 2;") == ["BEGIN", "SELECT ';' FROM t", "SELECT 2"]
 
 
 def test_a_paced_run_sends_at_its_rate_and_counts_late_sends(tmp_path: Path) -> None:
