@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from . import browser, data, inproc, report, sqlcount
 from .browser import Browser, Request
-from .cpu import cpu_seconds, group_cpu_seconds
+from .cpu import cpu_by_process, cpu_used, group_cpu_by_process
 from .profile import Profiler, summarise
 from .servers import ROOT, bare_server, service_server
 from .wrk import LoadResult, require_wrk, run_wrk
@@ -132,12 +132,12 @@ class Run:
         server = f"--port {url.rsplit(':', 1)[1]}"
         # PostgreSQL's backends of this run's database: the server may be shared with other work.
         database = f" {data.PG_DATABASE} "
-        before = group_cpu_seconds(server), cpu_seconds("postgres:", database), self.sql()
+        before = group_cpu_by_process(server), cpu_by_process("postgres:", database), self.sql()
         load = run_wrk(url, **kw)
-        after = group_cpu_seconds(server), cpu_seconds("postgres:", database), self.sql()
+        after = group_cpu_by_process(server), cpu_by_process("postgres:", database), self.sql()
         if load.requests:
-            load.extra["server_cpu_ms"] = round((after[0] - before[0]) * 1000 / load.requests, 3)
-            load.extra["db_cpu_ms"] = round((after[1] - before[1]) * 1000 / load.requests, 3)
+            load.extra["server_cpu_ms"] = round(cpu_used(before[0], after[0]) * 1000 / load.requests, 3)
+            load.extra["db_cpu_ms"] = round(cpu_used(before[1], after[1]) * 1000 / load.requests, 3)
             if self.count_dir is not None:
                 counts = after[2] - before[2]
                 load.extra["sql"] = per_request(counts, load.requests)
