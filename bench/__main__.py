@@ -37,7 +37,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale-vouchers", type=int, default=1_000_000, help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true",
                    help="a tiny run to prove the harness works: 1 s scenarios, small counts; no BENCHMARKS.md update")
-    p.add_argument("--profile", action="store_true", help="sample the server with py-spy during rush, scan and redeem")
+    p.add_argument("--profile", action="store_true",
+                   help="sample the server with py-spy during rush, the scans and the redemptions")
+    p.add_argument("--no-sql-count", action="store_true",
+                   help="start the server without the statement counter (bench/sqlcount.py), to see that it "
+                        "costs nothing measurable")
     p.add_argument("--connections", type=int, default=64, help="wrk connections (hot spot: --hot-connections)")
     p.add_argument("--hot-connections", type=int, default=200)
     p.add_argument("--wrk-threads", type=int, default=1)

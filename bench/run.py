@@ -205,8 +205,9 @@ class Run:
         pages = {c} if "page-scan" in wanted else set()
         forms = {c} if {"page-rush", "page-redeem"} & wanted else set()
         bare = self.measure_bare(db, gets, posts, pages, forms)
-        self.count_dir = self.work / f"sql-{db}"
-        shutil.rmtree(self.count_dir, ignore_errors=True)
+        self.count_dir = None if args.no_sql_count else self.work / f"sql-{db}"
+        if self.count_dir is not None:
+            shutil.rmtree(self.count_dir, ignore_errors=True)
         try:
             with service_server(env, args.workers, self.out / "logs" / f"server-{db}.log",
                                 count_dir=self.count_dir) as srv:
@@ -406,7 +407,7 @@ class Run:
         one at a time."""
         provider_ids = fx.provider_ids if providers else [fx.provider_id]
         before = data.money_snapshot(env, ids, provider_ids)
-        profiled = not rate and (name == "redeem" or name.startswith("scale redeem"))
+        profiled = not rate and (name in ("redeem", "page redeem") or name.startswith("scale redeem"))
         profiler = self.profiler(srv, db, name) if profiled else None
         expect = 303 if page else 201
         if page:
