@@ -100,6 +100,83 @@ def test_statements_are_counted_by_transaction_and_the_idempotency_key_apart() -
     assert split_statements("BEGIN; SELECT ';' FROM t ;SELECT 2;") == ["BEGIN", "SELECT ';' FROM t", "SELECT 2"]
 
 
+_COUNTED = """
+import asyncio, json, os, sqlite3, sys
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from bench.sqlcount import read
+
+URL = os.environ["URL"]
+DIR = Path(os.environ["BENCH_SQL_COUNT_DIR"])
+T = os.environ["TABLE"]
+
+
+async def main() -> None:
+    engine = create_async_engine(URL)
+    async with engine.begin() as c:  # the dialect's own first statements, and the table
+        await c.execute(text(f"CREATE TABLE IF NOT EXISTS {T} (x int)"))
+    before = read(DIR)
+    async with engine.begin() as c:
+        await c.execute(text(f"INSERT INTO {T} VALUES (1)"))
+        await c.execute(text(f"INSERT INTO {T} VALUES (2)"))
+    await engine.dispose()
+    if URL.startswith("sqlite"):
+        raw = sqlite3.connect(URL.split("///", 1)[1], isolation_level=None)
+        raw.execute("BEGIN IMMEDIATE")
+        raw.execute("INSERT INTO t VALUES (3)")
+        raw.executemany("INSERT INTO t VALUES (?)", [(4,), (5,)])
+        raw.execute("CREATE TABLE idempotency_probe (k int)")
+        raw.execute("COMMIT")
+        raw.close()
+    else:
+        import asyncpg
+
+        raw = await asyncpg.connect(URL.replace("+asyncpg", ""))
+        await raw.fetchval("SELECT 1")
+        await raw.execute("BEGIN; SELECT 1; SELECT 2")
+        await raw.fetchmany("SELECT $1::int", [(1,), (2,)])
+        await raw.execute("CREATE TEMP TABLE idempotency_probe (k int)")
+        await raw.execute("COMMIT")
+        prepared = await raw.prepare("SELECT $1::int")
+        await prepared.fetchval(1)
+        await raw.close()
+    print(json.dumps(vars(read(DIR) - before)))
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("argv", [[], ["service.cli", "worker"]], ids=["web", "background"])
+def test_the_server_hook_counts_every_driver_in_the_web_processes_only(
+        database: tuple[str, str | None], tmp_path: Path, argv: list[str]) -> None:
+    """What ``bench/hook`` installs in a process that Python starts with it on its path: the
+    statements of SQLAlchemy's engine and of the bare driver, on either database; nothing in the
+    background process (``python -m service.cli worker``), whose work is no request's."""
+    url, schema = database
+    counts = tmp_path / "counts"
+    env = {**os.environ, "URL": url, "TABLE": f"{schema}.t" if schema else "t", "BENCH_SQL_COUNT_DIR": str(counts),
+           "PYTHONPATH": os.pathsep.join((str(ROOT / "bench" / "hook"), str(ROOT)))}
+    done = subprocess.run([sys.executable, "-", *argv], input=_COUNTED, cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    if argv:
+        assert json.loads(done.stdout) == {"statements": 0, "control": 0, "idempotency": 0}
+        return
+    found = json.loads(done.stdout)
+    if url.startswith("sqlite"):
+        # SQLAlchemy's transaction (the module's own BEGIN, two INSERTs, COMMIT), then BEGIN
+        # IMMEDIATE, three INSERTs and COMMIT; the idempotency table's statement apart.
+        assert found == {"statements": 4 + 5, "control": 4, "idempotency": 1}
+    else:
+        # BEGIN, two INSERTs, COMMIT; one SELECT; BEGIN, two SELECTs, two of fetchmany, COMMIT (the
+        # temporary table apart); the prepared statement's one execution.
+        assert found == {"statements": 4 + 1 + 6 + 1, "control": 4, "idempotency": 1}
+
+
 def test_a_paced_run_sends_at_its_rate_and_counts_late_sends(tmp_path: Path) -> None:
     """The fixed-rate runs the scale comparison uses: request k goes out k / rate after the
     first, so a 1-second run at 200/s sends exactly 200; at a rate no server keeps up with,
