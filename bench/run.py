@@ -373,9 +373,11 @@ class Run:
         self.record(db, f"page rush {n}→{self.rush_cap}: confirm", confirmed, bare, problems,
                     sql_alone=confirm_alone, applicants=n - k, applicants_per_second=per_second,
                     sql_per_applicant=per_applicant, sql_alone_per_applicant=alone)
-        say(f"  page rush per applicant: {per_second:,.0f} applicants/s (form {applied.seconds:.1f} s + confirm "
-            f"{confirmed.seconds:.1f} s for {n - k}); SQL per applicant {_sql_text(per_applicant)} "
-            f"(alone {_sql_text(alone)})")
+        text = (f"page rush per applicant: {per_second:,.0f} applicants/s (form {applied.seconds:.1f} s + confirm "
+                f"{confirmed.seconds:.1f} s for {n - k}); SQL per applicant {_sql_text(per_applicant)} under load, "
+                f"{_sql_text(alone)} alone")
+        self.results.append({"kind": "note", "text": f"Page rush ({db}): {text.split(': ', 1)[1]}."})
+        say(f"  {text}")
 
     def scan(self, db: str, srv: Any, codes: Path, token: str, bare: LoadResult, name: str, *,
              rate: float = 0.0, page: Browser | None = None) -> LoadResult:
