@@ -152,7 +152,7 @@ class Run:
         counts = self.sql() - before
         wrong = {s: n for s, n in Counter(statuses).items() if s != expect}
         problems = [f"one at a time: answers {wrong}, expected {expect}"] if wrong else []
-        return per_request(counts, len(requests)), problems
+        return (per_request(counts, len(requests)) if self.count_dir is not None else None), problems
 
     # --- the yardsticks ------------------------------------------------------------------------
 
@@ -363,12 +363,10 @@ class Run:
         problems += [f"reconcile: {p}" for p in data.reconcile(env)[:5]]
         seconds = applied.seconds + confirmed.seconds
         per_second = (n - k) / seconds if seconds else 0.0
-        both = sqlcount.Counts(**applied.extra.get("sql_counts", {})) if "sql_counts" in applied.extra \
-            else sqlcount.Counts()
-        if "sql_counts" in confirmed.extra:
-            both = sqlcount.Counts(*(a + b for a, b in zip(vars(both).values(), confirmed.extra["sql_counts"].values(),
-                                                            strict=True)))
-        per_applicant = per_request(both, n - k)
+        per_applicant = None
+        if "sql_counts" in applied.extra and "sql_counts" in confirmed.extra:
+            both = sqlcount.Counts(**applied.extra["sql_counts"]) + sqlcount.Counts(**confirmed.extra["sql_counts"])
+            per_applicant = per_request(both, n - k)
         self.record(db, f"page rush {n}→{self.rush_cap}: form", applied, bare, [], sql_alone=form_alone)
         self.record(db, f"page rush {n}→{self.rush_cap}: confirm", confirmed, bare, problems,
                     sql_alone=confirm_alone, applicants=n - k, applicants_per_second=per_second,

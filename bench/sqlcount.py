@@ -58,6 +58,10 @@ class Counts:
     idempotency: int = 0
     """Statements on the idempotency-key table, with the BEGIN/COMMIT of transactions doing only that."""
 
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(self.statements + other.statements, self.control + other.control,
+                      self.idempotency + other.idempotency)
+
     def __sub__(self, other: Counts) -> Counts:
         return Counts(self.statements - other.statements, self.control - other.control,
                       self.idempotency - other.idempotency)
