@@ -21,7 +21,8 @@ hook sits under all of them:
 Transaction control (``BEGIN``, ``COMMIT``, ``ROLLBACK``) counts as a statement: on PostgreSQL it
 is a round trip, on SQLite it takes or releases the lock. Statements on the idempotency-key table
 are counted apart, with the ``BEGIN``/``COMMIT`` of a transaction that did nothing else, so that
-"statements outside the idempotency key's own" can be read off. The background process (mail,
+"statements outside the idempotency key's own" can be read off (a statement that touches another
+table as well, a CTE that redeems and completes the key, say, is the operation's). The background process (mail,
 sealing) is left out: it is not a request's work.
 
 The counts live in one small file per process (``<dir>/<pid>``, three 64-bit integers: statements,
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import struct
 import threading
 import weakref
@@ -172,13 +174,25 @@ class _Transactions:
             else:
                 self.counter.add(len(items) - idem + 2, 2, idem)
             return
-        is_idem = "idempotency" in head.lower()
+        is_idem = _key_only(head)
         if self.open:
             self.items.append(is_idem)
         elif is_idem:
             self.counter.add(0, 0, 1)
         else:
             self.counter.add(1, 0, 0)
+
+
+_TABLES = re.compile(r'\b(?:from|into|update|join)\s+"?([\w.]+)', re.IGNORECASE)
+
+
+def _key_only(sql: str) -> bool:
+    """Whether the statement works on the idempotency-key table alone: a statement that also
+    writes or reads another table (a redemption that completes its key in the same CTE, say) is
+    the operation's, not the key's."""
+    if "idempotency" not in sql.lower():
+        return False
+    return all("idempotency" in name.lower() for name in _TABLES.findall(sql))
 
 
 def _web_process() -> bool:

@@ -65,7 +65,7 @@ def test_statements_are_counted_by_transaction_and_the_idempotency_key_apart() -
     claims an idempotency key is the key's own, and a simple query is split into its statements."""
     import sqlite3
 
-    from bench.sqlcount import split_statements, sqlite_factory
+    from bench.sqlcount import _key_only, split_statements, sqlite_factory
 
     class Tally:
         def __init__(self) -> None:
@@ -98,6 +98,10 @@ def test_statements_are_counted_by_transaction_and_the_idempotency_key_apart() -
     for c in (connection, legacy):
         c.close()
     assert split_statements("BEGIN; SELECT ';' FROM t ;SELECT 2;") == ["BEGIN", "SELECT ';' FROM t", "SELECT 2"]
+    # A statement that completes the key along with the operation's own work is the operation's.
+    assert _key_only('UPDATE "idempotency_record" SET status_code = 201 WHERE id = 3')
+    assert not _key_only("WITH r AS (INSERT INTO redemption VALUES (1) RETURNING id) "
+                         "UPDATE idempotency_record SET response_body = (SELECT id FROM r)")
 
 
 _COUNTED = """
