@@ -39,6 +39,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a tiny run to prove the harness works: 1 s scenarios, small counts; no BENCHMARKS.md update")
     p.add_argument("--profile", action="store_true",
                    help="sample the server with py-spy during rush, the scans and the redemptions")
+    p.add_argument("--sql-log", action="store_true",
+                   help="also write the text of the statements of one request of each path, sent alone, to "
+                        "<out>/sql/<db>-<path>.sql")
     p.add_argument("--no-sql-count", action="store_true",
                    help="start the server without the statement counter (bench/sqlcount.py), to see that it "
                         "costs nothing measurable")

@@ -85,6 +85,7 @@ class Run:
         """Requests sent one at a time after (or within) a scenario, for the statements a request costs alone."""
         self.count_dir: Path | None = None
         """Where the running server's web processes count their SQL statements."""
+        self.db = ""
         self.run_tag = secrets.token_hex(3)
         self._tags = 0
 
@@ -144,11 +145,22 @@ class Run:
                 load.extra["sql_counts"] = vars(counts)
         return load
 
-    def alone(self, srv: Any, requests: list[Request], expect: int) -> tuple[dict[str, float] | None, list[str]]:
+    def alone(self, srv: Any, requests: list[Request], expect: int,
+              name: str = "") -> tuple[dict[str, float] | None, list[str]]:
         """Send ``requests`` one at a time: the statements each cost with nothing else going on
-        (nothing shares a group), and a problem unless every answer is ``expect``."""
+        (nothing shares a group), and a problem unless every answer is ``expect``. With
+        ``--sql-log``, the text of the statements of the first of them goes to
+        ``<out>/sql/<db>-<name>.sql``."""
         before = self.sql()
-        statuses = browser.one_at_a_time(srv.url, requests)
+        logged = sqlcount.log_offsets(self.count_dir) if self.args.sql_log and self.count_dir else None
+        statuses = browser.one_at_a_time(srv.url, requests[:1])
+        if logged is not None and self.count_dir is not None and name:
+            target = self.out / "sql" / f"{self.db}-{name.replace(' ', '-').replace('→', '-')}.sql"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(f"-- {requests[0].method} {requests[0].path}, one request alone\n"
+                              + sqlcount.log_since(self.count_dir, logged))
+            say(f"  statements of one {name} request: {target.relative_to(ROOT) if target.is_relative_to(ROOT) else target}")
+        statuses += browser.one_at_a_time(srv.url, requests[1:])
         counts = self.sql() - before
         wrong = {s: n for s, n in Counter(statuses).items() if s != expect}
         problems = [f"one at a time: answers {wrong}, expected {expect}"] if wrong else []
@@ -193,6 +205,7 @@ class Run:
 
     def _run_db(self, db: str, url: str, http: list[str], scale: bool) -> None:
         args = self.args
+        self.db = db
         env = data.server_env(url, self.work)
         data.migrate(env)
         fx = asyncio.run(data.setup_data(env, self.work, pool=self.pool, hot=self.hot, rush_cap=self.rush_cap,
@@ -210,7 +223,7 @@ class Run:
             shutil.rmtree(self.count_dir, ignore_errors=True)
         try:
             with service_server(env, args.workers, self.out / "logs" / f"server-{db}.log",
-                                count_dir=self.count_dir) as srv:
+                                count_dir=self.count_dir, sql_log=args.sql_log) as srv:
                 say(f"[{db}] vouchers serve --workers {args.workers} on {srv.url}")
                 if fx is not None:
                     self.scenarios(db, srv, env, fx, http, bare, scale)
@@ -307,7 +320,7 @@ class Run:
         headers = (("Authorization", f"Bearer {fx.admin_token}"), ("Content-Type", "application/json"))
         last = fx.rush_kvks.read_text().split()[n - k:n]
         alone, more = self.alone(srv, [Request("POST", path, data.RUSH_BODY.replace("{item}", kvk), headers)
-                                       for kvk in last], 201)
+                                       for kvk in last], 201, "rush")
         problems += more
         problems += data.rush_check(env, fx.rush_slug, cap=self.rush_cap, applicants=n)
         problems += [f"reconcile: {p}" for p in data.reconcile(env)[:5]]
@@ -346,13 +359,13 @@ class Run:
         form_alone, more = self.alone(srv, [
             Request("POST", form_path, f"{csrf}&{APPLY_FORM.replace('{1}', kvk)}",
                     (("Cookie", who.cookie), ("X-Forwarded-For", address), ("Content-Type", FORM)))
-            for kvk, address in lines], 303)
+            for kvk, address in lines], 303, "page rush form")
         problems += more
         mine = data.confirm_tokens(env, slug, data.PAGE_RUSH_KVK_BASE, n - k, k)
         confirm_alone, more = self.alone(srv, [
             Request("POST", f"/aanvraag/bevestigen/{token}", csrf,
                     (("Cookie", who.cookie), ("X-Forwarded-For", data.applicant_address(i)), ("Content-Type", FORM)))
-            for i, token in mine], 303)
+            for i, token in mine], 303, "page rush confirm")
         problems += more
         if len(mine) != k:
             problems.append(f"{len(mine)} of the {k} applications sent one at a time await confirmation")
@@ -392,7 +405,7 @@ class Run:
         if not rate and self.count_dir is not None:
             sent = tuple(headers.items()) if headers else (("Authorization", f"Bearer {token}"),)
             alone, more = self.alone(srv, [Request("GET", path.replace("{item}", code), headers=sent)
-                                           for code in codes.read_text().split()[:self.alone_count]], 200)
+                                           for code in codes.read_text().split()[:self.alone_count]], 200, name)
             problems += more
         self.record(db, name, load, bare, problems, sql_alone=alone)
         return load
@@ -434,7 +447,7 @@ class Run:
                 sent = (("Authorization", f"Bearer {fx.coach_token}"), ("Content-Type", "application/json"))
             requests = [Request("POST", path.replace("{item}", code), body.replace("{n}", f"alone{i}"), sent)
                         for i, code in enumerate(codes.read_text().split()[:self.alone_count])]
-            alone, more = self.alone(srv, requests, expect)
+            alone, more = self.alone(srv, requests, expect, name)
             problems += more
             ok += len(requests) if not more else 0
         after = data.money_snapshot(env, ids, provider_ids)

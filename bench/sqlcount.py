@@ -20,7 +20,8 @@ hook sits under all of them:
 
 Transaction control (``BEGIN``, ``COMMIT``, ``ROLLBACK``) counts as a statement: on PostgreSQL it
 is a round trip, on SQLite it takes or releases the lock. Statements on the idempotency-key table
-are counted apart, with the ``BEGIN``/``COMMIT`` of a transaction that did nothing else, so that
+are counted apart, with the ``BEGIN``/``COMMIT`` and savepoints of a transaction that did nothing
+else, so that
 "statements outside the idempotency key's own" can be read off (a statement that touches another
 table as well, a CTE that redeems and completes the key, say, is the operation's). The background process (mail,
 sealing) is left out: it is not a request's work.
@@ -43,9 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ("ENV", "Counts", "install", "read", "split_statements", "sqlite_factory")
+__all__ = ("ENV", "LOG_ENV", "Counts", "install", "log_offsets", "log_since", "read", "split_statements",
+           "sqlite_factory")
 
 ENV = "BENCH_SQL_COUNT_DIR"
+LOG_ENV = "BENCH_SQL_LOG"
+"""Set to 1, each process also writes the text of every statement to ``<dir>/<pid>.sql``."""
 _SLOTS = struct.Struct("<qqq")  # statements (idempotency ones excluded), transaction control, idempotency
 _OPEN = ("BEGIN", "START")
 _CLOSE = ("COMMIT", "ROLLBACK", "END", "ABORT")
@@ -77,6 +81,8 @@ def read(directory: Path) -> Counts:
     """The sum over every process that has counted into ``directory``."""
     totals = [0, 0, 0]
     for path in directory.iterdir() if directory.exists() else ():
+        if not path.name.isdigit():
+            continue
         try:
             raw = path.read_bytes()
         except OSError:
@@ -85,6 +91,23 @@ def read(directory: Path) -> Counts:
             for i, value in enumerate(_SLOTS.unpack_from(raw)):
                 totals[i] += value
     return Counts(*totals)
+
+
+def log_offsets(directory: Path) -> dict[str, int]:
+    """How far each process's statement log has come (see :func:`log_since`)."""
+    return {p.name: p.stat().st_size for p in directory.glob("*.sql")} if directory.exists() else {}
+
+
+def log_since(directory: Path, offsets: dict[str, int]) -> str:
+    """The statements logged since ``offsets``, by process."""
+    parts = []
+    for path in sorted(directory.glob("*.sql")):
+        with path.open("rb") as f:
+            f.seek(offsets.get(path.name, 0))
+            text = f.read().decode(errors="replace")
+        if text:
+            parts.append(f"-- process {path.stem}\n{text}")
+    return "".join(parts)
 
 
 def split_statements(sql: str) -> list[str]:
@@ -106,16 +129,29 @@ def split_statements(sql: str) -> list[str]:
 class _Counter:
     """This process's file, opened at its first statement (again in a forked child)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, log: bool = False) -> None:
         self.directory = directory
         self.lock = threading.Lock()
         self.values = [0, 0, 0]
         self.map: mmap.mmap | None = None
+        self.logging = log
+        self.log_file: Any = None
 
     def reset_after_fork(self) -> None:
         self.lock = threading.Lock()
         self.values = [0, 0, 0]
         self.map = None
+        self.log_file = None
+
+    def note(self, sql: str) -> None:
+        """With logging on, the statement's text (whitespace folded, at most 400 characters) as a
+        line of ``<dir>/<pid>.sql``: which statements a request sends, not only how many."""
+        if not self.logging:
+            return
+        with self.lock:
+            if self.log_file is None:
+                self.log_file = (self.directory / f"{os.getpid()}.sql").open("a", buffering=1)
+            self.log_file.write(" ".join(sql.split())[:400] + "\n")
 
     def add(self, statements: int, control: int, idempotency: int) -> None:
         with self.lock:
@@ -138,7 +174,7 @@ class _Transactions:
     def __init__(self, counter: _Counter) -> None:
         self.counter = counter
         self.open = False
-        self.items: list[bool] = []  # per statement in the transaction: on the idempotency table?
+        self.items: list[bool | None] = []  # per statement in the transaction: the key's own? (None: a savepoint)
 
     @staticmethod
     def word(sql: str) -> str:
@@ -148,36 +184,46 @@ class _Transactions:
     def failed(self, sql: str, times: int = 1) -> None:
         """A statement the database refused (a BEGIN that found the database locked, say): it
         cost a statement, and opened or closed nothing."""
+        self._note(f"-- refused: {sql}")
         if self.open:
             self.items.extend([False] * times)
         else:
             word = self.word(sql)
             self.counter.add(times, times if word in _OPEN or word in _CLOSE else 0, 0)
 
+    def _note(self, sql: str) -> None:
+        note = getattr(self.counter, "note", None)
+        if note is not None:
+            note(sql)
+
     def statement(self, sql: str) -> None:
+        self._note(sql)
         head = sql.lstrip()
         word = self.word(head)
         if word in _OPEN:
             if self.open:  # a BEGIN inside a transaction: PostgreSQL warns, nothing happens
-                self.items.append(False)
+                self.items.append(None)
                 return
             self.open, self.items = True, []
             return
-        if word in _CLOSE and not head[len(word):].lstrip().upper().startswith("TO"):
+        savepoint = word in ("SAVEPOINT", "RELEASE") or (
+            word == "ROLLBACK" and head[len(word):].lstrip().upper().startswith("TO"))
+        if word in _CLOSE and not savepoint:
             if not self.open:
                 self.counter.add(1, 1, 0)
                 return
             items, self.open, self.items = self.items, False, []
-            idem = sum(items)
-            if items and idem == len(items):
-                self.counter.add(0, 0, idem + 2)
+            key = sum(1 for i in items if i is True)
+            work = sum(1 for i in items if i is False)
+            if key and not work:  # the key's own transaction, its savepoints and all
+                self.counter.add(0, 0, len(items) + 2)
             else:
-                self.counter.add(len(items) - idem + 2, 2, idem)
+                self.counter.add(len(items) - key + 2, 2, key)
             return
-        is_idem = _key_only(head)
         if self.open:
-            self.items.append(is_idem)
-        elif is_idem:
+            # A savepoint goes with what its transaction does: None until the transaction ends.
+            self.items.append(None if savepoint else _key_only(head))
+        elif _key_only(head):
             self.counter.add(0, 0, 1)
         else:
             self.counter.add(1, 0, 0)
@@ -207,14 +253,14 @@ def _web_process() -> bool:
 _installed: _Counter | None = None
 
 
-def install(directory: Path) -> bool:
+def install(directory: Path, *, log: bool = False) -> bool:
     """Count this process's statements into ``directory``; False (nothing done) in the background
     process. Call before the drivers connect (``sitecustomize`` runs before anything else)."""
     global _installed
     if _installed is not None or not _web_process():
         return False
     directory.mkdir(parents=True, exist_ok=True)
-    counter = _installed = _Counter(directory)
+    counter = _installed = _Counter(directory, log=log)
     os.register_at_fork(after_in_child=counter.reset_after_fork)
     _install_sqlite(counter)
     _install_asyncpg(counter)

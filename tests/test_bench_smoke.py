@@ -87,14 +87,19 @@ def test_statements_are_counted_by_transaction_and_the_idempotency_key_apart() -
     # BEGIN, three inserts (not their trigger's), COMMIT; the key's UPDATE apart.
     assert tally.values == [3 + 5, 2, 1 + 1]
     connection.execute("BEGIN")
+    connection.execute("SAVEPOINT s")
     connection.execute("INSERT INTO idempotency_key VALUES (9)")
+    connection.execute("RELEASE SAVEPOINT s")
     connection.commit()
-    assert tally.values == [8, 2, 2 + 3]
+    assert tally.values == [8, 2, 2 + 5]  # the key's own transaction, savepoints and all
     legacy = sqlite3.connect(":memory:", factory=sqlite_factory(tally))  # the module's own BEGIN
     legacy.execute("CREATE TABLE t (x)")
     legacy.execute("INSERT INTO t VALUES (1)")
+    legacy.execute("SAVEPOINT s")
+    legacy.execute("INSERT INTO t VALUES (2)")
+    legacy.execute("ROLLBACK TO SAVEPOINT s")
     legacy.commit()
-    assert tally.values == [8 + 4, 2 + 2, 5]
+    assert tally.values == [8 + 7, 2 + 2, 7]
     for c in (connection, legacy):
         c.close()
     assert split_statements("BEGIN; SELECT ';' FROM t ;SELECT 2;") == ["BEGIN", "SELECT ';' FROM t", "SELECT 2"]

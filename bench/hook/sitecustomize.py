@@ -9,4 +9,4 @@ if os.environ.get("BENCH_SQL_COUNT_DIR"):
 
     from bench.sqlcount import install
 
-    install(Path(os.environ["BENCH_SQL_COUNT_DIR"]))
+    install(Path(os.environ["BENCH_SQL_COUNT_DIR"]), log=os.environ.get("BENCH_SQL_LOG") == "1")
