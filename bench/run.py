@@ -289,6 +289,10 @@ class Run:
         started = time.monotonic()
         mails, unsealed = data.backlog(env)
         first = (mails, unsealed)
+        if self.args.quick:
+            # A run that proves the harness works measures nothing worth a clean start.
+            say(f"  backlog after {after}: {mails:,} mails, {unsealed:,} audit entries; not waited for (--quick)")
+            return
         while (mails or unsealed) and time.monotonic() - started < limit:
             time.sleep(0.5)
             mails, unsealed = data.backlog(env)
