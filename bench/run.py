@@ -638,6 +638,7 @@ class Run:
         print(report.table(self.results))
         print()
         print(report.targets_table(self.results))
+        print()
         print(report.inproc_lines(self.results))
         if not args.no_markdown:
             report.update_markdown(ROOT / "BENCHMARKS.md", payload, command)
