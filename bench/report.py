@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ("machine", "table", "targets_table", "write_json", "update_markdown")
+__all__ = ("against_previous", "machine", "table", "targets_table", "write_json", "update_markdown")
 
 START = "<!-- bench:results:start -->"
 END = "<!-- bench:results:end -->"
@@ -103,6 +103,33 @@ def targets_table(results: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['db']} | {r['what']} | {r['value']} | {r['versus']} | {r['target']} | "
                      f"{'yes' if r['met'] else '**no**'} | {r['measured']}{note} |")
     return "\n".join(lines)
+
+
+def against_previous(path: Path, results: list[dict[str, Any]], args: dict[str, Any]) -> str:
+    """The API rows' share of their yardstick against the run before (the ``results.json`` this run
+    replaces): the API should not lose more than the run-to-run noise while the pages change. The
+    share, not the rate: the machine is shared, and the yardstick moves with it."""
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return ""
+    kept = ("quick", "duration", "workers", "connections", "hot_connections")
+    if any((before.get("args") or {}).get(k) != args.get(k) for k in kept):
+        return ""  # a run of another kind
+    old = {(r["db"], r["scenario"]): r for r in before.get("results", []) if r.get("kind") == "http"}
+    parts = []
+    for r in results:
+        if r.get("kind") != "http" or r["scenario"].startswith(("page ", "bare ")):
+            continue
+        was = old.get((r["db"], r["scenario"]))
+        if was is None or not (r.get("bare") or {}).get("rps") or not (was.get("bare") or {}).get("rps"):
+            continue
+        now_share, old_share = r["rps"] / r["bare"]["rps"] * 100, was["rps"] / was["bare"]["rps"] * 100
+        parts.append(f"{r['db']} {r['scenario']} {old_share:.1f}% → {now_share:.1f}%")
+    if not parts:
+        return ""
+    date = (before.get("machine") or {}).get("date", "?")
+    return f"API rows against the run of {date} (share of their yardstick): " + "; ".join(parts) + "."
 
 
 def inproc_lines(results: list[dict[str, Any]]) -> str:

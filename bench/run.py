@@ -633,6 +633,9 @@ class Run:
             self.results.append({"kind": "site", "figures": inproc.measure_site()})
         command = "python -m bench " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "make bench"
         payload = {"machine": report.machine(self.db_versions), "args": vars(args), "results": self.results}
+        comparison = report.against_previous(self.out / "results.json", self.results, vars(args))
+        if comparison:
+            self.results.append({"kind": "note", "text": comparison})
         report.write_json(self.out / "results.json", payload)
         print()
         print(report.table(self.results))
