@@ -38,7 +38,8 @@ def test_bench_quick_run_on_sqlite(tmp_path: Path) -> None:
     assert {"bare GET c32", "bare POST c32", "bare page c32", "bare form c32", "scan", "page scan", "redeem",
             "page redeem", "redeem 10 providers", "redeem hot-10", "rush 40→10", "page rush 40→10: form",
             "page rush 40→10: confirm"} <= set(http)
-    # Each applicant once, all but the five sent one at a time through wrk; the books exact.
+    # Each applicant once, all but the five sent one at a time through wrk; the books exact. 35
+    # applicants are more than one address may send (30): each came from their own, through the proxy.
     assert http["rush 40→10"]["statuses"] == {"201": 35}
     assert http["page rush 40→10: form"]["statuses"] == {"303": 35}
     assert http["page rush 40→10: confirm"]["statuses"] == {"303": 35}
@@ -184,6 +185,23 @@ def test_the_server_hook_counts_every_driver_in_the_web_processes_only(
         # BEGIN, two INSERTs, COMMIT; one SELECT; BEGIN, two SELECTs, two of fetchmany, COMMIT (the
         # temporary table apart); the prepared statement's one execution.
         assert found == {"statements": 4 + 1 + 6 + 1, "control": 4, "idempotency": 1}
+
+
+def test_the_api_rows_are_compared_with_the_run_before_of_the_same_kind(tmp_path: Path) -> None:
+    from bench.report import against_previous
+
+    def row(scenario: str, rps: float, bare: float) -> dict[str, object]:
+        return {"kind": "http", "db": "postgres", "scenario": scenario, "rps": rps, "bare": {"rps": bare}}
+
+    args = {"quick": False, "duration": 10.0, "workers": 2, "connections": 64, "hot_connections": 200}
+    before = tmp_path / "results.json"
+    before.write_text(json.dumps({"machine": {"date": "then"}, "args": args, "results": [
+        row("scan", 4000, 10000), row("page scan", 100, 10000)]}))
+    now = [row("scan", 3000, 6000), row("page scan", 3000, 6000), row("redeem", 100, 1000)]
+    assert against_previous(before, now, args) == ("API rows against the run of then (share of their yardstick): "
+                                                   "postgres scan 40.0% → 50.0%.")
+    assert against_previous(before, now, {**args, "quick": True}) == ""
+    assert against_previous(tmp_path / "none.json", now, args) == ""
 
 
 def test_a_paced_run_sends_at_its_rate_and_counts_late_sends(tmp_path: Path) -> None:
