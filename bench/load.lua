@@ -168,16 +168,16 @@ end
 -- wrk calls delay() before every request it sends, so a request is reserved here: several
 -- connections may pass this point before any of them calls request().
 function delay()
+  if interval and not paced_from then
+    -- The schedule starts with the first send, and so does the time bound: a run at 200/s for
+    -- 1 s sends 200, however long the start took on a busy machine.
+    paced_from = now()
+    deadline = paced_from + seconds_total
+  end
   if not draining and finished() then draining = true end
   local t, due
   if not draining and interval then
     t = now()
-    if not paced_from then
-      -- The schedule starts with the first send, and so does the time bound: a run at 200/s for
-      -- 1 s sends 200, however long the start took on a busy machine.
-      paced_from = t
-      deadline = t + seconds_total
-    end
     due = paced_from + reserved * interval
     if due >= deadline then draining = true end
   end

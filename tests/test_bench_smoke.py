@@ -215,6 +215,6 @@ def test_a_paced_run_sends_at_its_rate_and_counts_late_sends(tmp_path: Path) -> 
     with bare_server(1, tmp_path / "bare.log") as srv:
         paced = run_wrk(srv.url, path="/bare", seconds=1.0, connections=8, rate=200)
         flooded = run_wrk(srv.url, path="/bare", seconds=1.0, connections=8, rate=1_000_000)
-    assert paced.requests == paced.sent == paced.received == 200
-    assert paced.statuses == {"200": 200} and paced.seconds >= 0.99
-    assert flooded.sent == flooded.received and flooded.late > 0 and flooded.max_late_ms > 10
+    assert paced.requests == paced.sent == paced.received == 200, paced
+    assert paced.statuses == {"200": 200} and paced.seconds >= 0.99, paced
+    assert flooded.sent == flooded.received and flooded.late > 0 and flooded.max_late_ms > 10, flooded
