@@ -8,13 +8,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ("cpu_seconds", "group_cpu_seconds")
+__all__ = ("cpu_by_process", "cpu_seconds", "cpu_used", "group_cpu_by_process", "group_cpu_seconds")
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _processes() -> list[tuple[str, list[str]]]:
     """(command line, fields of /proc/<pid>/stat after the name) of every process."""
+    return [(c, f) for c, f, _ in _processes_with_pid()]
+
+
+def _processes_with_pid() -> list[tuple[str, list[str], int]]:
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -24,7 +28,7 @@ def _processes() -> list[tuple[str, list[str]]]:
             fields = (entry / "stat").read_text().rpartition(")")[2].split()
         except OSError:  # gone meanwhile
             continue
-        found.append((command, fields))
+        found.append((command, fields, int(entry.name)))
     return found
 
 
@@ -44,3 +48,22 @@ def group_cpu_seconds(*needles: str) -> float:
     processes = _processes()
     groups = {f[2] for c, f in processes if c and all(n in c for n in needles)}
     return sum(_seconds(f) for _, f in processes if f[2] in groups) / _TICKS
+
+
+def cpu_by_process(*needles: str) -> dict[int, int]:
+    """CPU ticks per process whose command line contains every needle."""
+    return {pid: _seconds(f) for c, f, pid in _processes_with_pid() if c and all(n in c for n in needles)}
+
+
+def group_cpu_by_process(*needles: str) -> dict[int, int]:
+    """CPU ticks per process in the process groups of those whose command line contains every needle."""
+    processes = _processes_with_pid()
+    groups = {f[2] for c, f, _ in processes if c and all(n in c for n in needles)}
+    return {pid: _seconds(f) for _, f, pid in processes if f[2] in groups}
+
+
+def cpu_used(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU seconds spent between two snapshots by the processes alive at the second (a process
+    that started meanwhile counts whole; one that ended took its time with it and counts nothing,
+    rather than less than nothing)."""
+    return sum(ticks - before.get(pid, 0) for pid, ticks in after.items()) / _TICKS

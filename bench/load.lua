@@ -1,7 +1,8 @@
 -- Load script for wrk (Debian's wrk 4.1, LuaJIT). One script for every scenario.
 --
--- wrk <opts> -s load.lua URL -- ITEMS_FILE PATH_TPL BODY_TPL LIMIT SECONDS AUTH NTHREADS [RATE]
---   ITEMS_FILE  one item per line ("-" for none); "{item}" in PATH_TPL/BODY_TPL is replaced by it
+-- wrk <opts> -s load.lua URL -- ITEMS_FILE PATH_TPL BODY_TPL LIMIT SECONDS AUTH NTHREADS [RATE [CTYPE [HEADERS]]]
+--   ITEMS_FILE  one item per line ("-" for none); in PATH_TPL, BODY_TPL and the HEADERS, "{item}"
+--               is replaced by the line and "{1}", "{2}", ... by its tab-separated fields
 --   BODY_TPL    "" for GET, else the POST body; "{n}" becomes a number unique in the run
 --   LIMIT       total requests for the run split over the threads (0 = as many as SECONDS allow);
 --               with a limit, thread t takes its own slice of the items, each item once
@@ -13,6 +14,9 @@
 --               request's latency from when it is written, so a request sent after its time
 --               (every connection busy) would hide the wait: such requests are counted as late
 --               (over 10 ms after their time), with the largest lateness, and reported.
+--   CTYPE       Content-Type of a POST body ("-" or absent: application/json)
+--   HEADERS     a file of further headers, one "Name: value" a line, with the placeholders
+--               above (a session cookie, X-Forwarded-For per item); "-" or absent: none
 --
 -- Bounded and exact: once a thread has sent its share (or its time is up) it sends nothing
 -- more (delay() parks the connection) and stops itself as soon as every request it sent has
@@ -40,8 +44,8 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local items, path_tpl, body_tpl, method, hdrs, tokens
-local limit, first, deadline, nthreads, interval, paced_from
+local items, fields, path_tpl, body_tpl, method, hdrs, tokens, header_tpls
+local limit, first, deadline, nthreads, interval, paced_from, seconds_total
 sent, received, statuses = 0, 0, {}
 late, late_max = 0, 0
 local draining, stopped, reserved = false, false, 0
@@ -58,13 +62,30 @@ function init(args)
   nthreads = tonumber(args[7])
   local rate = tonumber(args[8] or "0") or 0
   interval = rate > 0 and nthreads / rate or nil
-  items = {}
+  local ctype = args[9] or "-"
+  local header_file = args[10] or "-"
+  items, fields = {}, {}
   if file ~= "-" then
     for line in io.lines(file) do
-      if #line > 0 then items[#items + 1] = line end
+      if #line > 0 then
+        items[#items + 1] = line
+        local parts = {}
+        for part in (line .. "\t"):gmatch("([^\t]*)\t") do parts[#parts + 1] = part end
+        fields[#items] = parts
+      end
     end
   end
-  if #items == 0 then items[1] = "x" end
+  if #items == 0 then
+    items[1] = "x"
+    fields[1] = {"x"}
+  end
+  header_tpls = {}
+  if header_file ~= "-" then
+    for line in io.lines(header_file) do
+      local name, value = line:match("^([^:]+):%s*(.*)$")
+      if name then header_tpls[#header_tpls + 1] = {name, value} end
+    end
+  end
   hdrs = {}
   if auth:sub(1, 1) == "@" then
     tokens = {}
@@ -78,7 +99,7 @@ function init(args)
     method = "GET"
   else
     method = "POST"
-    hdrs["Content-Type"] = "application/json"
+    hdrs["Content-Type"] = (ctype ~= "-") and ctype or "application/json"
   end
   if total > 0 then
     -- this thread's slice of the items: [first, first + limit)
@@ -90,8 +111,19 @@ function init(args)
     limit = -1
     first = math.floor(tid * #items / nthreads)
   end
+  seconds_total = seconds
   deadline = now() + seconds
   verifying = (tid == 0)
+end
+
+-- The template with "{item}", "{1}", "{2}", ... (and "{n}" when given) filled in; a function as the
+-- replacement, so that a "%" in an item is taken as it is.
+local function fill(tpl, index, n)
+  local item, parts = items[index], fields[index]
+  local out = tpl:gsub("{item}", function() return item end)
+  out = out:gsub("{(%d+)}", function(i) return parts[tonumber(i)] or "" end)
+  if n then out = out:gsub("{n}", function() return n end) end
+  return out
 end
 
 function request()
@@ -101,12 +133,13 @@ function request()
   else
     sent = sent + 1
   end
-  local item = items[((first + k) % #items) + 1]
-  local path = path_tpl:gsub("{item}", item)
+  local index = ((first + k) % #items) + 1
+  local path = fill(path_tpl, index)
   if tokens then hdrs["Authorization"] = "Bearer " .. tokens[((first + k) % #tokens) + 1] end
+  for _, h in ipairs(header_tpls) do hdrs[h[1]] = fill(h[2], index) end
   local body = nil
   if method == "POST" then
-    body = body_tpl:gsub("{item}", item):gsub("{n}", tostring(tid * 100000000 + k))
+    body = fill(body_tpl, index, tostring(tid * 100000000 + k))
   end
   return wrk.format(method, path, hdrs, body)
 end
@@ -135,11 +168,16 @@ end
 -- wrk calls delay() before every request it sends, so a request is reserved here: several
 -- connections may pass this point before any of them calls request().
 function delay()
+  if interval and not paced_from then
+    -- The schedule starts with the first send, and so does the time bound: a run at 200/s for
+    -- 1 s sends 200, however long the start took on a busy machine.
+    paced_from = now()
+    deadline = paced_from + seconds_total
+  end
   if not draining and finished() then draining = true end
   local t, due
   if not draining and interval then
     t = now()
-    paced_from = paced_from or t
     due = paced_from + reserved * interval
     if due >= deadline then draining = true end
   end

@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ("machine", "table", "write_json", "update_markdown")
+__all__ = ("against_previous", "machine", "table", "targets_table", "write_json", "update_markdown")
 
 START = "<!-- bench:results:start -->"
 END = "<!-- bench:results:end -->"
@@ -52,11 +52,20 @@ def _ms(value: float | None) -> str:
     return f"{value:.1f}" if value >= 1 else f"{value:.2f}"
 
 
+def _sql(sql: dict[str, float] | None) -> str:
+    if not sql:
+        return "–"
+    text = f"{sql['statements']:.2f}"
+    if sql.get("idempotency"):
+        text += f" +{sql['idempotency']:.2f} key"
+    return text
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """One Markdown table; also what is printed."""
-    head = ("| db | scenario | conns | req/s | % of bare | p50 ms (× bare) | p99 ms (× bare) | bare req/s | "
-            "answers | CPU ms/req server + db | wrk cpu | check |")
-    lines = [head, "|---|---|--:|--:|--:|--:|--:|--:|---|--:|--:|---|"]
+    head = ("| db | scenario | conns | req/s | yardstick | % of it | p50 ms (× it) | p99 ms (× it) | its req/s | "
+            "SQL/req under load (alone) | answers | CPU ms/req server + db | wrk cpu | check |")
+    lines = [head, "|---|---|--:|--:|---|--:|--:|--:|--:|--:|---|--:|--:|---|"]
     for r in results:
         if r.get("kind") != "http":
             continue
@@ -69,14 +78,58 @@ def table(results: list[dict[str, Any]]) -> str:
         if errors:
             answers += " " + " ".join(f"{k}-err:{v}" for k, v in errors.items())
         bare_rps = f"{bare['rps']:,.0f}" if bare.get("rps") else "–"
+        yardstick = bare.get("name", "bare").rsplit(" c", 1)[0] if bare else "–"
         check = "ok" if not r["problems"] else "FAIL: " + "; ".join(r["problems"])[:200]
         extra = r.get("extra") or {}
         cpu = (f"{extra['server_cpu_ms']:.2f} + {extra['db_cpu_ms']:.2f}" if "server_cpu_ms" in extra else "–")
         if r["db"] == "sqlite" and "server_cpu_ms" in extra:
             cpu = f"{extra['server_cpu_ms']:.2f}"  # SQLite runs inside the server
-        lines.append(f"| {r['db']} | {r['scenario']} | {r['connections']} | {r['rps']:,.0f} | {ratio} | {p50} | {p99} | "
-                     f"{bare_rps} | {answers} | {cpu} | {r['wrk_cpu']:.2f} | {check} |")
+        sql = _sql(extra.get("sql"))
+        if r.get("sql_alone"):
+            sql += f" ({_sql(r['sql_alone'])})"
+        lines.append(f"| {r['db']} | {r['scenario']} | {r['connections']} | {r['rps']:,.0f} | {yardstick} | {ratio} | "
+                     f"{p50} | {p99} | {bare_rps} | {sql} | {answers} | {cpu} | {r['wrk_cpu']:.2f} | {check} |")
     return "\n".join(lines)
+
+
+def targets_table(results: list[dict[str, Any]]) -> str:
+    """The targets of issue 19 against this run's figures (empty when no page scenario ran)."""
+    rows = [r for r in results if r.get("kind") == "target"]
+    if not rows:
+        return ""
+    lines = ["| db | path | measured | against | target | met | from |", "|---|---|--:|---|--:|---|---|"]
+    for r in rows:
+        note = f"; {r['note']}" if r.get("note") else ""
+        lines.append(f"| {r['db']} | {r['what']} | {r['value']} | {r['versus']} | {r['target']} | "
+                     f"{'yes' if r['met'] else '**no**'} | {r['measured']}{note} |")
+    return "\n".join(lines)
+
+
+def against_previous(path: Path, results: list[dict[str, Any]], args: dict[str, Any]) -> str:
+    """The API rows' share of their yardstick against the run before (the ``results.json`` this run
+    replaces): the API should not lose more than the run-to-run noise while the pages change. The
+    share, not the rate: the machine is shared, and the yardstick moves with it."""
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return ""
+    kept = ("quick", "duration", "workers", "connections", "hot_connections")
+    if any((before.get("args") or {}).get(k) != args.get(k) for k in kept):
+        return ""  # a run of another kind
+    old = {(r["db"], r["scenario"]): r for r in before.get("results", []) if r.get("kind") == "http"}
+    parts = []
+    for r in results:
+        if r.get("kind") != "http" or r["scenario"].startswith(("page ", "bare ")):
+            continue
+        was = old.get((r["db"], r["scenario"]))
+        if was is None or not (r.get("bare") or {}).get("rps") or not (was.get("bare") or {}).get("rps"):
+            continue
+        now_share, old_share = r["rps"] / r["bare"]["rps"] * 100, was["rps"] / was["bare"]["rps"] * 100
+        parts.append(f"{r['db']} {r['scenario']} {old_share:.1f}% → {now_share:.1f}%")
+    if not parts:
+        return ""
+    date = (before.get("machine") or {}).get("date", "?")
+    return f"API rows against the run of {date} (share of their yardstick): " + "; ".join(parts) + "."
 
 
 def inproc_lines(results: list[dict[str, Any]]) -> str:
@@ -122,6 +175,8 @@ def update_markdown(path: Path, payload: dict[str, Any], command: str) -> None:
         f"{payload['args']['wrk_threads']} thread, one run of {payload['args']['duration']} s per timed scenario.",
         "",
         table(payload["results"]),
+        "",
+        targets_table(payload["results"]),
         "",
         inproc_lines(payload["results"]),
         END,

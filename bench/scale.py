@@ -109,9 +109,9 @@ async def _load(env: dict[str, str], workdir: Path, n: int) -> Fixture:
     tokens = workdir / "scale-coach-tokens.txt"
     tokens.write_text(coach + "\n")
     return Fixture(admin_token=admin, coach_token=coach, provider_id=provider_id, provider_ids=[provider_id],
-                   coach_tokens=tokens, rush_slug="", pool_slug=SLUG,
+                   coach_tokens=tokens, rush_slug="", page_rush_slug="", coach_email="", pool_slug=SLUG,
                    spread_ids=[i for i, _ in sample], hot_ids=[], spread_codes=codes, hot_codes=codes,
-                   rush_kvks=codes)
+                   rush_kvks=codes, page_rush_kvks=codes)
 
 
 def load(env: dict[str, str], workdir: Path, n: int) -> Fixture:

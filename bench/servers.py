@@ -77,10 +77,19 @@ def _here(env: dict[str, str]) -> dict[str, str]:
     return {**env, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)}
 
 
-def service_server(env: dict[str, str], workers: int, log: Path) -> Server:
+def service_server(env: dict[str, str], workers: int, log: Path, *, count_dir: Path | None = None,
+                   sql_log: bool = False) -> Server:
+    """``vouchers serve``; with ``count_dir``, its web processes count their SQL statements there
+    (``bench/hook/sitecustomize.py``, see ``bench/sqlcount.py``), and with ``sql_log`` also write
+    their text."""
     port = free_port()
     cmd = [str(BIN / "vouchers"), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
-    return Server("vouchers serve", cmd, _here({**env, "VOUCHERS_BASE_URL": f"http://127.0.0.1:{port}"}), port, log)
+    env = _here({**env, "VOUCHERS_BASE_URL": f"http://127.0.0.1:{port}"})
+    if count_dir is not None:
+        env["BENCH_SQL_COUNT_DIR"] = str(count_dir)
+        env["BENCH_SQL_LOG"] = "1" if sql_log else ""
+        env["PYTHONPATH"] = os.pathsep.join((str(ROOT / "bench" / "hook"), env["PYTHONPATH"]))
+    return Server("vouchers serve", cmd, env, port, log)
 
 
 def bare_server(workers: int, log: Path) -> Server:

@@ -9,6 +9,7 @@ import selectors
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,20 +67,37 @@ class LoadResult:
 
 def run_wrk(base_url: str, *, path: str, body: str = "", items_file: Path | None = None, limit: int = 0,
             seconds: float, token: str | None = None, connections: int = 64, threads: int = 1,
-            rate: float = 0.0, grace: float = 60.0) -> LoadResult:
+            rate: float = 0.0, grace: float = 60.0, content_type: str = "",
+            headers: dict[str, str] | None = None) -> LoadResult:
     """One bounded run: until ``limit`` requests (split over the threads, each item once) or
     ``seconds``, whichever comes first; every request sent has been answered when this returns
     (unless the server stopped answering, which shows as sent > received). With ``rate``, the
-    requests are sent at that many per second rather than as fast as they are answered."""
+    requests are sent at that many per second rather than as fast as they are answered.
+    ``content_type`` is the body's (JSON when empty); ``headers`` are sent with every request, with
+    ``{item}`` and ``{1}``, ``{2}``, ... (the item's tab-separated fields) filled in."""
     assert base_url.startswith("http://127.0.0.1:"), "only loopback is ever a target"
     threads = max(1, min(threads, connections))
     safety = int(seconds + grace)
+    header_file = None
+    if headers:
+        assert all("\n" not in f"{k}{v}" for k, v in headers.items())
+        header_file = tempfile.NamedTemporaryFile("w", prefix="bench-headers-", suffix=".txt", delete=False)
+        header_file.write("".join(f"{name}: {value}\n" for name, value in headers.items()))
+        header_file.close()
     cmd = [
         require_wrk(), f"-t{threads}", f"-c{connections}", f"-d{safety}s", "--timeout", "60s",
         "-s", str(SCRIPT), base_url, "--",
         str(items_file) if items_file else "-", path, body, str(limit), f"{seconds:.3f}", token or "-", str(threads),
-        f"{rate:.3f}",
+        f"{rate:.3f}", content_type or "-", header_file.name if header_file else "-",
     ]
+    try:
+        return _run(cmd, threads, safety, connections, rate)
+    finally:
+        if header_file is not None:
+            os.unlink(header_file.name)
+
+
+def _run(cmd: list[str], threads: int, safety: int, connections: int, rate: float) -> LoadResult:
     before = os.times()
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
