@@ -31,6 +31,7 @@ from .coach import coach_router
 from .edge import EdgeMiddleware
 from .entrepreneur import entrepreneur_router
 from .errors import DomainError
+from .health import health_routes
 from .models import Scheme
 from .problems import domain_error_handler, http_error_handler, unexpected_error_handler
 from .resubmit import PageTemplate
@@ -103,13 +104,6 @@ async def home(rt: NamedDependency[Runtime]) -> Template:
     return Template("index.html", context={"schemes": items})
 
 
-@get("/healthz", include_in_schema=False)
-async def health(rt: NamedDependency[Runtime]) -> dict[str, str]:
-    async with rt.sessionmaker() as session:
-        await session.execute(select(1))
-    return {"status": "ok"}
-
-
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     rt = runtime or Runtime.create(settings)
@@ -146,7 +140,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app = Litestar(
         route_handlers=[
             home,
-            health,
+            *health_routes,
             api_router,
             entrepreneur_router,
             coach_router,

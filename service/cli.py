@@ -99,7 +99,7 @@ def serve(host: str, port: int, workers: int, check: bool) -> None:
 
     from . import worker
 
-    settings = _runtime().settings
+    settings = _migrated_runtime().settings
     if workers > 1 and settings.is_sqlite:
         click.echo("Note: with SQLite, several workers share one file; PostgreSQL is advised.", err=True)
     background = worker.Beside(settings.background_nice).start() if settings.background_tasks else None
@@ -121,7 +121,18 @@ def worker_command(nice: int, parent: int | None) -> None:
     processes run without it (VOUCHERS_BACKGROUND_TASKS=false)."""
     from . import worker
 
-    worker.main(_runtime().settings, nice=nice, parent=parent)
+    worker.main(_migrated_runtime().settings, nice=nice, parent=parent)
+
+
+def _migrated_runtime() -> Runtime:
+    """A runtime, or a one-line refusal when the database's migrations are behind this code."""
+    from .health import refuse_if_behind
+
+    rt = _runtime()
+    reason = refuse_if_behind(rt)
+    if reason:
+        raise click.ClickException(reason)
+    return rt
 
 
 @main.group()

@@ -571,3 +571,6 @@ event.listen(Redemption.__table__, "after_create", DDL(REFUSE_FUNCTION).execute_
 # Base.metadata and Alembic see them, and so that the audit log's session events are always on.
 from .models_admin import AuditEntry, AuditHead, FlagReview, StaffUser  # noqa: E402, F401
 from . import audit as _audit  # noqa: E402, F401
+
+# --- Operations (migration 0015): the background process's heartbeat.
+from .models_ops import Heartbeat  # noqa: E402, F401

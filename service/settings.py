@@ -94,6 +94,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     audit_seal_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     """How often new audit entries are sealed into the hash chain (``service.audit.seal``)."""
 
+    heartbeat_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    """How often the background process writes its heartbeat (``service.health``)."""
+
+    worker_stale_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    """``/readyz`` answers 503 when no background process has written its heartbeat for this long."""
+
     failed_lookup_limit: Annotated[int, msgspec.Meta(ge=1)] = 20
     """Unknown or mistyped codes one client may try per ``failed_lookup_window_seconds``."""
 

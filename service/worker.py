@@ -22,7 +22,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable
 
-from . import audit, outbox, sweep
+from . import audit, health, outbox, sweep
 from .runtime import Runtime
 from .settings import Settings
 
@@ -41,13 +41,14 @@ async def _every(seconds: float, work: Callable[[], Awaitable[object]], name: st
 
 
 def tasks(rt: Runtime) -> list[asyncio.Task[None]]:
-    """Start the three loops on the running event loop."""
+    """Start the loops on the running event loop: the three jobs and the heartbeat."""
     s = rt.settings
     return [
         asyncio.create_task(_every(s.outbox_interval_seconds, lambda: outbox.send_due(rt), "outbox")),
         asyncio.create_task(_every(s.sweep_interval_seconds, lambda: sweep.sweep(rt), "sweep")),
         asyncio.create_task(_every(s.audit_seal_interval_seconds, lambda: audit.seal_all(rt.sessionmaker),
                                    "audit seal")),
+        asyncio.create_task(_every(s.heartbeat_interval_seconds, lambda: health.beat(rt), "heartbeat")),
     ]
 
 
