@@ -32,6 +32,7 @@ from .edge import EdgeMiddleware
 from .entrepreneur import entrepreneur_router
 from .errors import DomainError
 from .health import health_routes
+from .logs import RequestLog
 from .models import Scheme
 from .problems import domain_error_handler, http_error_handler, unexpected_error_handler
 from .resubmit import PageTemplate
@@ -174,4 +175,6 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     # Around the router, so that it also answers for routes that do not exist (404, 405).
     app.asgi_handler = EdgeMiddleware(app.asgi_handler, headers=SECURITY_HEADERS, https=settings.base_url.startswith(
         "https://"), max_body_bytes=settings.max_request_body_bytes)
+    # Outermost, so that its line has the request id, the route and the final status.
+    app.asgi_handler = RequestLog(app.asgi_handler)
     return app

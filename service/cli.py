@@ -99,7 +99,10 @@ def serve(host: str, port: int, workers: int, check: bool) -> None:
 
     from . import worker
 
+    from . import logs
+
     settings = _migrated_runtime().settings
+    logs.configure(settings)
     if workers > 1 and settings.is_sqlite:
         click.echo("Note: with SQLite, several workers share one file; PostgreSQL is advised.", err=True)
     background = worker.Beside(settings.background_nice).start() if settings.background_tasks else None

@@ -94,6 +94,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     audit_seal_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     """How often new audit entries are sealed into the hash chain (``service.audit.seal``)."""
 
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Lowest level written to standard error. INFO: one line per request, per background job that
+    did something, per failure; DEBUG adds a line for every background run that found nothing to do."""
+
+    log_format: Literal["json", "plain"] = "json"
+    """``json``: one JSON object per line, for a log collector; ``plain``: ``key=value`` text for
+    reading in a terminal. Either way, no codes, tokens, e-mail or IP addresses (``service.logs``)."""
+
     heartbeat_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     """How often the background process writes its heartbeat (``service.health``)."""
 

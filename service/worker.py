@@ -16,13 +16,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 
-from . import audit, health, outbox, sweep
+import msgspec
+
+from . import audit, health, logs, outbox, sweep
 from .runtime import Runtime
 from .settings import Settings
 
@@ -33,11 +37,28 @@ log = logging.getLogger(__name__)
 
 async def _every(seconds: float, work: Callable[[], Awaitable[object]], name: str) -> None:
     while True:
-        try:
-            await work()
-        except Exception:  # keep the loop alive; the next round tries again
-            log.exception("%s failed", name)
+        await _run_job(work, name)
         await asyncio.sleep(seconds)
+
+
+async def _run_job(work: Callable[[], Awaitable[object]], name: str) -> None:
+    """One run of a job, and its line (``service.logs``): INFO when it did something, ERROR with the
+    failure's types and frames when it failed, DEBUG when there was nothing to do (or nothing to
+    count, as a heartbeat)."""
+    started = time.perf_counter()
+    fields: dict[str, object] = {"request_id": secrets.token_hex(8), "job": name, "actor": "system"}
+    try:
+        done = await work()
+    except Exception as exc:  # keep the loop alive; the next round tries again
+        logs.event(log, logging.ERROR, "job", **fields, status="failed",
+                   duration_ms=round((time.perf_counter() - started) * 1000, 1), **logs.failure_fields(exc))
+        return
+    if isinstance(done, msgspec.Struct):  # a report of counts, such as the sweep's
+        done = sum(v for v in msgspec.structs.astuple(done) if isinstance(v, int) and not isinstance(v, bool))
+    count = done if isinstance(done, int) and not isinstance(done, bool) else None
+    level = logging.DEBUG if not count else logging.INFO
+    logs.event(log, level, "job", **fields, status="ok", done=count,
+               duration_ms=round((time.perf_counter() - started) * 1000, 1))
 
 
 def tasks(rt: Runtime) -> list[asyncio.Task[None]]:
@@ -84,7 +105,7 @@ def main(settings: Settings, *, nice: int = 0, parent: int | None = None) -> Non
     if nice:
         os.nice(nice)
     audit.set_context(audit.AuditContext().actor)  # "system", as inside a web process
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings)
     asyncio.run(run_forever(Runtime.create(settings), parent=parent))
 
 
