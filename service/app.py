@@ -23,7 +23,7 @@ from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import select
 
-from . import __version__, i18n, schemes, worker
+from . import __version__, i18n, metrics, schemes, worker
 from .admin import AuditContextMiddleware, admin_router
 from .api import api_router
 from .auth import AuthMiddleware
@@ -142,6 +142,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         route_handlers=[
             home,
             *health_routes,
+            metrics.metrics_route,
             api_router,
             entrepreneur_router,
             coach_router,
@@ -176,5 +177,5 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.asgi_handler = EdgeMiddleware(app.asgi_handler, headers=SECURITY_HEADERS, https=settings.base_url.startswith(
         "https://"), max_body_bytes=settings.max_request_body_bytes)
     # Outermost, so that its line has the request id, the route and the final status.
-    app.asgi_handler = RequestLog(app.asgi_handler)
+    app.asgi_handler = RequestLog(app.asgi_handler, observers=[metrics.observer(rt)])
     return app

@@ -105,6 +105,7 @@ def serve(host: str, port: int, workers: int, check: bool) -> None:
     logs.configure(settings)
     if workers > 1 and settings.is_sqlite:
         click.echo("Note: with SQLite, several workers share one file; PostgreSQL is advised.", err=True)
+    metrics_dir = _metrics_dir()
     background = worker.Beside(settings.background_nice).start() if settings.background_tasks else None
     os.environ["VOUCHERS_BACKGROUND_TASKS"] = "false"  # the web processes leave it to that one
     try:
@@ -113,6 +114,25 @@ def serve(host: str, port: int, workers: int, check: bool) -> None:
     finally:
         if background is not None:
             background.stop()
+        metrics_dir()
+
+
+def _metrics_dir() -> Callable[[], None]:
+    """Set up PROMETHEUS_MULTIPROC_DIR for the web processes, whose counters /metrics adds up
+    (``service.metrics``): a fresh folder of this server's own, removed when it stops; or the
+    folder the operator named, emptied of an earlier run's files (one folder per server)."""
+    import os
+    import shutil
+    import tempfile
+
+    chosen = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if chosen:
+        Path(chosen).mkdir(parents=True, exist_ok=True)
+        for old in Path(chosen).glob("*.db"):
+            old.unlink()
+        return lambda: None
+    made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="vouchers-metrics-")
+    return lambda: shutil.rmtree(made, ignore_errors=True)
 
 
 @main.command("worker")

@@ -102,6 +102,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """``json``: one JSON object per line, for a log collector; ``plain``: ``key=value`` text for
     reading in a terminal. Either way, no codes, tokens, e-mail or IP addresses (``service.logs``)."""
 
+    metrics_allowed: str = "127.0.0.1,::1"
+    """Addresses or networks, comma-separated, that may read ``/metrics`` (the Prometheus server's);
+    others get 403. Behind a proxy in ``trusted_proxies``, the address it forwards counts."""
+
     heartbeat_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     """How often the background process writes its heartbeat (``service.health``)."""
 
@@ -166,11 +170,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             self.proxy_networks()
         except ValueError as exc:
             raise ConfigError(f"VOUCHERS_TRUSTED_PROXIES: {exc}") from None
+        try:
+            self.metrics_networks()
+        except ValueError as exc:
+            raise ConfigError(f"VOUCHERS_METRICS_ALLOWED: {exc}") from None
 
     def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """``trusted_proxies`` as networks (a single address is a network of one)."""
         return tuple(ipaddress.ip_network(part.strip(), strict=False)
                      for part in self.trusted_proxies.split(",") if part.strip())
+
+    def metrics_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``metrics_allowed`` as networks."""
+        return tuple(ipaddress.ip_network(part.strip(), strict=False)
+                     for part in self.metrics_allowed.split(",") if part.strip())
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
