@@ -864,5 +864,88 @@ def application_decide(public_id: str, approve: bool, reason: str) -> None:
     click.echo(_in_transaction(work))
 
 
+
+class _BackupGroup(click.Group):
+    """``vouchers backup FILE`` makes a backup; ``vouchers backup verify FILE`` checks one."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["make", *args]
+        return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage("vouchers backup", "FILE | verify FILE")
+
+
+@main.group("backup", cls=_BackupGroup)
+def backup_group() -> None:
+    """Back up the database to FILE while the service runs (SQLite: its online backup API;
+    PostgreSQL: pg_dump's custom format), or `verify FILE`: restore it into a scratch database and
+    run `vouchers check` and `vouchers audit verify` there."""
+
+
+def _backup_settings() -> Settings:
+    _audit_as_cli()
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@backup_group.command("make", hidden=True)
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def backup_make(file: Path) -> None:
+    """Back up the database to FILE (replaced only once the backup is complete)."""
+    from . import backup
+
+    try:
+        backup.backup(_backup_settings(), file)
+    except backup.BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"backed up to {file} ({file.stat().st_size} bytes)")
+
+
+@backup_group.command("verify")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def backup_verify(file: Path) -> None:
+    """Restore FILE into a scratch database (removed afterwards), run `vouchers check` and
+    `vouchers audit verify` on it; exit 1 if either finds something wrong."""
+    from . import backup
+
+    try:
+        results = backup.verify(_backup_settings(), file)
+    except backup.BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    for command, code, output in results:
+        click.echo(f"{command}: {'ok' if code == 0 else f'FAILED (exit {code})'}")
+        for line in output.splitlines():
+            click.echo(f"  {line}")
+    if any(code != 0 for _, code, _ in results):
+        sys.exit(1)
+    click.echo(f"{file} restores, and its books and audit log are whole")
+
+
+@main.command("restore")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def restore_command(file: Path, yes: bool) -> None:
+    """Replace the database's contents with the backup in FILE. Stop the servers and workers
+    first; afterwards run `vouchers db upgrade` if the backup is of an older version."""
+    from . import backup
+    from .health import refuse_if_behind
+
+    settings = _backup_settings()
+    if not yes:
+        click.confirm(f"Replace everything in the database with {file}?", abort=True)
+    try:
+        backup.restore(settings, file)
+    except backup.BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"restored from {file}")
+    reason = refuse_if_behind(Runtime.create(settings))
+    if reason:
+        click.echo(reason, err=True)
+
+
 if __name__ == "__main__":
     main()
