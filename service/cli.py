@@ -181,20 +181,26 @@ def scheme() -> None:
 
 
 @scheme.command("load")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def scheme_load(file: Path) -> None:
-    """Create a scheme from a TOML file, or update its rules."""
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def scheme_load(files: tuple[Path, ...]) -> None:
+    """Create schemes from TOML files, or update their rules. Every file is read and checked
+    before the first is loaded; each is loaded in a transaction of its own."""
+    from .progress import progress
+
     try:
-        spec = schemes.read_scheme_file(file)
+        specs = [schemes.read_scheme_file(file) for file in files]
     except DomainError as exc:
         raise click.ClickException(str(exc)) from None
 
-    async def work(args: Any) -> tuple[Scheme, bool]:
-        _rt, session = args
-        return await schemes.load_scheme(session, spec)
+    with progress("scheme load", total=len(specs), unit="files") as shown:
+        for spec in specs:
+            async def work(args: Any, spec: Any = spec) -> tuple[Scheme, bool]:
+                _rt, session = args
+                return await schemes.load_scheme(session, spec)
 
-    loaded, created = _in_transaction(work)
-    click.echo(f"{'created' if created else 'updated'} scheme {loaded.slug}")
+            loaded, created = _in_transaction(work)
+            click.echo(f"{'created' if created else 'updated'} scheme {loaded.slug}")
+            shown.advance()
 
 
 @scheme.command("draw")
@@ -411,8 +417,13 @@ def site_build(out_dir: Path, site_url: str | None) -> None:
         async with rt.sessionmaker() as session:
             return await collect_snapshot(session, service_url=rt.settings.base_url)
 
-    snapshot = _run(work)
-    built = build_site(snapshot, out_dir, work_dir=Path("build/site-src"), site_url=site_url)
+    from .progress import progress
+
+    with progress("site build", total=2, unit="steps (figures, pages)") as shown:
+        snapshot = _run(work)
+        shown.advance()
+        built = build_site(snapshot, out_dir, work_dir=Path("build/site-src"), site_url=site_url)
+        shown.advance()
     click.echo(f"site built in {built}")
 
 
@@ -517,12 +528,15 @@ def payout_batch(start: str | None, end: str | None, month: str | None, out: Pat
     period_start, period_end = _period(start, end, month)
     debtor = payouts.Debtor(name=debtor_name, iban=debtor_iban, bic=debtor_bic)
 
-    async def work(args: Any) -> Any:
-        _rt, session = args
-        return await payouts.create_batch(session, start=period_start, end=period_end, debtor=debtor,
-                                          created_by="cli")
+    from .progress import progress
 
-    batch = _in_transaction(work)
+    with progress("payout batch", unit="steps") as shown:
+        async def work(args: Any) -> Any:
+            _rt, session = args
+            return await payouts.create_batch(session, start=period_start, end=period_end, debtor=debtor,
+                                              created_by="cli", progress=shown.update)
+
+        batch = _in_transaction(work)
     out.write_bytes(batch.sepa_xml)
     click.echo(msgspec.json.format(msgspec.json.encode(payouts.batch_summary(batch))).decode())
 
@@ -705,12 +719,15 @@ def privacy_group() -> None:
 def privacy_purge(after_days: int) -> None:
     """Erase or pseudonymise applicants' personal data of schemes that ended long enough ago."""
     from . import privacy
+    from .progress import progress
 
-    async def work(args: Any) -> Any:
-        rt, session = args
-        return await privacy.purge(session, rt, after_days=after_days)
+    with progress("privacy purge", unit="applications") as shown:
+        async def work(args: Any) -> Any:
+            rt, session = args
+            return await privacy.purge(session, rt, after_days=after_days, progress=shown.update)
 
-    click.echo(msgspec.json.encode(_in_transaction(work)).decode())
+        report = _in_transaction(work)
+    click.echo(msgspec.json.encode(report).decode())
 
 
 @privacy_group.command("export")
@@ -718,12 +735,16 @@ def privacy_purge(after_days: int) -> None:
 def privacy_export(kvk_number: str) -> None:
     """Print, as JSON, everything held about one KvK number (a data-subject request)."""
     from . import privacy
+    from .progress import progress
 
     async def work(args: Any) -> Any:
         rt, session = args
         return await privacy.export_subject(session, rt, kvk_number)
 
-    click.echo(msgspec.json.format(msgspec.json.encode(_in_transaction(work))).decode())
+    with progress("privacy export", total=1, unit="subjects") as shown:
+        found = _in_transaction(work)
+        shown.advance()
+    click.echo(msgspec.json.format(msgspec.json.encode(found)).decode())
 
 
 @main.group("voucher")
