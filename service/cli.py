@@ -152,7 +152,11 @@ def _migrated_runtime() -> Runtime:
     from .health import refuse_if_behind
 
     rt = _runtime()
-    reason = refuse_if_behind(rt)
+    try:
+        reason = refuse_if_behind(rt)
+    except Exception as exc:  # unreachable, refused login, no such database
+        raise click.ClickException(f"cannot reach the database of VOUCHERS_DATABASE_URL: {type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     if reason:
         raise click.ClickException(reason)
     return rt

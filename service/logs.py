@@ -102,6 +102,16 @@ def configure(settings: Settings, stream: Any = None) -> None:
     logger.propagate = False
 
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_of(scope: Any) -> str:
+    """The request's method, or ``other``: a client can send any word there, and neither a log
+    line nor a metric's label should carry what a client chose to write."""
+    method = scope.get("method", "")
+    return method if method in METHODS else "other"
+
+
 def _actor(scope: Any) -> str:
     return getattr(scope.get("user"), "kind", None) or "anonymous"
 
@@ -135,6 +145,6 @@ class RequestLog:
             for observe in self.observers:
                 observe(scope, status, seconds)
             event(requests_log, logging.WARNING if status >= 500 else logging.INFO, "request",
-                  request_id=scope.get("state", {}).get("request_id", "-"), method=scope.get("method"),
+                  request_id=scope.get("state", {}).get("request_id", "-"), method=method_of(scope),
                   route=scope.get("path_template") or "(no route)", status=status,
                   duration_ms=round(seconds * 1000, 1), actor=_actor(scope))

@@ -29,6 +29,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 
+from .logs import method_of
 from .models import OutboxMessage, Scheme, utcnow
 from .models_admin import AuditEntry
 from .models_ops import Heartbeat
@@ -56,7 +57,7 @@ def observer(rt: Runtime) -> Callable[[Any, int, float], None]:
 
     def observe(scope: Any, status: int, seconds: float) -> None:
         route = scope.get("path_template") or "(no route)"
-        REQUESTS.labels(route, scope.get("method", "?"), str(status)).inc()
+        REQUESTS.labels(route, method_of(scope), str(status)).inc()
         LATENCY.labels(route, str(status)).observe(seconds)
         if status == 429 and "{code" in route:
             LOOKUPS_REFUSED.labels(route).inc()

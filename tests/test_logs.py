@@ -101,3 +101,11 @@ def test_level_and_format_come_from_the_settings(service_logger) -> None:
     assert second == {**second, "event": "message", "message": "the background process ended with -9"}
     with pytest.raises(Exception, match="VOUCHERS_LOG_FORMAT"):
         Settings.from_env({"VOUCHERS_LOG_FORMAT": "xml"})
+
+
+async def test_a_made_up_method_is_logged_and_counted_as_other(client, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="service.requests"):
+        answer = await client.request("BREW-fatima", "/healthz")
+    assert answer.status_code in (404, 405)
+    [line] = [json.loads(r.getMessage()) for r in caplog.records if r.name == "service.requests"]
+    assert line["method"] == "other" and "fatima" not in rendered(caplog.records)
