@@ -99,8 +99,8 @@ async def database_figures(rt: Runtime) -> list[Metric]:
                                        .where(OutboxMessage.status == "pending"))
         oldest_due = await session.scalar(select(func.min(OutboxMessage.next_attempt_at)).where(
             OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now))
-        unsealed = await session.scalar(select(func.count()).select_from(AuditEntry)
-                                        .where(AuditEntry.chain_seq.is_(None)))
+        unsealed, oldest_unsealed = (await session.execute(
+            select(func.count(), func.min(AuditEntry.at)).where(AuditEntry.chain_seq.is_(None)))).one()
         beat = await session.scalar(select(func.max(Heartbeat.seen_at)))
         schemes = (await session.execute(select(Scheme.slug, Scheme.max_places, Scheme.places_used,
                                                 Scheme.budget_cents, Scheme.committed_cents))).all()
@@ -117,6 +117,8 @@ async def database_figures(rt: Runtime) -> list[Metric]:
         _gauge("vouchers_outbox_oldest_due_age_seconds", "How long the oldest mail that is due has waited (0: none).",
                age(oldest_due)),
         _gauge("vouchers_audit_unsealed_entries", "Audit entries awaiting their seal in the hash chain.", unsealed or 0),
+        _gauge("vouchers_audit_oldest_unsealed_age_seconds", "How long the oldest entry awaiting its seal has "
+               "waited (0: none).", age(oldest_unsealed)),
         _gauge("vouchers_worker_heartbeat_age_seconds", "Since a background process last wrote its heartbeat "
                "(-1: never).", age(beat) if beat is not None else -1.0),
     ]

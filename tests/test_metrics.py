@@ -36,7 +36,8 @@ async def test_figures_from_the_database(rt) -> None:
     assert found["vouchers_scheme_budget_left_cents", label] == scheme.budget_cents - scheme.value_cents
     assert found["vouchers_outbox_backlog", ()] >= 1  # the applicant's mails
     assert found["vouchers_outbox_oldest_due_age_seconds", ()] >= 0
-    assert found["vouchers_audit_unsealed_entries", ()] >= 0
+    assert found["vouchers_audit_unsealed_entries", ()] >= 1  # the application's entries
+    assert found["vouchers_audit_oldest_unsealed_age_seconds", ()] >= 0
     assert found["vouchers_worker_heartbeat_age_seconds", ()] == -1
 
 
