@@ -18,9 +18,12 @@ from sqlalchemy import text, update
 
 from service import health
 from service.app import create_app
-from service.migrate import upgrade
+from service.migrate import _scripts, upgrade
 from service.models_ops import Heartbeat
 from tests.conftest import ROOT, free_port, settings_env
+
+# The revision before the newest: a database one migration behind this code.
+PREVIOUS = str(_scripts().get_revision("head").down_revision)
 
 
 async def test_healthz_is_alive_and_readyz_wants_a_recent_heartbeat(client, rt) -> None:
@@ -48,10 +51,10 @@ async def test_healthz_is_alive_and_readyz_wants_a_recent_heartbeat(client, rt) 
 async def test_readyz_says_when_migrations_are_behind_or_the_database_is_gone(client, rt) -> None:
     await health.beat(rt)
     async with rt.sessionmaker() as session, session.begin():
-        await session.execute(text("UPDATE alembic_version SET version_num = '0011'"))
+        await session.execute(text("UPDATE alembic_version SET version_num = :rev"), {"rev": PREVIOUS})
     behind = await client.get("/readyz")
     assert behind.status_code == 503
-    assert behind.json()["migrations"] == "behind" and behind.json()["database_revisions"] == ["0011"]
+    assert behind.json()["migrations"] == "behind" and behind.json()["database_revisions"] == [PREVIOUS]
 
     # A newer version migrated the database while this one serves: still ready (additive first).
     async with rt.sessionmaker() as session, session.begin():
@@ -76,13 +79,13 @@ def _serve(settings, port: int, *, log: Path) -> subprocess.Popen[bytes]:
 
 async def test_serve_refuses_a_database_behind_and_is_ready_once_upgraded(database, settings, tmp_path) -> None:
     url, schema = database
-    await asyncio.to_thread(upgrade, url, schema, "0011")
+    await asyncio.to_thread(upgrade, url, schema, PREVIOUS)
     port = free_port()
     refused = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "service.cli", "serve", "--port", str(port)], cwd=ROOT,
         env={**os.environ, **settings_env(settings)}, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1
-    assert "vouchers db upgrade" in refused.stderr and "database at 0011" in refused.stderr
+    assert "vouchers db upgrade" in refused.stderr and f"database at {PREVIOUS}" in refused.stderr
     assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
 
     await asyncio.to_thread(upgrade, url, schema)
