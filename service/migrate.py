@@ -11,7 +11,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-__all__ = ("alembic_config", "migration_state", "stamp_head", "upgrade")
+__all__ = ("alembic_config", "migration_state", "script_directory", "stamp_head", "upgrade")
 
 State = Literal["current", "behind", "ahead"]
 
@@ -29,7 +29,7 @@ def upgrade(database_url: str, schema: str | None = None, revision: str = "head"
 
 
 @functools.cache
-def _scripts() -> ScriptDirectory:
+def script_directory() -> ScriptDirectory:
     return ScriptDirectory.from_config(alembic_config(""))
 
 
@@ -41,7 +41,7 @@ def migration_state(connection: Any) -> tuple[State, list[str], list[str]]:
     code would meet tables it does not know. ``ahead``: the database carries a revision this code
     does not know, which a newer version applied while this one still serves; migrations are
     additive first (README), so this code still works on it."""
-    scripts = _scripts()
+    scripts = script_directory()
     applied = list(MigrationContext.configure(connection).get_current_heads())
     heads = list(scripts.get_heads())
     known = {rev.revision for rev in scripts.walk_revisions()}
@@ -55,4 +55,4 @@ def migration_state(connection: Any) -> tuple[State, list[str], list[str]]:
 
 def stamp_head(connection: Any) -> None:
     """Mark tables made from the models (``Base.metadata.create_all``) as fully migrated."""
-    MigrationContext.configure(connection).stamp(_scripts(), "head")
+    MigrationContext.configure(connection).stamp(script_directory(), "head")

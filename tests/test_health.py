@@ -18,12 +18,12 @@ from sqlalchemy import text, update
 
 from service import health
 from service.app import create_app
-from service.migrate import _scripts, upgrade
+from service.migrate import script_directory, upgrade
 from service.models_ops import Heartbeat
 from tests.conftest import ROOT, free_port, settings_env
 
 # The revision before the newest: a database one migration behind this code.
-PREVIOUS = str(_scripts().get_revision("head").down_revision)
+PREVIOUS = str(script_directory().get_revision("head").down_revision)
 
 
 async def test_healthz_is_alive_and_readyz_wants_a_recent_heartbeat(client, rt) -> None:
