@@ -98,3 +98,28 @@ async def test_what_is_no_backup_is_refused_in_one_line(rt, tmp_path: Path) -> N
         refused = await asyncio.to_thread(vouchers, rt.settings, *args)
         assert refused.returncode == 1 and "is not a backup made by `vouchers backup`" in refused.stderr
         assert "Traceback" not in refused.stderr
+
+
+def test_a_backup_whose_books_do_not_add_up_fails_verify(tmp_path: Path) -> None:
+    """SQLite's backup is an ordinary database file, so it can be changed as a damaged disk would."""
+    import sqlite3
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("VOUCHERS_")},
+           "VOUCHERS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/v.db", "VOUCHERS_ENVIRONMENT": "development",
+           "VOUCHERS_MAIL_DIR": str(tmp_path / "mail")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    for args in (("db", "upgrade"), ("scheme", "load", "schemes/arnhem-2021.toml"), ("demo",),
+                 ("backup", str(tmp_path / "good.backup"))):
+        assert run(*args).returncode == 0, args
+    assert run("backup", "verify", str(tmp_path / "good.backup")).returncode == 0
+    damaged = tmp_path / "damaged.backup"
+    damaged.write_bytes((tmp_path / "good.backup").read_bytes())
+    with sqlite3.connect(damaged) as db:
+        db.execute("UPDATE scheme SET committed_cents = committed_cents + 1")
+    failed = run("backup", "verify", str(damaged))
+    assert failed.returncode == 1
+    assert "vouchers check: FAILED (exit 1)" in failed.stdout and "vouchers audit verify: ok" in failed.stdout
