@@ -118,8 +118,10 @@ def test_a_backup_whose_books_do_not_add_up_fails_verify(tmp_path: Path) -> None
     assert run("backup", "verify", str(tmp_path / "good.backup")).returncode == 0
     damaged = tmp_path / "damaged.backup"
     damaged.write_bytes((tmp_path / "good.backup").read_bytes())
-    with sqlite3.connect(damaged) as db:
+    db = sqlite3.connect(damaged)
+    with db:
         db.execute("UPDATE scheme SET committed_cents = committed_cents + 1")
+    db.close()
     failed = run("backup", "verify", str(damaged))
     assert failed.returncode == 1
     assert "vouchers check: FAILED (exit 1)" in failed.stdout and "vouchers audit verify: ok" in failed.stdout
