@@ -27,7 +27,7 @@ from litestar.exceptions import PermissionDeniedException
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from .logs import method_of
 from .models import OutboxMessage, Scheme, utcnow
@@ -104,6 +104,10 @@ async def database_figures(rt: Runtime) -> list[Metric]:
         beat = await session.scalar(select(func.max(Heartbeat.seen_at)))
         schemes = (await session.execute(select(Scheme.slug, Scheme.max_places, Scheme.places_used,
                                                 Scheme.budget_cents, Scheme.committed_cents))).all()
+        connections = [] if rt.settings.is_sqlite else (await session.execute(text(
+            "SELECT application_name, coalesce(state, '') AS state, count(*) AS n FROM pg_stat_activity "
+            "WHERE datname = current_database() AND backend_type = 'client backend' "
+            "GROUP BY application_name, state"))).all()
 
     def age(moment: Any) -> float:
         if moment is None:
@@ -132,6 +136,14 @@ async def database_figures(rt: Runtime) -> list[Metric]:
                                               lambda s: s.budget_cents - s.committed_cents),
         "vouchers_scheme_budget_cents": ("The scheme's budget, in cents.", lambda s: s.budget_cents),
     }
+    if not rt.settings.is_sqlite:
+        # The server's view: every host's pools, the fast path's own connections, backups, psql.
+        family = _gauge("vouchers_db_server_connections", "Connections to this database on the PostgreSQL "
+                        "server, by application_name and state (active, idle, idle in transaction).",
+                        labels=["application", "state"])
+        for row in connections:
+            family.add_metric([row.application_name or "(none)", row.state or "(none)"], row.n)
+        families.append(family)
     for name, (documentation, value) in per_scheme.items():
         family = _gauge(name, documentation, labels=["scheme"])
         for scheme in schemes:

@@ -39,6 +39,11 @@ async def test_figures_from_the_database(rt) -> None:
     assert found["vouchers_audit_unsealed_entries", ()] >= 1  # the application's entries
     assert found["vouchers_audit_oldest_unsealed_age_seconds", ()] >= 0
     assert found["vouchers_worker_heartbeat_age_seconds", ()] == -1
+    server_side = {labels: n for (name, labels), n in found.items() if name == "vouchers_db_server_connections"}
+    if rt.settings.is_sqlite:
+        assert server_side == {}
+    else:  # this very scrape holds one, active
+        assert sum(server_side.values()) >= 1 and any(("state", "active") in labels for labels in server_side)
 
 
 async def test_two_worker_processes_count_as_one_server(rt) -> None:
