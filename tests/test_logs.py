@@ -109,3 +109,20 @@ async def test_a_made_up_method_is_logged_and_counted_as_other(client, caplog) -
     assert answer.status_code in (404, 405)
     [line] = [json.loads(r.getMessage()) for r in caplog.records if r.name == "service.requests"]
     assert line["method"] == "other" and "fatima" not in rendered(caplog.records)
+
+
+async def test_a_mail_server_that_names_the_address_is_not_quoted(rt, caplog, monkeypatch) -> None:
+    from service import outbox
+
+    scheme = await make_scheme(rt)
+    await make_voucher(rt, scheme, email=EMAIL)
+
+    async def refuse(self: object, message: object, mime: object) -> None:
+        raise RuntimeError(f"550 5.1.1 <{EMAIL}>: Recipient address rejected")
+
+    monkeypatch.setattr(outbox._MailServer, "deliver", refuse)
+    with caplog.at_level(logging.INFO, logger="service"):
+        await outbox.send_due(rt)
+    lines = [json.loads(logs.JsonFormatter().format(r)) for r in caplog.records if r.name == "service.outbox"]
+    assert lines and all(line["event"] == "mail_not_sent" and line["error"] == ["RuntimeError"] for line in lines)
+    assert EMAIL not in rendered(caplog.records)
