@@ -96,6 +96,7 @@ def serve(host: str, port: int, workers: int, check: bool) -> None:
 
     from granian import Granian
     from granian.constants import Interfaces
+    from granian.log import LogLevels
 
     from . import worker
 
@@ -110,7 +111,8 @@ def serve(host: str, port: int, workers: int, check: bool) -> None:
     os.environ["VOUCHERS_BACKGROUND_TASKS"] = "false"  # the web processes leave it to that one
     try:
         Granian("service.asgi:app", address=host, port=port, workers=workers, interface=Interfaces.ASGI,
-                log_access=False).serve()
+                log_access=False, log_level=LogLevels(settings.log_level.lower()),
+                log_dictconfig=logs.granian_config(settings)).serve()
     finally:
         if background is not None:
             background.stop()

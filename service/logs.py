@@ -28,7 +28,7 @@ import msgspec
 
 from .settings import Settings
 
-__all__ = ("RequestLog", "configure", "event", "failure_fields")
+__all__ = ("RequestLog", "configure", "event", "failure_fields", "granian_config")
 
 FIELDS = "vouchers_fields"
 _ROOT = str(Path(__file__).parent.parent) + "/"
@@ -85,6 +85,8 @@ class PlainFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         data = dict(_fields(record))
         name = data.pop("event", "message")
+        if name == "message":  # a sentence, such as the server's own "Listening at …"
+            name = f"{record.name}: {data.pop('message', '')}"
         pairs = " ".join(f"{k}={v if isinstance(v, (str, int, float)) else msgspec.json.encode(v).decode()}"
                          for k, v in data.items())
         return f"{_time(record)} {record.levelname} {name} {pairs}".rstrip()
@@ -100,6 +102,8 @@ def configure(settings: Settings, stream: Any = None) -> None:
     logger.addHandler(handler)
     logger.setLevel(settings.log_level)
     logger.propagate = False
+    # /readyz reads the migrations' state, and Alembic says "Context impl …" each time it looks.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -110,6 +114,18 @@ def method_of(scope: Any) -> str:
     line nor a metric's label should carry what a client chose to write."""
     method = scope.get("method", "")
     return method if method in METHODS else "other"
+
+
+def granian_config(settings: Settings) -> dict[str, Any]:
+    """Granian's own lines (starting, workers, stopping) in the same format, to standard error."""
+    formatter = "service.logs.JsonFormatter" if settings.log_format == "json" else "service.logs.PlainFormatter"
+    return {
+        "formatters": {"service": {"()": formatter}},
+        "handlers": {"service": {"formatter": "service", "class": "logging.StreamHandler",
+                                 "stream": "ext://sys.stderr"}},
+        "loggers": {"_granian": {"handlers": ["service"], "level": settings.log_level, "propagate": False},
+                    "granian.access": {"handlers": ["service"], "level": "INFO", "propagate": False}},
+    }
 
 
 def _actor(scope: Any) -> str:

@@ -20,12 +20,13 @@ EMAIL = "fatima@bakkerij.example"
 @pytest.fixture
 def service_logger() -> Iterator[None]:
     """``logs.configure`` changes the service's logger; put it back for the other tests."""
-    logger = logging.getLogger("service")
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    logger, alembic = logging.getLogger("service"), logging.getLogger("alembic")
+    handlers, level, propagate, alembic_level = list(logger.handlers), logger.level, logger.propagate, alembic.level
     yield
     logger.handlers[:] = handlers
     logger.setLevel(level)
     logger.propagate = propagate
+    alembic.setLevel(alembic_level)
 
 
 def rendered(records: list[logging.LogRecord]) -> str:
@@ -89,8 +90,10 @@ def test_level_and_format_come_from_the_settings(service_logger) -> None:
     log = logging.getLogger("service.requests")
     logs.event(log, logging.INFO, "request", route="/", status=200)
     logs.event(log, logging.WARNING, "request", route="/v/{code}", status=500, request_id="abc")
-    [line] = out.getvalue().splitlines()
+    logging.getLogger("service.worker").warning("the background process ended with %s", -9)
+    line, sentence = out.getvalue().splitlines()
     assert line.endswith("WARNING request route=/v/{code} status=500 request_id=abc")
+    assert sentence.endswith("WARNING service.worker: the background process ended with -9")
 
     out = io.StringIO()
     logs.configure(Settings.from_env({}), out)
