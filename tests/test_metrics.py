@@ -7,10 +7,13 @@ import asyncio
 
 import httpx
 import msgspec
+import pytest
+from litestar import Request
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import metrics
+from service.settings import ConfigError, Settings
 from tests.conftest import LiveServer
 from tests.helpers import bearer, make_provider, make_scheme, make_voucher
 
@@ -81,3 +84,17 @@ async def test_two_worker_processes_count_as_one_server(rt) -> None:
         assert found["vouchers_http_request_duration_seconds_count", (("route", "/"), ("status", "200"))] == 20
         assert found["vouchers_db_pool_size", ()] >= settings.db_pool_size
         assert found["vouchers_scheme_places_used", (("scheme", scheme.slug),)] == 1
+
+
+def test_the_allowed_addresses_come_from_the_settings() -> None:
+    def allowed(client: str, setting: str | None = None) -> bool:
+        settings = Settings.from_env({} if setting is None else {"VOUCHERS_METRICS_ALLOWED": setting})
+        request: Request = Request({"type": "http", "client": (client, 40000), "headers": [], "path": "/metrics",
+                                    "query_string": b"", "method": "GET", "app": None})  # type: ignore[typeddict-item]
+        return metrics._allowed(request, settings.metrics_networks())
+
+    assert allowed("127.0.0.1") and allowed("::1") and not allowed("10.0.0.5")
+    assert allowed("10.0.0.5", "10.0.0.0/8, 192.168.1.7") and not allowed("127.0.0.1", "10.0.0.0/8")
+    assert not allowed("testclient")
+    with pytest.raises(ConfigError, match="VOUCHERS_METRICS_ALLOWED"):
+        Settings.from_env({"VOUCHERS_METRICS_ALLOWED": "prometheus.local"})
