@@ -119,6 +119,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await rt.close()
+            metrics.process_stopped()
 
     session_config = CookieBackendConfig(
         secret=settings.derive_key("session"),

@@ -26,7 +26,7 @@ from litestar.di import NamedDependency
 from litestar.exceptions import PermissionDeniedException
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from sqlalchemy import func, select, text
 
 from .logs import method_of
@@ -35,7 +35,7 @@ from .models_admin import AuditEntry
 from .models_ops import Heartbeat
 from .runtime import Runtime
 
-__all__ = ("metrics_route", "observer")
+__all__ = ("metrics_route", "observer", "process_stopped")
 
 REQUESTS = Counter("vouchers_http_requests", "HTTP requests answered, by route template, method and status.",
                    ["route", "method", "status"])
@@ -64,6 +64,12 @@ def observer(rt: Runtime) -> Callable[[Any, int, float], None]:
         POOL_IN_USE.set(pool.checkedout() if hasattr(pool, "checkedout") else 0)
 
     return observe
+
+
+def process_stopped() -> None:
+    """Leave this process's pool gauges out of the sums from now on (its counters stay counted)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        mark_process_dead(os.getpid())
 
 
 def _allowed(request: Request[Any, Any, Any], networks: Iterable[Any]) -> bool:

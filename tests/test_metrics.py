@@ -98,3 +98,13 @@ def test_the_allowed_addresses_come_from_the_settings() -> None:
     assert not allowed("testclient")
     with pytest.raises(ConfigError, match="VOUCHERS_METRICS_ALLOWED"):
         Settings.from_env({"VOUCHERS_METRICS_ALLOWED": "prometheus.local"})
+
+
+def test_a_stopped_process_leaves_the_pool_sums(tmp_path, monkeypatch) -> None:
+    import os
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    mine, counted = tmp_path / f"gauge_livesum_{os.getpid()}.db", tmp_path / f"counter_{os.getpid()}.db"
+    mine.write_bytes(b""), counted.write_bytes(b"")
+    metrics.process_stopped()
+    assert not mine.exists() and counted.exists()
