@@ -955,13 +955,22 @@ def backup_verify(file: Path) -> None:
 @main.command("restore")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def restore_command(file: Path, yes: bool) -> None:
+@click.option("--force", is_flag=True, help="Restore even though a background process was seen moments ago.")
+def restore_command(file: Path, yes: bool, force: bool) -> None:
     """Replace the database's contents with the backup in FILE. Stop the servers and workers
     first; afterwards run `vouchers db upgrade` if the backup is of an older version."""
     from . import backup
-    from .health import refuse_if_behind
+    from .health import refuse_if_behind, worker_last_seen
 
     settings = _backup_settings()
+    try:
+        seen = worker_last_seen(Runtime.create(settings))
+    except Exception:  # noqa: BLE001 - an empty or older database has no heartbeat to read
+        seen = None
+    if seen is not None and seen < 2 * settings.heartbeat_interval_seconds and not force:
+        raise click.ClickException(
+            f"a background process wrote its heartbeat {seen:.0f} s ago, so the service still runs: stop "
+            f"`vouchers serve` and `vouchers worker` on every host first, or add --force")
     if not yes:
         click.confirm(f"Replace everything in the database with {file}?", abort=True)
     try:

@@ -25,7 +25,7 @@ from .models import utcnow
 from .models_ops import Heartbeat
 from .runtime import Runtime
 
-__all__ = ("beat", "health_routes", "readiness", "refuse_if_behind")
+__all__ = ("beat", "health_routes", "readiness", "refuse_if_behind", "worker_last_seen")
 
 DATABASE_TIMEOUT_SECONDS = 3.0
 
@@ -81,6 +81,24 @@ async def readyz(rt: NamedDependency[Runtime]) -> Response[dict[str, Any]]:
 
 
 health_routes = [healthz, readyz]
+
+
+def worker_last_seen(rt: Runtime) -> float | None:
+    """Seconds since any background process wrote its heartbeat; None if none ever did. Closes ``rt``."""
+
+    async def seen() -> float | None:
+        try:
+            async with rt.reader() as session:
+                last = await session.scalar(select(func.max(Heartbeat.seen_at)))
+        finally:
+            await rt.close()
+        if last is None:
+            return None
+        if last.tzinfo is None:
+            last = last.replace(tzinfo=dt.UTC)
+        return max(0.0, (utcnow() - last).total_seconds())
+
+    return asyncio.run(seen())
 
 
 def refuse_if_behind(rt: Runtime) -> str | None:

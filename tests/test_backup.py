@@ -125,3 +125,15 @@ def test_a_backup_whose_books_do_not_add_up_fails_verify(tmp_path: Path) -> None
     failed = run("backup", "verify", str(damaged))
     assert failed.returncode == 1
     assert "vouchers check: FAILED (exit 1)" in failed.stdout and "vouchers audit verify: ok" in failed.stdout
+
+
+async def test_restore_refuses_while_a_background_process_runs(rt, tmp_path: Path) -> None:
+    from service import health
+
+    file = tmp_path / "v.backup"
+    assert (await asyncio.to_thread(vouchers, rt.settings, "backup", str(file))).returncode == 0
+    await health.beat(rt)
+    refused = await asyncio.to_thread(vouchers, rt.settings, "restore", str(file), "--yes")
+    assert refused.returncode == 1 and "stop `vouchers serve` and `vouchers worker` on every host" in refused.stderr
+    forced = await asyncio.to_thread(vouchers, rt.settings, "restore", str(file), "--yes", "--force")
+    assert forced.returncode == 0, forced.stderr

@@ -105,6 +105,7 @@ def test_a_stopped_process_leaves_the_pool_sums(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     mine, counted = tmp_path / f"gauge_livesum_{os.getpid()}.db", tmp_path / f"counter_{os.getpid()}.db"
-    mine.write_bytes(b""), counted.write_bytes(b"")
+    mine.write_bytes(b"")
+    counted.write_bytes(b"")
     metrics.process_stopped()
     assert not mine.exists() and counted.exists()
