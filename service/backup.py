@@ -169,7 +169,7 @@ def _with_database(settings: Settings, database: str) -> Settings:
 def _backup_pg(settings: Settings, file: Path) -> None:
     target = _pg_target(settings)
     partial = file.with_name(file.name + ".partial")
-    command = [pg_tool("pg_dump"), "--format=custom", "--no-owner", "--no-privileges", "--verbose",
+    command = [pg_tool("pg_dump"), "--no-password", "--format=custom", "--no-owner", "--no-privileges", "--verbose",
                f"--file={partial}"]
     if target.schema:
         command.append(f"--schema={target.schema}")
@@ -181,7 +181,7 @@ def _backup_pg(settings: Settings, file: Path) -> None:
 def _restore_pg(settings: Settings, file: Path, *, database: str | None = None, label: str = "restore") -> None:
     target = _pg_target(settings, database)
     tables = _listed_tables(file)
-    command = [pg_tool("pg_restore"), "--clean", "--if-exists", "--no-owner", "--no-privileges",
+    command = [pg_tool("pg_restore"), "--no-password", "--clean", "--if-exists", "--no-owner", "--no-privileges",
                "--single-transaction", "--exit-on-error", "--verbose", f"--dbname={target.env['PGDATABASE']}",
                str(file)]
     _run_pg(command, target, label, tables, r"processing data for table")
