@@ -147,19 +147,29 @@ class RequestLog:
             return
         started = time.perf_counter()
         status = 500
+        observed = False
+
+        def observe() -> float:
+            nonlocal observed
+            seconds = time.perf_counter() - started
+            if not observed:
+                observed = True
+                for observer in self.observers:
+                    observer(scope, status, seconds)
+            return seconds
 
         async def send_seeing_status(message: Any) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                observe()  # before the client has the answer, so a scrape right after it counts it
             await send(message)
 
         try:
             await self.app(scope, receive, send_seeing_status)
         finally:
-            seconds = time.perf_counter() - started
-            for observe in self.observers:
-                observe(scope, status, seconds)
+            seconds = observe()
             event(requests_log, logging.WARNING if status >= 500 else logging.INFO, "request",
                   request_id=scope.get("state", {}).get("request_id", "-"), method=method_of(scope),
                   route=scope.get("path_template") or "(no route)", status=status,
