@@ -84,7 +84,9 @@ def serve(host: str, port: int, workers: int, check: bool) -> None:
     """Serve the app with granian (production ASGI server), and the background work (mail, sweep,
     audit sealing) in one process beside it. Access logs stay off: URLs carry codes.
 
-    Without VOUCHERS_BASE_URL, links in mail and QR codes point at this host and port."""
+    Without VOUCHERS_BASE_URL, links in mail and QR codes point at this host and port. Refuses a
+    database whose migrations are behind (run `vouchers db upgrade`); gives the web processes one
+    PROMETHEUS_MULTIPROC_DIR, so /metrics adds up all of them."""
     import os
 
     _port_free(host, port)
