@@ -22,7 +22,7 @@ from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import select
 
-from . import __version__, i18n, schemes, worker
+from . import __version__, i18n, metrics, schemes, worker
 from .admin import AuditContextMiddleware, admin_router
 from .api import api_router
 from .auth import AuthMiddleware
@@ -30,6 +30,8 @@ from .coach import coach_router
 from .edge import EdgeMiddleware
 from .entrepreneur import entrepreneur_router
 from .errors import DomainError
+from .health import health_routes
+from .logs import RequestLog
 from .models import Scheme
 from .problems import domain_error_handler, http_error_handler, unexpected_error_handler
 from .resubmit import PageTemplate
@@ -102,13 +104,6 @@ async def home(rt: NamedDependency[Runtime]) -> Template:
     return Template("index.html", context={"schemes": items})
 
 
-@get("/healthz", include_in_schema=False)
-async def health(rt: NamedDependency[Runtime]) -> dict[str, str]:
-    async with rt.sessionmaker() as session:
-        await session.execute(select(1))
-    return {"status": "ok"}
-
-
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     rt = runtime or Runtime.create(settings)
@@ -123,6 +118,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await rt.close()
+            metrics.process_stopped()
 
     async def provide_runtime() -> Runtime:
         return rt
@@ -134,7 +130,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app = Litestar(
         route_handlers=[
             home,
-            health,
+            *health_routes,
+            metrics.metrics_route,
             api_router,
             entrepreneur_router,
             coach_router,
@@ -168,4 +165,6 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     # Around the router, so that it also answers for routes that do not exist (404, 405).
     app.asgi_handler = EdgeMiddleware(app.asgi_handler, headers=SECURITY_HEADERS, https=settings.base_url.startswith(
         "https://"), max_body_bytes=settings.max_request_body_bytes)
+    # Outermost, so that its line has the request id, the route and the final status.
+    app.asgi_handler = RequestLog(app.asgi_handler, observers=[metrics.observer(rt)])
     return app

@@ -1,20 +1,14 @@
 """The ASGI application for servers: ``granian --interface asgi service.asgi:app``."""
 
 import gc
-import logging
-import sys
 
+from . import logs
 from .app import create_app
+from .settings import Settings
 
-# Failures are logged as one JSON line each (see problems.py) to standard error, where the
+# One structured line per request and per failure (service/logs.py) to standard error, where the
 # process manager collects them; the server's own access log stays off (URLs carry codes).
-_errors = logging.getLogger("service")
-if not _errors.handlers:
-    _handler = logging.StreamHandler(sys.stderr)
-    _handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    _errors.addHandler(_handler)
-    _errors.setLevel(logging.INFO)
-    _errors.propagate = False
+logs.configure(Settings.from_env())
 
 app = create_app()
 

@@ -84,7 +84,9 @@ def serve(host: str, port: int, workers: int, check: bool) -> None:
     """Serve the app with granian (production ASGI server), and the background work (mail, sweep,
     audit sealing) in one process beside it. Access logs stay off: URLs carry codes.
 
-    Without VOUCHERS_BASE_URL, links in mail and QR codes point at this host and port."""
+    Without VOUCHERS_BASE_URL, links in mail and QR codes point at this host and port. Refuses a
+    database whose migrations are behind (run `vouchers db upgrade`); gives the web processes one
+    PROMETHEUS_MULTIPROC_DIR, so /metrics adds up all of them."""
     import os
 
     _port_free(host, port)
@@ -96,20 +98,45 @@ def serve(host: str, port: int, workers: int, check: bool) -> None:
 
     from granian import Granian
     from granian.constants import Interfaces
+    from granian.log import LogLevels
 
     from . import worker
 
-    settings = _runtime().settings
+    from . import logs
+
+    settings = _migrated_runtime().settings
+    logs.configure(settings)
     if workers > 1 and settings.is_sqlite:
         click.echo("Note: with SQLite, several workers share one file; PostgreSQL is advised.", err=True)
+    metrics_dir = _metrics_dir()
     background = worker.Beside(settings.background_nice).start() if settings.background_tasks else None
     os.environ["VOUCHERS_BACKGROUND_TASKS"] = "false"  # the web processes leave it to that one
     try:
         Granian("service.asgi:app", address=host, port=port, workers=workers, interface=Interfaces.ASGI,
-                log_access=False).serve()
+                log_access=False, log_level=LogLevels(settings.log_level.lower()),
+                log_dictconfig=logs.granian_config(settings)).serve()
     finally:
         if background is not None:
             background.stop()
+        metrics_dir()
+
+
+def _metrics_dir() -> Callable[[], None]:
+    """Set up PROMETHEUS_MULTIPROC_DIR for the web processes, whose counters /metrics adds up
+    (``service.metrics``): a fresh folder of this server's own, removed when it stops; or the
+    folder the operator named, emptied of an earlier run's files (one folder per server)."""
+    import os
+    import shutil
+    import tempfile
+
+    chosen = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if chosen:
+        Path(chosen).mkdir(parents=True, exist_ok=True)
+        for old in Path(chosen).glob("*.db"):
+            old.unlink()
+        return lambda: None
+    made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="vouchers-metrics-")
+    return lambda: shutil.rmtree(made, ignore_errors=True)
 
 
 @main.command("worker")
@@ -121,7 +148,22 @@ def worker_command(nice: int, parent: int | None) -> None:
     processes run without it (VOUCHERS_BACKGROUND_TASKS=false)."""
     from . import worker
 
-    worker.main(_runtime().settings, nice=nice, parent=parent)
+    worker.main(_migrated_runtime().settings, nice=nice, parent=parent)
+
+
+def _migrated_runtime() -> Runtime:
+    """A runtime, or a one-line refusal when the database's migrations are behind this code."""
+    from .health import refuse_if_behind
+
+    rt = _runtime()
+    try:
+        reason = refuse_if_behind(rt)
+    except Exception as exc:  # unreachable, refused login, no such database
+        raise click.ClickException(f"cannot reach the database of VOUCHERS_DATABASE_URL: {type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if reason:
+        raise click.ClickException(reason)
+    return rt
 
 
 @main.group()
@@ -147,20 +189,26 @@ def scheme() -> None:
 
 
 @scheme.command("load")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def scheme_load(file: Path) -> None:
-    """Create a scheme from a TOML file, or update its rules."""
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def scheme_load(files: tuple[Path, ...]) -> None:
+    """Create schemes from TOML files, or update their rules. Every file is read and checked
+    before the first is loaded; each is loaded in a transaction of its own."""
+    from .progress import progress
+
     try:
-        spec = schemes.read_scheme_file(file)
+        specs = [schemes.read_scheme_file(file) for file in files]
     except DomainError as exc:
         raise click.ClickException(str(exc)) from None
 
-    async def work(args: Any) -> tuple[Scheme, bool]:
-        _rt, session = args
-        return await schemes.load_scheme(session, spec)
+    with progress("scheme load", total=len(specs), unit="files") as shown:
+        for spec in specs:
+            async def work(args: Any, spec: Any = spec) -> tuple[Scheme, bool]:
+                _rt, session = args
+                return await schemes.load_scheme(session, spec)
 
-    loaded, created = _in_transaction(work)
-    click.echo(f"{'created' if created else 'updated'} scheme {loaded.slug}")
+            loaded, created = _in_transaction(work)
+            click.echo(f"{'created' if created else 'updated'} scheme {loaded.slug}")
+            shown.advance()
 
 
 @scheme.command("draw")
@@ -379,8 +427,13 @@ def site_build(out_dir: Path, site_url: str | None) -> None:
         async with rt.sessionmaker() as session:
             return await collect_snapshot(session, service_url=rt.settings.base_url)
 
-    snapshot = _run(work)
-    built = build_site(snapshot, out_dir, work_dir=Path("build/site-src"), site_url=site_url)
+    from .progress import progress
+
+    with progress("site build", total=2, unit="steps (figures, pages)") as shown:
+        snapshot = _run(work)
+        shown.advance()
+        built = build_site(snapshot, out_dir, work_dir=Path("build/site-src"), site_url=site_url)
+        shown.advance()
     click.echo(f"site built in {built}")
 
 
@@ -532,12 +585,15 @@ def payout_batch(start: str | None, end: str | None, month: str | None, out: Pat
     period_start, period_end = _period(start, end, month)
     debtor = payouts.Debtor(name=debtor_name, iban=debtor_iban, bic=debtor_bic)
 
-    async def work(args: Any) -> Any:
-        _rt, session = args
-        return await payouts.create_batch(session, start=period_start, end=period_end, debtor=debtor,
-                                          created_by="cli")
+    from .progress import progress
 
-    batch = _in_transaction(work)
+    with progress("payout batch", unit="steps") as shown:
+        async def work(args: Any) -> Any:
+            _rt, session = args
+            return await payouts.create_batch(session, start=period_start, end=period_end, debtor=debtor,
+                                              created_by="cli", progress=shown.update)
+
+        batch = _in_transaction(work)
     out.write_bytes(batch.sepa_xml)
     click.echo(msgspec.json.format(msgspec.json.encode(payouts.batch_summary(batch))).decode())
 
@@ -720,12 +776,15 @@ def privacy_group() -> None:
 def privacy_purge(after_days: int) -> None:
     """Erase or pseudonymise applicants' personal data of schemes that ended long enough ago."""
     from . import privacy
+    from .progress import progress
 
-    async def work(args: Any) -> Any:
-        rt, session = args
-        return await privacy.purge(session, rt, after_days=after_days)
+    with progress("privacy purge", unit="applications") as shown:
+        async def work(args: Any) -> Any:
+            rt, session = args
+            return await privacy.purge(session, rt, after_days=after_days, progress=shown.update)
 
-    click.echo(msgspec.json.encode(_in_transaction(work)).decode())
+        report = _in_transaction(work)
+    click.echo(msgspec.json.encode(report).decode())
 
 
 @privacy_group.command("export")
@@ -733,12 +792,16 @@ def privacy_purge(after_days: int) -> None:
 def privacy_export(kvk_number: str) -> None:
     """Print, as JSON, everything held about one KvK number (a data-subject request)."""
     from . import privacy
+    from .progress import progress
 
     async def work(args: Any) -> Any:
         rt, session = args
         return await privacy.export_subject(session, rt, kvk_number)
 
-    click.echo(msgspec.json.format(msgspec.json.encode(_in_transaction(work))).decode())
+    with progress("privacy export", total=1, unit="subjects") as shown:
+        found = _in_transaction(work)
+        shown.advance()
+    click.echo(msgspec.json.format(msgspec.json.encode(found)).decode())
 
 
 @main.group("voucher")
@@ -877,6 +940,98 @@ def application_decide(public_id: str, approve: bool, reason: str) -> None:
         return f"application {decided.public_id}: {decided.status}"
 
     click.echo(_in_transaction(work))
+
+
+
+class _BackupGroup(click.Group):
+    """``vouchers backup FILE`` makes a backup; ``vouchers backup verify FILE`` checks one."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["make", *args]
+        return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage("vouchers backup", "FILE | verify FILE")
+
+
+@main.group("backup", cls=_BackupGroup)
+def backup_group() -> None:
+    """Back up the database to FILE while the service runs (SQLite: its online backup API;
+    PostgreSQL: pg_dump's custom format), or `verify FILE`: restore it into a scratch database and
+    run `vouchers check` and `vouchers audit verify` there."""
+
+
+def _backup_settings() -> Settings:
+    _audit_as_cli()
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@backup_group.command("make", hidden=True)
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def backup_make(file: Path) -> None:
+    """Back up the database to FILE (replaced only once the backup is complete)."""
+    from . import backup
+
+    try:
+        backup.backup(_backup_settings(), file)
+    except backup.BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"backed up to {file} ({file.stat().st_size} bytes)")
+
+
+@backup_group.command("verify")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def backup_verify(file: Path) -> None:
+    """Restore FILE into a scratch database (removed afterwards), run `vouchers check` and
+    `vouchers audit verify` on it; exit 1 if either finds something wrong."""
+    from . import backup
+
+    try:
+        results = backup.verify(_backup_settings(), file)
+    except backup.BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    for command, code, output in results:
+        click.echo(f"{command}: {'ok' if code == 0 else f'FAILED (exit {code})'}")
+        for line in output.splitlines():
+            click.echo(f"  {line}")
+    if any(code != 0 for _, code, _ in results):
+        sys.exit(1)
+    click.echo(f"{file} restores, and its books and audit log are whole")
+
+
+@main.command("restore")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--force", is_flag=True, help="Restore even though a background process was seen moments ago.")
+def restore_command(file: Path, yes: bool, force: bool) -> None:
+    """Replace the database's contents with the backup in FILE. Stop the servers and workers
+    first; afterwards run `vouchers db upgrade` if the backup is of an older version."""
+    from . import backup
+    from .health import refuse_if_behind, worker_last_seen
+
+    settings = _backup_settings()
+    try:
+        seen = worker_last_seen(Runtime.create(settings))
+    except Exception:  # noqa: BLE001 - an empty or older database has no heartbeat to read
+        seen = None
+    if seen is not None and seen < 2 * settings.heartbeat_interval_seconds and not force:
+        raise click.ClickException(
+            f"a background process wrote its heartbeat {seen:.0f} s ago, so the service still runs: stop "
+            f"`vouchers serve` and `vouchers worker` on every host first, or add --force")
+    if not yes:
+        click.confirm(f"Replace everything in the database with {file}?", abort=True)
+    try:
+        backup.restore(settings, file)
+    except backup.BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"restored from {file}")
+    reason = refuse_if_behind(Runtime.create(settings))
+    if reason:
+        click.echo(reason, err=True)
 
 
 if __name__ == "__main__":

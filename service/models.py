@@ -603,3 +603,6 @@ from . import audit as _audit  # noqa: E402, F401
 
 # --- The public site (migration 0012): the daily figures of the public site and the background lease.
 from .models_site import BackgroundLease, SiteHistory  # noqa: E402, F401
+
+# --- Operations (migration 0014): the background process's heartbeat.
+from .models_ops import Heartbeat  # noqa: E402, F401

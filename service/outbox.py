@@ -27,7 +27,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import i18n
+from . import i18n, logs
 from .codes import format_code
 from .errors import REJECTION_REASONS
 from .models import OutboxMessage, Voucher, utcnow
@@ -169,7 +169,8 @@ async def _send_batch(rt: Runtime, now: dt.datetime, batch: int) -> tuple[int, i
             try:
                 await server.deliver(message, _mime(rt, message, subject, body))
             except Exception as exc:  # any failure of the mail server: try again later
-                log.warning("mail %s not sent: %s", message.id, exc)
+                # The server's message can name the address: the line has the exception's type only.
+                logs.event(log, logging.WARNING, "mail_not_sent", outbox_id=message.id, **logs.failure_fields(exc))
                 await _failed(rt, message, exc, now)
             else:
                 delivered.append(message.id)

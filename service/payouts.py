@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -165,9 +166,12 @@ def _iban(value: str, field: str) -> str:
 
 
 async def create_batch(session: AsyncSession, *, start: dt.date, end: dt.date, debtor: Debtor, created_by: str,
-                       execution_date: dt.date | None = None, now: dt.datetime | None = None) -> PayoutBatch:
+                       execution_date: dt.date | None = None, now: dt.datetime | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> PayoutBatch:
     """Pay every provider what it is owed for what was recorded before ``end``; see the module
-    docstring for the rules. Raises ``Refused`` when there is nothing to pay."""
+    docstring for the rules. Raises ``Refused`` when there is nothing to pay. ``progress`` is told
+    (steps done, steps in all): one step per provider's enrolment planned, one per line written."""
+    report = progress or (lambda _done, _total: None)
     now = now or utcnow()
     if end <= start:
         raise InvalidInput("period-invalid", N_("The end of the period must be after its start."), field="to")
@@ -190,7 +194,10 @@ async def create_batch(session: AsyncSession, *, start: dt.date, end: dt.date, d
                          **({"BIC": debtor.bic} if debtor.bic else {})}, clean=True)
     message_id = sepa.msg_id[:35]
     planned: list[tuple[Enrolment, Provider, Scheme, int, int, str, list[Redemption], list[Redemption]]] = []
+    steps = 2 * len(by_enrolment)
+    report(0, steps)
     for n, enrolment_id in enumerate(sorted(by_enrolment), start=1):
+        report(n - 1, steps)
         paying, taking_back = by_enrolment[enrolment_id]
         gross = sum(r.amount_cents for r in paying)
         back = sum(r.amount_cents for r in taking_back)
@@ -216,7 +223,9 @@ async def create_batch(session: AsyncSession, *, start: dt.date, end: dt.date, d
                         sepa_sha256=hashlib.sha256(xml).hexdigest(), created_by=created_by, created_at=now)
     session.add(batch)
     await session.flush()
-    for enrolment, provider, scheme, amount, back, end_to_end, paying, taking_back in planned:
+    steps = len(by_enrolment) + len(planned)
+    for written, (enrolment, provider, scheme, amount, back, end_to_end, paying, taking_back) in enumerate(planned):
+        report(len(by_enrolment) + written, steps)
         await _stamp(session, [r.id for r in paying], Redemption.payout_batch_id, batch.id)
         await _stamp(session, [r.id for r in taking_back], Redemption.clawback_batch_id, batch.id)
         session.add(PayoutLine(batch_id=batch.id, enrolment_id=enrolment.id, provider_id=provider.id,
@@ -227,6 +236,7 @@ async def create_batch(session: AsyncSession, *, start: dt.date, end: dt.date, d
         ledger.post(session, scheme_id=scheme.id, kind="payout", source=(ledger.PROVIDER, enrolment.id),
                     target=(ledger.BANK, scheme.id), amount_cents=amount, memo=f"payout batch {batch.id}")
     await session.flush()
+    report(steps, steps)
     return batch
 
 

@@ -33,10 +33,11 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import audit, sessions, validity
@@ -97,13 +98,18 @@ def _area(postcode: str | None) -> str | None:
 
 
 async def purge(session: AsyncSession, rt: Runtime, *, after_days: int = DEFAULT_RETENTION_DAYS,
-                now: dt.datetime | None = None) -> PurgeReport:
-    """Erase or pseudonymise applicants' personal data of schemes that ended ``after_days`` ago."""
+                now: dt.datetime | None = None, progress: Callable[[int, int], None] | None = None) -> PurgeReport:
+    """Erase or pseudonymise applicants' personal data of schemes that ended ``after_days`` ago.
+    ``progress`` is told (applications done, applications in all)."""
     now = now or utcnow()
     report = PurgeReport()
-    for scheme in list(await session.scalars(select(Scheme).order_by(Scheme.id))):
-        if scheme_end(scheme) + dt.timedelta(days=after_days) > now:
-            continue
+    ended = [scheme for scheme in await session.scalars(select(Scheme).order_by(Scheme.id))
+             if scheme_end(scheme) + dt.timedelta(days=after_days) <= now]
+    total = int(await session.scalar(select(func.count()).select_from(Application).where(
+        Application.scheme_id.in_([s.id for s in ended]), Application.kvk_number.not_like("P%"))) or 0)
+    if progress:
+        progress(0, total)
+    for scheme in ended:
         targets = list(await session.scalars(
             select(Application).where(Application.scheme_id == scheme.id, Application.kvk_number.not_like("P%"))
             .order_by(Application.id)))
@@ -139,6 +145,8 @@ async def purge(session: AsyncSession, rt: Runtime, *, after_days: int = DEFAULT
             report.messages += int(result.rowcount or 0)  # type: ignore[attr-defined]
         report.applications += len(targets)
         report.vouchers += len(vouchers)
+        if progress:
+            progress(report.applications, total)
     longest_window = max(rt.settings.limit_window_seconds, rt.settings.failed_lookup_window_seconds, 24 * 3600)
     await session.execute(delete(RateLimitCounter).where(
         RateLimitCounter.window_start < now - dt.timedelta(seconds=longest_window)))

@@ -4,8 +4,6 @@ an error page for HTML pages. Messages are translated into the request's languag
 from __future__ import annotations
 
 import logging
-import traceback
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -13,7 +11,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.response import Template
 
-from . import i18n
+from . import i18n, logs
 from .errors import N_, Conflict, DomainError, Forbidden, InvalidInput, NotFound, Refused, TooManyAttempts
 from .resubmit import FALLBACK_DETAIL, TITLE, FormAgain, csrf_failed
 
@@ -128,27 +126,12 @@ def request_id_of(scope: Any) -> str:
     return str(scope.get("state", {}).get("request_id", "-"))
 
 
-def _short(filename: str) -> str:
-    return filename.rsplit("/site-packages/", 1)[-1].removeprefix(_ROOT)
-
-
-_ROOT = str(Path(__file__).parent.parent) + "/"
-
-
 def _log_failure(request: Request[Any, Any, Any], exc: BaseException) -> str:
-    """One JSON line an operator can find by the id the user quotes. The route is the template
-    (``/v/{code}``), never the path, and exception messages are left out: paths and messages
+    """One line an operator can find by the id the user quotes (``service.logs``). The route is the
+    template (``/v/{code}``), never the path, and exception messages are left out: paths and messages
     can hold voucher codes, tokens, e-mail addresses and SQL parameters. Types and frames are
     enough to find the fault."""
     request_id = request_id_of(request.scope)
-    chain = []
-    seen: BaseException | None = exc
-    while seen is not None and len(chain) < 5:
-        chain.append(type(seen).__qualname__)
-        seen = seen.__cause__ or seen.__context__
-    frames = [f"{_short(f.filename)}:{f.lineno} in {f.name}" for f in traceback.extract_tb(exc.__traceback__)]
-    log.error(msgspec.json.encode({
-        "event": "unexpected_error", "request_id": request_id, "method": request.method,
-        "route": request.scope.get("path_template", "?"), "error": chain, "traceback": frames,
-    }).decode())
+    logs.event(log, logging.ERROR, "unexpected_error", request_id=request_id, method=request.method,
+               route=request.scope.get("path_template", "?"), **logs.failure_fields(exc))
     return request_id

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stdnum.exceptions import ValidationError
 from stdnum.nl import postcode as nl_postcode
 
-from . import applications, outbox, schemes, validity
+from . import applications, logs, outbox, schemes, validity
 from .db import run_in_transaction
 from .models import Application, Scheme, Voucher, utcnow
 from .runtime import Runtime
@@ -213,7 +213,9 @@ async def check_application(rt: Runtime, application_id: int, registry: Registry
     try:
         record = await registry.lookup(kvk_number)
     except RegistryUnavailable as exc:
-        log.warning("trade register unavailable for application %s: %s", application_id, exc)
+        # Its message can hold the register's URL with the KvK number: the type only.
+        logs.event(log, logging.WARNING, "register_unavailable", application_id=application_id,
+                   **logs.failure_fields(exc))
         return await run_in_transaction(rt.sessionmaker, lambda s: _still_waiting(s, rt, application_id))
 
     async def decide(session: AsyncSession) -> str:

@@ -108,6 +108,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     site_url: str | None = None
     """Where the public site is served, e.g. ``https://www.arnhem.nl/ondernemersvoucher/`` (its
     canonical links and 404 page need it); None: the local preview address."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Lowest level written to standard error. INFO: one line per request, per background job that
+    did something, per failure; DEBUG adds a line for every background run that found nothing to do."""
+
+    log_format: Literal["json", "plain"] = "json"
+    """``json``: one JSON object per line, for a log collector; ``plain``: ``key=value`` text for
+    reading in a terminal. Either way, no codes, tokens, e-mail or IP addresses (``service.logs``)."""
+
+    metrics_allowed: str = "127.0.0.1,::1"
+    """Addresses or networks, comma-separated, that may read ``/metrics`` (the Prometheus server's);
+    others get 403. Behind a proxy in ``trusted_proxies``, the address it forwards counts."""
+
+    heartbeat_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    """How often the background process writes its heartbeat (``service.health``)."""
+
+    worker_stale_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    """``/readyz`` answers 503 when no background process has written its heartbeat for this long."""
 
     failed_lookup_limit: Annotated[int, msgspec.Meta(ge=1)] = 20
     """Unknown or mistyped codes one client may try per ``failed_lookup_window_seconds``."""
@@ -186,11 +203,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             self.proxy_networks()
         except ValueError as exc:
             raise ConfigError(f"VOUCHERS_TRUSTED_PROXIES: {exc}") from None
+        try:
+            self.metrics_networks()
+        except ValueError as exc:
+            raise ConfigError(f"VOUCHERS_METRICS_ALLOWED: {exc}") from None
 
     def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """``trusted_proxies`` as networks (a single address is a network of one)."""
         return tuple(ipaddress.ip_network(part.strip(), strict=False)
                      for part in self.trusted_proxies.split(",") if part.strip())
+
+    def metrics_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``metrics_allowed`` as networks."""
+        return tuple(ipaddress.ip_network(part.strip(), strict=False)
+                     for part in self.metrics_allowed.split(",") if part.strip())
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:

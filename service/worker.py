@@ -17,13 +17,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 
-from . import audit, outbox, sessions, sweep
+import msgspec
+
+from . import audit, health, logs, outbox, sessions, sweep
 from .db import transaction
 from .runtime import Runtime
 from .settings import Settings
@@ -35,10 +39,7 @@ log = logging.getLogger(__name__)
 
 async def _every(seconds: float, work: Callable[[], Awaitable[object]], name: str) -> None:
     while True:
-        try:
-            await work()
-        except Exception:  # keep the loop alive; the next round tries again
-            log.exception("%s failed", name)
+        await _run_job(work, name)
         await asyncio.sleep(seconds)
 
 
@@ -48,8 +49,29 @@ async def purge_sessions(rt: Runtime) -> int:
         return await sessions.purge_expired(session, rt.settings)
 
 
+async def _run_job(work: Callable[[], Awaitable[object]], name: str) -> None:
+    """One run of a job, and its line (``service.logs``): INFO when it did something, ERROR with the
+    failure's types and frames when it failed, DEBUG when there was nothing to do (or nothing to
+    count, as a heartbeat)."""
+    started = time.perf_counter()
+    fields: dict[str, object] = {"request_id": secrets.token_hex(8), "job": name, "actor": "system"}
+    try:
+        done = await work()
+    except Exception as exc:  # keep the loop alive; the next round tries again
+        logs.event(log, logging.ERROR, "job", **fields, status="failed",
+                   duration_ms=round((time.perf_counter() - started) * 1000, 1), **logs.failure_fields(exc))
+        return
+    if isinstance(done, msgspec.Struct):  # a report of counts, such as the sweep's
+        done = sum(v for v in msgspec.structs.astuple(done) if isinstance(v, int) and not isinstance(v, bool))
+    count = done if isinstance(done, int) and not isinstance(done, bool) else None
+    level = logging.DEBUG if not count else logging.INFO
+    logs.event(log, level, "job", **fields, status="ok", done=count,
+               duration_ms=round((time.perf_counter() - started) * 1000, 1))
+
+
 def tasks(rt: Runtime) -> list[asyncio.Task[None]]:
-    """Start the loops on the running event loop (the site's only when ``site_rebuild`` is on)."""
+    """Start the loops on the running event loop: the jobs, the heartbeat, and the site's (only when
+    ``site_rebuild`` is on)."""
     s = rt.settings
     return [
         asyncio.create_task(_every(s.outbox_interval_seconds, lambda: outbox.send_due(rt), "outbox")),
@@ -57,6 +79,7 @@ def tasks(rt: Runtime) -> list[asyncio.Task[None]]:
         asyncio.create_task(_every(s.audit_seal_interval_seconds, lambda: audit.seal_all(rt.sessionmaker),
                                    "audit seal")),
         asyncio.create_task(_every(s.sweep_interval_seconds, lambda: purge_sessions(rt), "session purge")),
+        asyncio.create_task(_every(s.heartbeat_interval_seconds, lambda: health.beat(rt), "heartbeat")),
     ] + _site_task(rt)
 
 
@@ -101,7 +124,7 @@ def main(settings: Settings, *, nice: int = 0, parent: int | None = None) -> Non
     if nice:
         os.nice(nice)
     audit.set_context(audit.AuditContext().actor)  # "system", as inside a web process
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings)
     asyncio.run(run_forever(Runtime.create(settings), parent=parent))
 
 

@@ -24,6 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.app import create_app
+from service.migrate import stamp_head
 from service.models import Base
 from service.runtime import Runtime
 from service.settings import Settings
@@ -143,6 +144,8 @@ async def rt(settings: Settings) -> AsyncIterator[Runtime]:
     runtime = Runtime.create(settings)
     async with runtime.engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
+        # As `vouchers db upgrade` leaves it: `vouchers serve` refuses a database that is behind.
+        await conn.run_sync(stamp_head)
     yield runtime
     await runtime.close()
 

@@ -44,6 +44,7 @@ def test_set_up_from_nothing_then_check(env: dict[str, str], tmp_path: Path) -> 
     assert checked.returncode == 0 and "agree" in checked.stdout
     built = vouchers("site", "build", "--out", str(tmp_path / "site"), env=env)
     assert built.returncode == 0, built.stderr
+    assert "site build: done (2/2 steps" in built.stderr  # not a terminal: plain lines
     home = (tmp_path / "site" / "index.html").read_text()
     assert "Ondernemersvoucher" in home and "Demo Onderneming" not in home
     assert (tmp_path / "site" / "en" / "index.html").exists()
