@@ -100,3 +100,66 @@ schema = _document()
 @schema.parametrize()
 def test_the_api_does_what_its_document_says(case: Any, world: World, role: str) -> None:
     case.call_and_validate(app=world.app, headers=world.headers(role))
+
+
+# --- what schemathesis found, pinned down -------------------------------------------------------
+
+
+async def test_the_last_day_of_the_calendar_is_refused_not_a_failure(client, rt) -> None:
+    scheme = await make_scheme(rt)
+    voucher, _code = await make_voucher(rt, scheme)
+    _provider, coach = await make_provider(rt, scheme)
+    admin = bearer(await admin_token(rt))
+    r = await client.get("/api/v1/provider/statement?month=9999-12", headers=bearer(coach))
+    assert r.status_code == 422 and r.json()["code"] == "month-invalid"
+    r = await client.post(f"/api/v1/admin/vouchers/{voucher.id}/extension", headers=admin,
+                          json={"until": "9999-12-31", "reason": "ziekte"})
+    assert r.status_code == 422 and r.json()["code"] == "date-too-late"
+    r = await client.get("/api/v1/admin/audit?since=9999-12-31&until=9999-12-31", headers=admin)
+    assert r.status_code == 200 and r.json() == []
+    r = await client.get(f"/api/v1/admin/vouchers/{2**31}/history", headers=admin)
+    assert r.status_code == 400 and r.json()["invalid_params"][0]["name"] == "voucher_id"
+
+
+async def test_too_many_attempts_say_when_to_try_again(client, rt) -> None:
+    scheme = await make_scheme(rt)
+    _voucher, code = await make_voucher(rt, scheme)
+    _provider, coach = await make_provider(rt, scheme)
+    for _ in range(rt.settings.failed_lookup_limit):
+        assert (await client.get("/api/v1/vouchers/0000-0000", headers=bearer(coach))).status_code == 422
+    r = await client.get(f"/api/v1/vouchers/{code}", headers=bearer(coach))
+    assert r.status_code == 429
+    assert int(r.headers["retry-after"]) == 60 * max(1, rt.settings.failed_lookup_window_seconds // 60)
+
+
+async def test_options_lists_every_method_of_a_path(client, rt) -> None:
+    scheme = await make_scheme(rt)
+    _provider, coach = await make_provider(rt, scheme)
+    r = await client.options("/api/v1/provider/offers", headers=bearer(coach))
+    assert r.status_code == 204 and r.headers["allow"] == "GET, OPTIONS, POST"
+
+
+async def test_an_integer_may_be_written_with_a_zero_fraction(client, rt) -> None:
+    scheme = await make_scheme(rt)
+    _voucher, code = await make_voucher(rt, scheme)
+    _provider, coach = await make_provider(rt, scheme)
+    url = f"/api/v1/vouchers/{code}/redemptions"
+    body = {"amount_cents": 1000.0, "category": "coaching", "reference": "F-1"}
+    r = await client.post(url, headers=bearer(coach), json=body)
+    assert r.status_code == 201 and r.json()["amount_cents"] == 1000
+    for wrong in (1000.5, "1000"):
+        r = await client.post(url, headers=bearer(coach), json={**body, "amount_cents": wrong})
+        assert r.status_code == 400 and r.json()["invalid_params"][0]["name"] == "amount_cents"
+
+
+async def test_the_document_names_its_security_and_problem_shape(client) -> None:
+    document = (await client.get("/api/schema/openapi.json")).json()
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    redeem = document["paths"]["/api/v1/vouchers/{code}/redemptions"]["post"]
+    assert redeem["security"] == [{"bearer": []}]
+    assert {"400", "401", "403", "404", "409", "422", "429"} <= set(redeem["responses"])
+    assert redeem["responses"]["429"]["headers"]["Retry-After"]["schema"]["type"] == "integer"
+    assert redeem["responses"]["201"]["content"]["application/json"]["schema"]["$ref"].endswith("/RedemptionOut")
+    assert "application/problem+json" in redeem["responses"]["422"]["content"]
+    assert any(p["name"] == "Idempotency-Key" and p["in"] == "header" for p in redeem["parameters"])
+    assert "security" not in document["paths"]["/api/v1/schemes"]["get"]

@@ -350,7 +350,7 @@ class AdminOperationsController(ApiController):
         text: Annotated[str | None, QueryParameter(max_length=100, schema_extra=TEXT)] = None,
         since: Annotated[dt.date | None, QueryParameter()] = None,
         until: Annotated[dt.date | None, QueryParameter()] = None,
-        before: Annotated[int | None, QueryParameter(gt=0, le=2**63 - 1)] = None,
+        before: Annotated[int | None, QueryParameter(ge=1, le=2**63 - 1)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
     ) -> list[AuditEntryOut]:
         """The page's filters; newest first, ``before`` (an entry's ``seq``) pages back."""
