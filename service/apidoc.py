@@ -16,7 +16,6 @@ import msgspec
 from litestar import Controller
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import PathParameter, QueryParameter
 from litestar.openapi.spec import (
     Components,
     OpenAPIHeader,
@@ -27,6 +26,7 @@ from litestar.openapi.spec import (
     SecurityRequirement,
     SecurityScheme,
 )
+from litestar.params import PathParameter, QueryParameter
 from litestar.typing import FieldDefinition
 
 # Litestar's own schema of a msgspec Struct, which says nothing of ``forbid_unknown_fields``.

@@ -25,7 +25,7 @@ from tests.helpers import admin_token, bearer, make_provider, make_scheme, make_
 
 CONFIG = schemathesis.Config.from_dict({
     "seed": 20261205,
-    "generation": {"max-examples": 25, "deterministic": True, "database": "none"},
+    "generation": {"max-examples": 20, "deterministic": True, "database": "none"},
     "checks": {
         # A request the document calls valid may still be refused by the scheme's rules: a code
         # whose check symbol is wrong, a balance too low, an Idempotency-Key used before. This API
