@@ -84,7 +84,8 @@ class ProviderApplication(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
     email: Email
     iban: Annotated[str, msgspec.Meta(min_length=15, max_length=42)]
     categories: Annotated[list[str], msgspec.Meta(min_length=1, max_length=3)]
-    website: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s\x00-\x1f\x7f-\x9f\ufeff]+$", max_length=300)] | None = None
+    website: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s\x00-\x1f\x7f-\x9f\ufeff]+$",
+                                         max_length=300)] | None = None
     description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
     locale: Annotated[str, msgspec.Meta(pattern=r"^(nl|en)$")] = "nl"
     """The language of the mails to the provider (``nl`` or ``en``); the form sends the page's."""

@@ -21,7 +21,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import applications, audit, history, privacy, schemes, spreadsheet, validity
-from ..apidoc import TEXT, TOKEN, TOKEN_PROBLEMS, WRITE_PROBLEMS, ApiController, IdempotentOperation, RowId, Slug, answer, problems
+from ..apidoc import (TEXT, TOKEN, TOKEN_PROBLEMS, WRITE_PROBLEMS, ApiController, IdempotentOperation, RowId, Slug, answer,
+                      problems)
 from ..auth import requires
 from ..db import run_in_transaction
 from ..errors import N_, InvalidInput, NotFound
