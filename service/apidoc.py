@@ -32,11 +32,23 @@ from litestar.typing import FieldDefinition
 # Litestar's own schema of a msgspec Struct, which says nothing of ``forbid_unknown_fields``.
 from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 
-__all__ = ("COMPONENTS", "PUBLIC_PROBLEMS", "TEXT", "TEXT_PATTERN", "TOKEN", "TOKEN_PROBLEMS", "WRITE_PROBLEMS",
+__all__ = ("COMPONENTS", "DESCRIPTION", "PUBLIC_PROBLEMS", "TEXT", "TEXT_PATTERN", "TOKEN", "TOKEN_PROBLEMS", "WRITE_PROBLEMS",
            "ApiController", "ApiOperation", "IdempotentOperation", "Month", "PublicId", "RowId", "SchemeFilter", "Slug",
            "StrictStructSchemaPlugin", "VoucherCode", "answer", "problems")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+DESCRIPTION = """\
+The JSON API of the ondernemersvoucher: public scheme figures, what a coach does with a voucher
+code, a provider's offers and statements, and the municipality's operations.
+
+* Systems authenticate with a bearer token (role `coach` or `admin`); the API takes no cookies.
+* Every error is an RFC 9457 problem (`application/problem+json`) with a stable `code`; its
+  `title` is in the request's language (`Accept-Language`, `?lang=nl|en`).
+* Writes take an `Idempotency-Key` header: a retry with the same key and body does the work once.
+* A 429 says in `Retry-After` how many seconds to wait.
+* Amounts are integers in euro cents.
+"""
 
 TOKEN: list[SecurityRequirement] = [{"bearer": []}]
 """The security requirement of every route that needs an API token."""

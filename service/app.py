@@ -25,7 +25,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import select
 
 from . import __version__, i18n, schemes, worker
-from .apidoc import COMPONENTS, StrictStructSchemaPlugin
+from .apidoc import COMPONENTS, DESCRIPTION, StrictStructSchemaPlugin
 from .admin import AuditContextMiddleware, admin_router
 from .api import api_router
 from .auth import AuthMiddleware
@@ -182,6 +182,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         plugins=[StrictStructSchemaPlugin()],
         openapi_config=OpenAPIConfig(
             title="Ondernemersvoucher Arnhem", version=__version__, path="/api/schema", components=COMPONENTS,
+            description=DESCRIPTION,
             # Only the JSON document: the HTML viewers load scripts from other hosts.
             render_plugins=[JsonRenderPlugin()],
         ),
