@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, Request, Response, Router, get, post
+from litestar import Request, Response, Router, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import ValidationException
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import JSONBody
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,6 +21,8 @@ from . import offers as offers_domain
 from . import payouts, staff, validity
 from .admin import interventions
 from .admin.api import AdminOperationsController
+from .apidoc import (PUBLIC_PROBLEMS, TOKEN, TOKEN_PROBLEMS, WRITE_PROBLEMS, ApiController, IdempotentOperation, Month,
+                     PublicId, RowId, SchemeFilter, Slug, VoucherCode, answer, problems)
 from .auth import Principal, requires
 from .db import run_in_transaction
 from .errors import N_, DomainError, Forbidden, InvalidInput, NotFound
@@ -107,6 +109,14 @@ class VoucherEnded(msgspec.Struct, frozen=True, kw_only=True):
     voucher_id: int
     status: str
     returned_cents: int
+
+
+class EnrolmentOut(msgspec.Struct, frozen=True, kw_only=True):
+    enrolment_id: int
+    provider_id: int
+    scheme_id: int
+    status: str
+    categories: list[str]
 
 
 def _principal(request: Request[Any, Any, Any]) -> Principal:
@@ -211,9 +221,21 @@ async def run_idempotent(
     return Response(body, status_code=status_code, media_type="application/json", headers=headers)
 
 
+def _integral(value: Any) -> Any:
+    """JSON has one kind of number: ``1233.0`` is the integer 1233, as JSON Schema says too. A
+    number with a fraction, or a number in a string, is still refused where an integer belongs."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
 def strict_decode(raw: bytes, body_type: type[msgspec.Struct]) -> None:
     try:
-        msgspec.json.decode(raw, type=body_type)
+        msgspec.convert(_integral(msgspec.json.decode(raw)), body_type, strict=True)
     except msgspec.ValidationError as exc:
         message = str(exc)
         key = message.rpartition("at `$.")[2].rstrip("`").split(".")[0] if "at `$." in message else "body"
@@ -251,50 +273,54 @@ def _hold_out(hold: Any) -> HoldOut:
                    invoice_cents=hold.invoice_cents, amount_cents=hold.amount_cents, expires_at=hold.expires_at)
 
 
-class PublicController(Controller):
+class PublicController(ApiController):
     """Open to everyone: scheme figures, application status, the lottery draw. No personal data."""
 
     path = "/"
     tags = ["public"]
+    problem_statuses = PUBLIC_PROBLEMS
 
     @get("/schemes")
     async def list_schemes(self, rt: NamedDependency[Runtime]) -> list[schemes.SchemeSummary]:
         async with rt.reader() as session:
             return [await schemes.summary(session, s) for s in await session.scalars(select(Scheme).order_by(Scheme.id))]
 
-    @get("/schemes/{slug:str}")
-    async def scheme_summary(self, slug: FromPath[str], rt: NamedDependency[Runtime]) -> schemes.SchemeSummary:
+    @get("/schemes/{slug:str}", responses=problems(404))
+    async def scheme_summary(self, slug: Slug, rt: NamedDependency[Runtime]) -> schemes.SchemeSummary:
         async with rt.reader() as session:
             return await schemes.summary(session, await schemes.get_scheme(session, slug))
 
-    @get("/schemes/{slug:str}/draw")
-    async def scheme_draw(self, slug: FromPath[str], rt: NamedDependency[Runtime]) -> applications.DrawResult:
+    @get("/schemes/{slug:str}/draw", responses=problems(404))
+    async def scheme_draw(self, slug: Slug, rt: NamedDependency[Runtime]) -> applications.DrawResult:
         async with rt.reader() as session:
             return await applications.published_draw(session, await schemes.get_scheme(session, slug))
 
-    @get("/applications/{application_id:str}")
+    @get("/applications/{application_id:str}", responses=problems(404))
     async def application_state(
-        self, application_id: FromPath[str], rt: NamedDependency[Runtime]
+        self, application_id: PublicId, rt: NamedDependency[Runtime]
     ) -> applications.ApplicationState:
         async with rt.reader() as session:
             return await applications.application_state(session, application_id)
 
 
-class VoucherController(Controller):
+class VoucherController(ApiController):
     """What a coach does with a code: check it, redeem it, reserve against it."""
 
     path = "/vouchers"
     tags = ["coach"]
     guards = [requires("coach", "admin")]
+    security = TOKEN
+    problem_statuses = (*TOKEN_PROBLEMS, 404, 422, 429)
 
     @get("/{code:str}", response_headers=NO_STORE)
-    async def lookup(self, request: Request[Any, Any, Any], code: FromPath[str], rt: NamedDependency[Runtime]) -> VoucherOut:
+    async def lookup(self, request: Request[Any, Any, Any], code: VoucherCode, rt: NamedDependency[Runtime]) -> VoucherOut:
         client = lookup_client(request)
         async with failed_lookups_counted(rt, client):
             return _voucher_out(await vouchers.scan(rt, code, attempts_key=f"lookup:{client}"))
 
-    @post("/{code:str}/redemptions")
-    async def redeem(self, request: Request[Any, Any, Any], code: FromPath[str], data: JSONBody[RedeemIn],
+    @post("/{code:str}/redemptions", operation_class=IdempotentOperation,
+          responses={201: answer(RedemptionOut, "Redeemed; the voucher's balance after it."), **WRITE_PROBLEMS})
+    async def redeem(self, request: Request[Any, Any, Any], code: VoucherCode, data: JSONBody[RedeemIn],
                      rt: NamedDependency[Runtime]) -> Response[bytes]:
         principal = _principal(request)
 
@@ -321,8 +347,9 @@ class VoucherController(Controller):
             return Response(msgspec.json.encode(_redemption_out_of(redemption, balance)), status_code=201,
                             media_type="application/json", headers=NO_STORE)
 
-    @post("/{code:str}/holds")
-    async def hold(self, request: Request[Any, Any, Any], code: FromPath[str], data: JSONBody[HoldIn],
+    @post("/{code:str}/holds", operation_class=IdempotentOperation,
+          responses={201: answer(HoldOut, "The amount is reserved until the hold expires."), **WRITE_PROBLEMS})
+    async def hold(self, request: Request[Any, Any, Any], code: VoucherCode, data: JSONBody[HoldIn],
                    rt: NamedDependency[Runtime]) -> Response[bytes]:
         principal = _principal(request)
 
@@ -338,13 +365,16 @@ class VoucherController(Controller):
             return await run_idempotent(request, rt, work, body_type=HoldIn)
 
 
-class HoldController(Controller):
+class HoldController(ApiController):
     path = "/holds"
     tags = ["coach"]
     guards = [requires("coach", "admin")]
+    security = TOKEN
+    problem_statuses = (*TOKEN_PROBLEMS, 404)
 
-    @post("/{hold_id:int}/confirm")
-    async def confirm(self, request: Request[Any, Any, Any], hold_id: FromPath[int],
+    @post("/{hold_id:int}/confirm", status_code=200, operation_class=IdempotentOperation,
+          responses={200: answer(RedemptionOut, "The reserved amount is redeemed."), **WRITE_PROBLEMS})
+    async def confirm(self, request: Request[Any, Any, Any], hold_id: RowId,
                       rt: NamedDependency[Runtime]) -> Response[bytes]:
         principal = _principal(request)
 
@@ -356,8 +386,9 @@ class HoldController(Controller):
 
         return await run_idempotent(request, rt, work, status_code=200)
 
-    @post("/{hold_id:int}/release")
-    async def release(self, request: Request[Any, Any, Any], hold_id: FromPath[int],
+    @post("/{hold_id:int}/release", status_code=200, operation_class=IdempotentOperation,
+          responses={200: answer(HoldOut, "The hold is released; the money is free again."), **WRITE_PROBLEMS})
+    async def release(self, request: Request[Any, Any, Any], hold_id: RowId,
                       rt: NamedDependency[Runtime]) -> Response[bytes]:
         principal = _principal(request)
         provider_id = principal.provider_id if principal.role == "coach" else None
@@ -370,13 +401,16 @@ class HoldController(Controller):
         return await run_idempotent(request, rt, work, status_code=200)
 
 
-class RedemptionController(Controller):
+class RedemptionController(ApiController):
     path = "/redemptions"
     tags = ["coach"]
     guards = [requires("coach", "admin")]
+    security = TOKEN
+    problem_statuses = (*TOKEN_PROBLEMS, 404)
 
-    @post("/{redemption_id:int}/reversal")
-    async def reverse(self, request: Request[Any, Any, Any], redemption_id: FromPath[int], data: JSONBody[ReasonIn],
+    @post("/{redemption_id:int}/reversal", status_code=200, operation_class=IdempotentOperation,
+          responses={200: answer(RedemptionOut, "Reversed; the money is back on the voucher."), **WRITE_PROBLEMS})
+    async def reverse(self, request: Request[Any, Any, Any], redemption_id: RowId, data: JSONBody[ReasonIn],
                       rt: NamedDependency[Runtime]) -> Response[bytes]:
         principal = _principal(request)
         provider_id = principal.provider_id if principal.role == "coach" else None
@@ -389,15 +423,18 @@ class RedemptionController(Controller):
         return await run_idempotent(request, rt, work, status_code=200, body_type=ReasonIn)
 
 
-class AdminController(Controller):
+class AdminController(ApiController):
     """The municipality's operations for systems; the back-office screens call the same code."""
 
     path = "/admin"
     tags = ["admin"]
     guards = [requires("admin")]
+    security = TOKEN
+    problem_statuses = (*TOKEN_PROBLEMS, 404)
 
-    @post("/schemes/{slug:str}/applications")
-    async def apply(self, request: Request[Any, Any, Any], slug: FromPath[str], data: JSONBody[applications.ApplicantDetails],
+    @post("/schemes/{slug:str}/applications", operation_class=IdempotentOperation,
+          responses={201: answer(applications.ApplicationState, "Registered and decided."), **WRITE_PROBLEMS})
+    async def apply(self, request: Request[Any, Any, Any], slug: Slug, data: JSONBody[applications.ApplicantDetails],
                     rt: NamedDependency[Runtime]) -> Response[bytes]:
         """Register an application (for example from the municipality's intake) and decide it."""
 
@@ -417,8 +454,9 @@ class AdminController(Controller):
                                 headers=NO_STORE)
         return await run_idempotent(request, rt, work, body_type=applications.ApplicantDetails)
 
-    @post("/vouchers/{voucher_id:int}/revocation")
-    async def revoke(self, request: Request[Any, Any, Any], voucher_id: FromPath[int], data: JSONBody[ReasonIn],
+    @post("/vouchers/{voucher_id:int}/revocation", status_code=200, operation_class=IdempotentOperation,
+          responses={200: answer(VoucherEnded, "Revoked; what was left returns to the budget."), **WRITE_PROBLEMS})
+    async def revoke(self, request: Request[Any, Any, Any], voucher_id: RowId, data: JSONBody[ReasonIn],
                      rt: NamedDependency[Runtime]) -> Response[bytes]:
         before: dict[str, int] = {}
 
@@ -433,8 +471,9 @@ class AdminController(Controller):
 
         return await run_idempotent(request, rt, work, status_code=200, body_type=ReasonIn)
 
-    @post("/schemes/{slug:str}/draw")
-    async def draw(self, request: Request[Any, Any, Any], slug: FromPath[str], data: JSONBody[SeedIn],
+    @post("/schemes/{slug:str}/draw", status_code=200, operation_class=IdempotentOperation,
+          responses={200: answer(applications.DrawResult, "The lottery's result."), **WRITE_PROBLEMS})
+    async def draw(self, request: Request[Any, Any, Any], slug: Slug, data: JSONBody[SeedIn],
                    rt: NamedDependency[Runtime]) -> Response[bytes]:
         async def work(session: AsyncSession) -> applications.DrawResult:
             scheme = await schemes.get_scheme(session, slug)
@@ -442,30 +481,24 @@ class AdminController(Controller):
 
         return await run_idempotent(request, rt, work, status_code=200, body_type=SeedIn)
 
-    @post("/enrolments/{enrolment_id:int}/approval")
-    async def approve_enrolment(self, request: Request[Any, Any, Any], enrolment_id: FromPath[int],
+    @post("/enrolments/{enrolment_id:int}/approval", status_code=200, operation_class=IdempotentOperation,
+          responses={200: answer(EnrolmentOut, "The provider takes part."), **WRITE_PROBLEMS})
+    async def approve_enrolment(self, request: Request[Any, Any, Any], enrolment_id: RowId,
                                 rt: NamedDependency[Runtime]) -> Response[bytes]:
         async def work(session: AsyncSession) -> EnrolmentOut:
             return _enrolment_out(await interventions.decide_provider(session, rt, enrolment_id, approve=True))
 
         return await run_idempotent(request, rt, work, status_code=200)
 
-    @post("/enrolments/{enrolment_id:int}/refusal")
-    async def refuse_enrolment(self, request: Request[Any, Any, Any], enrolment_id: FromPath[int], data: JSONBody[ReasonIn],
+    @post("/enrolments/{enrolment_id:int}/refusal", status_code=200, operation_class=IdempotentOperation,
+          responses={200: answer(EnrolmentOut, "Refused; the provider is mailed the reason."), **WRITE_PROBLEMS})
+    async def refuse_enrolment(self, request: Request[Any, Any, Any], enrolment_id: RowId, data: JSONBody[ReasonIn],
                                rt: NamedDependency[Runtime]) -> Response[bytes]:
         async def work(session: AsyncSession) -> EnrolmentOut:
             return _enrolment_out(await interventions.decide_provider(session, rt, enrolment_id, approve=False,
                                                                       reason=data.reason))
 
         return await run_idempotent(request, rt, work, status_code=200, body_type=ReasonIn)
-
-
-class EnrolmentOut(msgspec.Struct, frozen=True, kw_only=True):
-    enrolment_id: int
-    provider_id: int
-    scheme_id: int
-    status: str
-    categories: list[str]
 
 
 def _enrolment_out(enrolment: Enrolment) -> EnrolmentOut:
@@ -487,13 +520,15 @@ class FlaggedOut(msgspec.Struct, frozen=True, kw_only=True):
     reversed: bool
 
 
-class ProviderApplicationController(Controller):
+class ProviderApplicationController(ApiController):
     """A provider applies to take part in a scheme; the municipality decides (admin API, CLI)."""
 
     path = "/provider-applications"
     tags = ["provider"]
+    problem_statuses = PUBLIC_PROBLEMS
 
-    @post("/")
+    @post("/", responses={201: answer(EnrolmentOut, "Received; the municipality decides."), **WRITE_PROBLEMS,
+                          **problems(404, 429)})
     async def apply(self, request: Request[Any, Any, Any], data: JSONBody[staff.ProviderApplication],
                     rt: NamedDependency[Runtime]) -> Response[bytes]:
         client = client_ip(request)
@@ -508,16 +543,18 @@ class ProviderApplicationController(Controller):
         return Response(msgspec.json.encode(body), status_code=201, media_type="application/json")
 
 
-class ProviderController(Controller):
+class ProviderController(ApiController):
     """A provider's own offers, reservations and statements, for systems with a coach token."""
 
     path = "/provider"
     tags = ["provider"]
     guards = [requires("coach")]
+    security = TOKEN
+    problem_statuses = TOKEN_PROBLEMS
 
-    @get("/statement", response_headers=NO_STORE)
+    @get("/statement", response_headers=NO_STORE, responses=problems(422))
     async def statement(self, request: Request[Any, Any, Any], rt: NamedDependency[Runtime],
-                        month: FromQuery[str | None] = None) -> payouts.Statement:
+                        month: Month = None) -> payouts.Statement:
         start, end = payouts.month_period(month)
         async with rt.sessionmaker() as session:
             return await payouts.statement(session, _principal(request).provider_id or 0, start, end)
@@ -529,7 +566,8 @@ class ProviderController(Controller):
             mine = await offers_domain.provider_offers(session, _principal(request).provider_id or 0)
             return [await offers_domain.offer_out(session, o) for o in mine]
 
-    @post("/offers")
+    @post("/offers", operation_class=IdempotentOperation,
+          responses={201: answer(offers_domain.OfferOut, "Published."), **WRITE_PROBLEMS, **problems(404)})
     async def publish(self, request: Request[Any, Any, Any], data: JSONBody[offers_domain.OfferIn],
                       rt: NamedDependency[Runtime]) -> Response[bytes]:
         principal = _principal(request)
@@ -547,25 +585,30 @@ class ProviderController(Controller):
             return [_hold_out(hold) for hold, _company in rows]
 
 
-class OfferListController(Controller):
+class OfferListController(ApiController):
     path = "/offers"
     tags = ["public"]
+    problem_statuses = PUBLIC_PROBLEMS
 
     @get("/")
     async def visible(self, rt: NamedDependency[Runtime],
-                      scheme: FromQuery[str | None] = None) -> list[offers_domain.OfferOut]:
+                      scheme: SchemeFilter = None) -> list[offers_domain.OfferOut]:
         async with rt.sessionmaker() as session:
             return [await offers_domain.offer_out(session, o)
                     for o in await offers_domain.visible_offers(session, scheme)]
 
 
-class AdminCoachController(Controller):
+class AdminCoachController(ApiController):
     path = "/admin"
     tags = ["admin"]
     guards = [requires("admin")]
+    security = TOKEN
+    problem_statuses = TOKEN_PROBLEMS
 
-    @post("/offers/{offer_id:int}/hidden")
-    async def hide_offer(self, request: Request[Any, Any, Any], offer_id: FromPath[int], data: JSONBody[ReasonIn],
+    @post("/offers/{offer_id:int}/hidden", status_code=200, operation_class=IdempotentOperation,
+          responses={200: answer(offers_domain.OfferOut, "Hidden from the public list."), **WRITE_PROBLEMS,
+                     **problems(404)})
+    async def hide_offer(self, request: Request[Any, Any, Any], offer_id: RowId, data: JSONBody[ReasonIn],
                          rt: NamedDependency[Runtime]) -> Response[bytes]:
         async def work(session: AsyncSession) -> offers_domain.OfferOut:
             offer = await offers_domain.hide_offer(session, offer_id, by="municipality", reason=data.reason)

@@ -45,9 +45,10 @@ __all__ = (
     "take_place",
 )
 
-KvkNumber = Annotated[str, msgspec.Meta(pattern=r"^\d{8}$", description="KvK number: 8 digits")]
-Postcode = Annotated[str, msgspec.Meta(pattern=r"^[1-9]\d{3} ?[A-Za-z]{2}$", description="Dutch postcode, e.g. 6811 AB")]
-Email = Annotated[str, msgspec.Meta(pattern=r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$", max_length=254)]
+KvkNumber = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{8}$", description="KvK number: 8 digits")]
+Postcode = Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{3} ?[A-Za-z]{2}$", description="Dutch postcode, e.g. 6811 AB")]
+Email = Annotated[str, msgspec.Meta(pattern=r"^[^@\s\x00-\x1f\x7f-\x9f\ufeff]{1,64}@[^@\s\x00-\x1f\x7f-\x9f\ufeff]+\.[^@\s\x00-\x1f\x7f-\x9f\ufeff]+$",
+                                    max_length=254)]
 
 
 class ApplicantDetails(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

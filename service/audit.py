@@ -557,7 +557,7 @@ async def search(session: AsyncSession, f: AuditFilter, *, limit: int = 100,
         query = query.where(AuditEntry.action == f.action)
     if f.since:
         query = query.where(AuditEntry.at >= dt.datetime.combine(f.since, dt.time(), dt.UTC))
-    if f.until:
+    if f.until and f.until < dt.date.max:  # the last day there is bounds nothing
         query = query.where(AuditEntry.at < dt.datetime.combine(f.until + dt.timedelta(days=1), dt.time(), dt.UTC))
     if f.text:
         pattern = f"%{_like(f.text.lower())}%"

@@ -99,7 +99,8 @@ def month_period(month: str | None, today: dt.date | None = None) -> tuple[dt.da
     else:
         try:
             start = dt.date.fromisoformat(f"{month}-01")
-        except ValueError:
+            (start + dt.timedelta(days=32)).replace(day=1)
+        except (ValueError, OverflowError):  # not a month, or December of the year 9999
             raise InvalidInput("month-invalid", N_("Give the month as year-month, for example 2026-11."),
                                field="month") from None
     end = (start + dt.timedelta(days=32)).replace(day=1)

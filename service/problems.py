@@ -15,7 +15,7 @@ from . import i18n, logs
 from .errors import N_, Conflict, DomainError, Forbidden, InvalidInput, NotFound, Refused, TooManyAttempts
 from .resubmit import FALLBACK_DETAIL, TITLE, FormAgain, csrf_failed
 
-__all__ = ("STATUS", "domain_error_handler", "http_error_handler", "problem_body", "request_id_of",
+__all__ = ("STATUS", "domain_error_handler", "http_error_handler", "problem_body", "request_id_of", "retry_after",
            "unexpected_error_handler", "wants_html")
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,17 @@ def _problem(body: dict[str, Any], status: int, headers: dict[str, str] | None =
 
 def domain_error_handler(request: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
     body = problem_body(exc)
+    headers = retry_after(exc)
     if wants_html(request):
-        return Template("error.html", context={"problem": body}, status_code=body["status"])
-    return _problem(body, body["status"])
+        return Template("error.html", context={"problem": body}, status_code=body["status"], headers=headers)
+    return _problem(body, body["status"], headers)
+
+
+def retry_after(exc: DomainError) -> dict[str, str]:
+    """``Retry-After`` (seconds) for a refusal that passes with time, such as too many attempts."""
+    if isinstance(exc, TooManyAttempts):
+        return {"Retry-After": str(60 * int(exc.params.get("minutes", 1)))}
+    return {}
 
 
 def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:

@@ -25,10 +25,12 @@ __all__ = ("ProviderDetails", "add_provider", "authenticate_token", "create_toke
 
 class ProviderDetails(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    kvk_number: Annotated[str, msgspec.Meta(pattern=r"^\d{8}$")]
-    email: Annotated[str, msgspec.Meta(pattern=r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$", max_length=254)]
+    kvk_number: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{8}$")]
+    email: Annotated[str, msgspec.Meta(
+        pattern=r"^[^@\s\x00-\x1f\x7f-\x9f\ufeff]{1,64}@[^@\s\x00-\x1f\x7f-\x9f\ufeff]+\.[^@\s\x00-\x1f\x7f-\x9f\ufeff]+$", max_length=254)]
     iban: Annotated[str, msgspec.Meta(min_length=15, max_length=42)]
-    website: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$", max_length=300)] | None = None
+    website: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s\x00-\x1f\x7f-\x9f\ufeff]+$",
+                                         max_length=300)] | None = None
     description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
     locale: Annotated[str, msgspec.Meta(pattern=r"^(nl|en)$")] = "nl"
     """The language of the mails to the provider."""

@@ -69,7 +69,8 @@ _hasher = PasswordHasher()
 # a wrong password and the answer time does not tell which addresses have accounts.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
-Email = Annotated[str, msgspec.Meta(pattern=r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$", max_length=254)]
+Email = Annotated[str, msgspec.Meta(pattern=r"^[^@\s\x00-\x1f\x7f-\x9f\ufeff]{1,64}@[^@\s\x00-\x1f\x7f-\x9f\ufeff]+\.[^@\s\x00-\x1f\x7f-\x9f\ufeff]+$",
+                                    max_length=254)]
 
 
 class ProviderApplication(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -79,11 +80,12 @@ class ProviderApplication(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     contact_name: Annotated[str, msgspec.Meta(max_length=200)] = ""
     """Who applies; they become the provider's first account (the form requires it)."""
-    kvk_number: Annotated[str, msgspec.Meta(pattern=r"^\d{8}$")]
+    kvk_number: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{8}$")]
     email: Email
     iban: Annotated[str, msgspec.Meta(min_length=15, max_length=42)]
     categories: Annotated[list[str], msgspec.Meta(min_length=1, max_length=3)]
-    website: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$", max_length=300)] | None = None
+    website: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s\x00-\x1f\x7f-\x9f\ufeff]+$",
+                                         max_length=300)] | None = None
     description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
     locale: Annotated[str, msgspec.Meta(pattern=r"^(nl|en)$")] = "nl"
     """The language of the mails to the provider (``nl`` or ``en``); the form sends the page's."""

@@ -14,13 +14,15 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
+from litestar.params import JSONBody, PathParameter, QueryParameter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import applications, audit, history, privacy, schemes, spreadsheet, validity
+from ..apidoc import (TEXT, TOKEN, TOKEN_PROBLEMS, WRITE_PROBLEMS, ApiController, IdempotentOperation, RowId, Slug, answer,
+                      problems)
 from ..auth import requires
 from ..db import run_in_transaction
 from ..errors import N_, InvalidInput, NotFound
@@ -36,7 +38,7 @@ Reason = Annotated[str, msgspec.Meta(min_length=3, max_length=1000)]
 OptionalReason = Annotated[str, msgspec.Meta(max_length=1000)]
 SignedCents = Annotated[int, msgspec.Meta(ge=-100_000_000_000, le=100_000_000_000,
                                           description="Euro cents: positive to the reserve, negative back")]
-KvkNumber = Annotated[str, PathParameter(pattern=r"^\d{8}$", description="KvK number: 8 digits")]
+KvkNumber = Annotated[str, PathParameter(pattern=r"^[0-9]{8}$", description="KvK number: 8 digits")]
 
 
 # --- bodies --------------------------------------------------------------------------------------
@@ -191,29 +193,31 @@ def _entry_out(entry: audit.AuditEntry) -> AuditEntryOut:
                          hash=entry.hash)
 
 
-class AdminOperationsController(Controller):
+class AdminOperationsController(ApiController):
     """Dashboard, council report, work queues, decisions, interventions, audit log and the
     data-subject export: what staff do under ``/beheer``, for systems."""
 
     path = "/admin"
     tags = ["admin"]
     guards = [requires("admin")]
+    security = TOKEN
+    problem_statuses = TOKEN_PROBLEMS
 
     # --- figures ---------------------------------------------------------------------------------
 
-    @get("/schemes/{slug:str}/dashboard")
-    async def dashboard(self, slug: FromPath[str], rt: NamedDependency[Runtime]) -> reports.Dashboard:
+    @get("/schemes/{slug:str}/dashboard", responses=problems(404))
+    async def dashboard(self, slug: Slug, rt: NamedDependency[Runtime]) -> reports.Dashboard:
         async with rt.sessionmaker() as session:
             return await reports.dashboard(session, await schemes.get_scheme(session, slug))
 
-    @get("/schemes/{slug:str}/report")
-    async def report(self, slug: FromPath[str], rt: NamedDependency[Runtime]) -> reports.CouncilReport:
+    @get("/schemes/{slug:str}/report", responses=problems(404))
+    async def report(self, slug: Slug, rt: NamedDependency[Runtime]) -> reports.CouncilReport:
         """The council report: counts and sums only, no personal data."""
         async with rt.sessionmaker() as session:
             return await reports.council_report(session, await schemes.get_scheme(session, slug))
 
-    @get("/schemes/{slug:str}/report.csv", media_type=spreadsheet.MEDIA_TYPE)
-    async def report_csv(self, slug: FromPath[str], rt: NamedDependency[Runtime]) -> Response[bytes]:
+    @get("/schemes/{slug:str}/report.csv", media_type=spreadsheet.MEDIA_TYPE, responses=problems(404))
+    async def report_csv(self, slug: Slug, rt: NamedDependency[Runtime]) -> Response[bytes]:
         async with rt.sessionmaker() as session:
             scheme = await schemes.get_scheme(session, slug)
             report = await reports.council_report(session, scheme)
@@ -250,8 +254,10 @@ class AdminOperationsController(Controller):
 
     # --- decisions -------------------------------------------------------------------------------
 
-    @post("/applications/{application_id:int}/decision")
-    async def decide_application(self, request: Request[Any, Any, Any], application_id: FromPath[int],
+    @post("/applications/{application_id:int}/decision", status_code=200, operation_class=IdempotentOperation,
+          responses={200: answer(ApplicationDecided, "Decided; the applicant is mailed."), **WRITE_PROBLEMS,
+                     **problems(404)})
+    async def decide_application(self, request: Request[Any, Any, Any], application_id: RowId,
                                  data: JSONBody[ApplicationDecisionIn], rt: NamedDependency[Runtime]) -> Response[bytes]:
         """Decide an application the register could not decide; the applicant is mailed."""
 
@@ -266,8 +272,10 @@ class AdminOperationsController(Controller):
 
         return await _idempotent(request, rt, work, body_type=ApplicationDecisionIn)
 
-    @post("/redemptions/{redemption_id:int}/review")
-    async def decide_report(self, request: Request[Any, Any, Any], redemption_id: FromPath[int],
+    @post("/redemptions/{redemption_id:int}/review", status_code=200, operation_class=IdempotentOperation,
+          responses={200: answer(ReportDecided, "Decided; the entrepreneur is mailed."), **WRITE_PROBLEMS,
+                     **problems(404)})
+    async def decide_report(self, request: Request[Any, Any, Any], redemption_id: RowId,
                             data: JSONBody[ReportDecisionIn], rt: NamedDependency[Runtime]) -> Response[bytes]:
         """Keep or reverse a redemption an entrepreneur reported; the entrepreneur is mailed."""
         actor = _actor(request)
@@ -280,8 +288,8 @@ class AdminOperationsController(Controller):
 
         return await _idempotent(request, rt, work, body_type=ReportDecisionIn)
 
-    @get("/vouchers/{voucher_id:int}/history", response_headers=NO_STORE)
-    async def voucher_history(self, voucher_id: FromPath[int], rt: NamedDependency[Runtime]) -> list[history.HistoryRow]:
+    @get("/vouchers/{voucher_id:int}/history", response_headers=NO_STORE, responses=problems(404))
+    async def voucher_history(self, voucher_id: RowId, rt: NamedDependency[Runtime]) -> list[history.HistoryRow]:
         """What happened with a voucher, as its holder sees it on "my voucher": one row per change of
         its spendable balance, oldest first; the amounts add up to ``balance_cents``."""
         async with rt.sessionmaker() as session:
@@ -291,8 +299,9 @@ class AdminOperationsController(Controller):
 
     # --- interventions ---------------------------------------------------------------------------
 
-    @post("/vouchers/{voucher_id:int}/extension")
-    async def extend_voucher(self, request: Request[Any, Any, Any], voucher_id: FromPath[int],
+    @post("/vouchers/{voucher_id:int}/extension", status_code=200, operation_class=IdempotentOperation,
+          responses={200: answer(VoucherExtended, "Extended."), **WRITE_PROBLEMS, **problems(404)})
+    async def extend_voucher(self, request: Request[Any, Any, Any], voucher_id: RowId,
                              data: JSONBody[ExtensionIn], rt: NamedDependency[Runtime]) -> Response[bytes]:
         async def work(session: AsyncSession) -> VoucherExtended:
             voucher = await interventions.extend_voucher(session, voucher_id, until=data.until, reason=data.reason)
@@ -301,8 +310,9 @@ class AdminOperationsController(Controller):
 
         return await _idempotent(request, rt, work, body_type=ExtensionIn)
 
-    @post("/schemes/{slug:str}/closure")
-    async def close_scheme(self, request: Request[Any, Any, Any], slug: FromPath[str], data: JSONBody[ClosureIn],
+    @post("/schemes/{slug:str}/closure", status_code=200, operation_class=IdempotentOperation,
+          responses={200: answer(SchemeClosed, "Closed to new applications."), **WRITE_PROBLEMS, **problems(404)})
+    async def close_scheme(self, request: Request[Any, Any, Any], slug: Slug, data: JSONBody[ClosureIn],
                            rt: NamedDependency[Runtime]) -> Response[bytes]:
         async def work(session: AsyncSession) -> SchemeClosed:
             scheme = await schemes.get_scheme(session, slug)
@@ -311,8 +321,10 @@ class AdminOperationsController(Controller):
 
         return await _idempotent(request, rt, work, body_type=ClosureIn)
 
-    @post("/schemes/{slug:str}/reserve-moves")
-    async def move_money(self, request: Request[Any, Any, Any], slug: FromPath[str], data: JSONBody[ReserveMoveIn],
+    @post("/schemes/{slug:str}/reserve-moves", status_code=200, operation_class=IdempotentOperation,
+          responses={200: answer(ReserveMoved, "Moved; the scheme's figures after it."), **WRITE_PROBLEMS,
+                     **problems(404)})
+    async def move_money(self, request: Request[Any, Any, Any], slug: Slug, data: JSONBody[ReserveMoveIn],
                          rt: NamedDependency[Runtime]) -> Response[bytes]:
         """Move money from the budget to the reserve (positive ``amount_cents``) or back (negative)."""
 
@@ -332,14 +344,14 @@ class AdminOperationsController(Controller):
     @get("/audit", response_headers=NO_STORE)
     async def audit_log(
         self, rt: NamedDependency[Runtime],
-        actor: Annotated[str | None, QueryParameter(max_length=100)] = None,
-        table: Annotated[str | None, QueryParameter(max_length=40)] = None,
-        row: Annotated[str | None, QueryParameter(max_length=40)] = None,
-        action: Annotated[str | None, QueryParameter(max_length=40)] = None,
-        text: Annotated[str | None, QueryParameter(max_length=100)] = None,
+        actor: Annotated[str | None, QueryParameter(max_length=100, schema_extra=TEXT)] = None,
+        table: Annotated[str | None, QueryParameter(max_length=40, schema_extra=TEXT)] = None,
+        row: Annotated[str | None, QueryParameter(max_length=40, schema_extra=TEXT)] = None,
+        action: Annotated[str | None, QueryParameter(max_length=40, schema_extra=TEXT)] = None,
+        text: Annotated[str | None, QueryParameter(max_length=100, schema_extra=TEXT)] = None,
         since: Annotated[dt.date | None, QueryParameter()] = None,
         until: Annotated[dt.date | None, QueryParameter()] = None,
-        before: Annotated[int | None, QueryParameter(gt=0)] = None,
+        before: Annotated[int | None, QueryParameter(ge=1, le=2**63 - 1)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
     ) -> list[AuditEntryOut]:
         """The page's filters; newest first, ``before`` (an entry's ``seq``) pages back."""

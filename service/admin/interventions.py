@@ -87,6 +87,8 @@ async def extend_voucher(session: AsyncSession, voucher_id: int, *, until: dt.da
     ended can be extended, and only to a later date; a zero-amount ledger entry records it."""
     reason = _reason(reason)
     now = now or utcnow()
+    if until >= dt.date.max:  # the calendar has no day after it to end on
+        raise InvalidInput("date-too-late", N_("Choose an earlier date."), field="until")
     new_expiry = validity.end_after(until)
     if new_expiry <= now:
         raise InvalidInput("date-in-past", N_("Choose a date in the future."), field="until")
