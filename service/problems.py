@@ -76,9 +76,17 @@ def _problem(body: dict[str, Any], status: int, headers: dict[str, str] | None =
 
 def domain_error_handler(request: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
     body = problem_body(exc)
+    headers = retry_after(exc)
     if wants_html(request):
-        return Template("error.html", context={"problem": body}, status_code=body["status"])
-    return _problem(body, body["status"])
+        return Template("error.html", context={"problem": body}, status_code=body["status"], headers=headers)
+    return _problem(body, body["status"], headers)
+
+
+def retry_after(exc: DomainError) -> dict[str, str]:
+    """A limit's refusal says when to ask again (RFC 9110 ``Retry-After``, in seconds)."""
+    if isinstance(exc, TooManyAttempts):
+        return {"Retry-After": str(int(exc.params.get("minutes", 1)) * 60)}
+    return {}
 
 
 def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
