@@ -252,7 +252,7 @@ class FastPath:
             if self.settings.database_schema:
                 server_settings["search_path"] = self.settings.database_schema
             connections = self._connections[loop] = _Connections(
-                url.render_as_string(hide_password=False), server_settings, max(2, self.settings.db_pool_size // 2))
+                url.render_as_string(hide_password=False), server_settings, self.settings.db_driver_connections)
         return connections.lend()
 
     async def fetchrow(self, sql: str, *args: Any) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import logging
 from collections.abc import AsyncIterator, Collection
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -28,6 +29,8 @@ from .runtime import Runtime
 
 __all__ = ("attempts_so_far", "check_limit", "count_attempt", "failed_lookups_limited", "failures_limited",
            "give_back", "personal_key", "take_slot")
+
+log = logging.getLogger(__name__)
 
 
 def personal_key(rt: Runtime, prefix: str, value: str) -> str:
@@ -134,13 +137,22 @@ async def failures_limited(rt: Runtime, key: str, *, limit: int, window_seconds:
         yield
     except DomainError as exc:
         if exc.code not in failures:
-            await give_back(rt, key, window_seconds=window_seconds)
+            await _give_back_if_can(rt, key, window_seconds)
         raise
     except Exception:
-        await give_back(rt, key, window_seconds=window_seconds)
+        await _give_back_if_can(rt, key, window_seconds)
         raise
     else:
+        await _give_back_if_can(rt, key, window_seconds)
+
+
+async def _give_back_if_can(rt: Runtime, key: str, window_seconds: int) -> None:
+    # The block's work is done (a redemption may be committed): a slot that cannot be given back
+    # now (the database is saturated) stays counted, rather than the answer becoming an error.
+    try:
         await give_back(rt, key, window_seconds=window_seconds)
+    except Exception as exc:  # noqa: BLE001 - see above
+        log.warning("a rate-limit slot was not given back (%s)", type(exc).__name__)
 
 
 #: What counts as a failed code lookup: a code that is not there, or one its check symbol refuses.
