@@ -27,7 +27,7 @@ from .fastpath import sqlite_moment
 from .models import RateLimitCounter, utcnow
 from .runtime import Runtime
 
-__all__ = ("attempts_so_far", "check_limit", "count_attempt", "failed_lookups_limited", "failures_limited",
+__all__ = ("check_limit", "count_attempt", "failed_lookups_limited", "failures_limited",
            "give_back", "personal_key", "take_slot")
 
 log = logging.getLogger(__name__)
@@ -62,15 +62,6 @@ async def check_limit(session: AsyncSession, key: str, *, limit: int, window_sec
     """Count one attempt and refuse it when the window's limit is passed."""
     if await count_attempt(session, key, window_seconds=window_seconds, now=now) > limit:
         raise TooManyAttempts(minutes=max(1, window_seconds // 60))
-
-
-async def attempts_so_far(session: AsyncSession, key: str, *, window_seconds: int, now: dt.datetime | None = None) -> int:
-    """Attempts in the current window, without counting one."""
-    now = now or utcnow()
-    row = await session.get(RateLimitCounter, key)
-    if row is None or row.window_start < now - dt.timedelta(seconds=window_seconds):
-        return 0
-    return row.count
 
 
 # One statement takes a slot: a new window starts at 1, a running one counts up only while it is

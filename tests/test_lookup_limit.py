@@ -64,3 +64,14 @@ async def test_a_code_that_is_found_gives_its_slot_back(client, rt) -> None:
     async with rt.sessionmaker() as session:
         [counter] = (await session.scalars(select(RateLimitCounter))).all()
     assert counter.count == limit
+
+
+async def test_concurrent_unknown_application_numbers_get_no_more_lookups_than_the_limit(rt, live_server_factory) -> None:
+    """The status page of an application, looked up by its number, is limited the same way."""
+    await make_scheme(rt)
+    server = live_server_factory(workers=2)
+    limit = rt.settings.failed_lookup_limit
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as http:
+        answers = await asyncio.gather(*(http.get(f"{server.url}/aanvraag/A{n:012d}") for n in range(200)))
+    statuses = [r.status_code for r in answers]
+    assert (statuses.count(404), statuses.count(429)) == (limit, 200 - limit), statuses
