@@ -25,7 +25,7 @@ from service.app import create_app
 from service.runtime import Runtime
 from service.settings import Settings
 from tests.conftest import ROOT, settings_env
-from tests.helpers import make_scheme
+from tests.helpers import bearer, make_provider, make_scheme, make_voucher
 
 
 def busy(response, *, html: bool) -> None:
@@ -83,6 +83,28 @@ async def test_no_free_pooled_connection_answers_503_on_api_and_page(rt) -> None
     lines = logged.lines
     assert [line["event"] for line in lines] == ["database_busy"] * 2
     assert lines[0]["route"] == "/api/v1/schemes/{slug}" and "TimeoutError" in lines[0]["error"]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_no_free_driver_connection_answers_503_on_the_scan(rt) -> None:
+    """The scan goes straight through the driver's own connections: when none frees up within the
+    pool timeout, it is answered 503 as well, not left waiting."""
+    scheme = await make_scheme(rt)
+    _, code = await make_voucher(rt, scheme)
+    _, token = await make_provider(rt, scheme)
+    tiny = msgspec.structs.replace(rt.settings, db_driver_connections=1, db_pool_timeout_seconds=0.2,
+                                   db_busy_retry_after_seconds=7)
+    app_rt = Runtime.create(tiny)
+    transport = httpx.ASGITransport(app=create_app(tiny, runtime=app_rt))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as client:
+            assert (await client.get(f"/api/v1/vouchers/{code}", headers=bearer(token))).status_code == 200
+            async with app_rt.fast.connection():
+                busy(await client.get(f"/api/v1/vouchers/{code}", headers=bearer(token)), html=False)
+            assert (await client.get(f"/api/v1/vouchers/{code}", headers=bearer(token))).status_code == 200
+    finally:
+        await app_rt.close()
 
 
 @pytest.fixture
