@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -145,6 +146,21 @@ async def test_a_server_that_takes_no_more_connections_answers_503(settings, rol
             busy(await client.get("/?lang=nl", headers={"Accept": "text/html"}), html=True)
     assert [line["event"] for line in logged.lines] == ["database_busy"] * 3
     assert "TooManyConnectionsError" in logged.lines[0]["error"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # the server is not reached: no need for a second run
+async def test_a_server_that_refuses_connections_answers_503(settings) -> None:
+    """Nothing listens where the database should be (a server restarting): 503, not 500."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free, and nothing listens on it once the probe is closed
+    down = Settings(environment="test", database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{port}/vouchers",
+                    secret_key=settings.secret_key, background_tasks=False, db_busy_retry_after_seconds=7)
+    async with AsyncTestClient(app=create_app(down), base_url="http://testserver.local") as client:
+        with Lines() as logged:
+            busy(await client.get("/api/v1/schemes/test-scheme"), html=False)
+            busy(await client.get("/?lang=nl", headers={"Accept": "text/html"}), html=True)
+    assert "ConnectionRefusedError" in logged.lines[0]["error"]
 
 
 def test_pools_are_sized_by_one_formula_and_the_readme_example_holds() -> None:
