@@ -11,9 +11,13 @@ lookup that did not fail gives its slot back.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hmac
 import logging
+from collections import deque
+from typing import Any
+from weakref import WeakKeyDictionary
 from collections.abc import AsyncIterator, Collection
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -23,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .db import writer_turn
 from .errors import DomainError, TooManyAttempts
-from .fastpath import sqlite_moment
+from .fastpath import from_sqlite_moment, sqlite_moment
 from .models import RateLimitCounter, utcnow
 from .runtime import Runtime
 
@@ -120,14 +124,17 @@ async def failures_limited(rt: Runtime, key: str, *, limit: int, window_seconds:
     raises a :class:`DomainError` whose code is in ``failures``; otherwise the slot is given back.
 
     The slot is taken before the block, atomically, so the limit holds for requests that arrive at
-    once in every process; a refusal (``too-many-attempts``) comes before the block runs. Call it
-    outside any transaction: on SQLite both writes need the database's write lock."""
-    if not await take_slot(rt, key, limit=limit, window_seconds=window_seconds):
-        raise TooManyAttempts(minutes=max(1, window_seconds // 60))
+    once in every process; a refusal (``too-many-attempts``) comes before the block runs. A slot
+    may be held by the client's own requests still in flight rather than by failures: then the
+    request waits for them (:func:`_take_waiting`) instead of being refused. Call it outside any
+    transaction: on SQLite both writes need the database's write lock."""
+    local = await _take_waiting(rt, key, limit=limit, window_seconds=window_seconds)
     try:
         yield
     except DomainError as exc:
-        if exc.code not in failures:
+        if exc.code in failures:
+            await _counted_failure(rt, key, window_seconds)
+        else:
             await _give_back_if_can(rt, key, window_seconds)
         raise
     except Exception:
@@ -135,6 +142,141 @@ async def failures_limited(rt: Runtime, key: str, *, limit: int, window_seconds:
         raise
     else:
         await _give_back_if_can(rt, key, window_seconds)
+    finally:
+        # Cancelled (the client went away): the outcome is not known and the slot stays taken, as
+        # if the lookup had failed, until the window ends.
+        local.done()
+
+
+class _InFlight:
+    """This process's requests holding a slot of one key, and those waiting for one of them."""
+
+    def __init__(self, table: dict[tuple[asyncio.AbstractEventLoop, str], _InFlight],
+                 name: tuple[asyncio.AbstractEventLoop, str]) -> None:
+        self.holding = 0
+        self.polling = False
+        self.waiting: deque[asyncio.Future[None]] = deque()
+        self._table, self._name = table, name
+
+    def wake(self, *, every: bool = False) -> None:
+        """Wake the first waiting request (``every``: all of them) to ask for a slot again."""
+        while self.waiting:
+            waiter = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                if not every:
+                    return
+
+    def done(self) -> None:
+        self.holding -= 1
+        self.wake()
+        self.forget_if_idle()
+
+    def forget_if_idle(self) -> None:
+        self.waiting = deque(waiter for waiter in self.waiting if not waiter.done())
+        if not (self.holding or self.polling or self.waiting) and self._table.get(self._name) is self:
+            del self._table[self._name]
+
+
+_IN_FLIGHT: dict[tuple[asyncio.AbstractEventLoop, str], _InFlight] = {}
+
+_SETTLED = ":failed"
+"""Suffix of the key of a second counter: the failures alone, without the slots of lookups in
+flight. Only read to tell a limit used up (refused at once) from slots still held (waited for)."""
+
+
+async def _take_waiting(rt: Runtime, key: str, *, limit: int, window_seconds: int) -> _InFlight:
+    """Take a slot, or refuse (``too-many-attempts``) when failures have used the limit up.
+
+    A slot can also be held, for the milliseconds of a lookup, by a request whose outcome is not
+    known yet. When no slot is free but fewer failures than the limit are counted, the request
+    waits for one (at most ``Settings.failed_lookup_wait_seconds``): woken in order of arrival when
+    one of this process's requests for ``key`` ends, and asking again every few milliseconds for
+    those another process holds. So a burst of right codes waits its turn, and a client that has
+    used up its limit is refused at once."""
+    if key in _USED_UP.get(rt.fast, ()) and await _used_up(rt, key, limit=limit, window_seconds=window_seconds):
+        raise TooManyAttempts(minutes=max(1, window_seconds // 60))
+    loop = asyncio.get_running_loop()
+    name = (loop, key)
+    local = _IN_FLIGHT.get(name) or _IN_FLIGHT.setdefault(name, _InFlight(_IN_FLIGHT, name))
+    deadline = loop.time() + rt.settings.failed_lookup_wait_seconds
+    pause = 0.002
+    while True:
+        if await take_slot(rt, key, limit=limit, window_seconds=window_seconds):
+            local.holding += 1
+            return local
+        remaining = deadline - loop.time()
+        used_up = await _used_up(rt, key, limit=limit, window_seconds=window_seconds)
+        if used_up or remaining <= 0:
+            local.wake(every=used_up)  # used up: the others are refused too; else the next asks
+            local.forget_if_idle()
+            raise TooManyAttempts(minutes=max(1, window_seconds // 60))
+        if local.holding or local.polling:
+            # Woken when a request here ends or the one asking for this process gives up; now
+            # and then on its own, for the slots another process holds.
+            waiter = loop.create_future()
+            local.waiting.append(waiter)
+            try:
+                async with asyncio.timeout(min(remaining, 0.5)):
+                    await waiter
+            except TimeoutError:
+                pass
+            continue
+        # No request here holds one: another process's do. One request here asks, every few
+        # milliseconds, for the others.
+        local.polling = True
+        try:
+            await asyncio.sleep(min(pause, remaining))
+        finally:
+            local.polling = False
+        pause = min(pause * 2, 0.05)
+
+
+_FAILURES = "SELECT count, window_start FROM rate_limit_counter WHERE key = {key} AND window_start >= {since}"
+_FAILURES_PG = _FAILURES.format(key="$1", since="$2")
+_FAILURES_SQLITE = _FAILURES.format(key=":key", since=":since")
+
+
+async def _used_up(rt: Runtime, key: str, *, limit: int, window_seconds: int) -> bool:
+    """Whether ``limit`` failures are counted in ``key``'s window. Once they are, this process
+    remembers it until that window ends (failures are never given back), so the rest of a burst
+    is refused without a statement."""
+    now = utcnow()
+    used_up = _USED_UP.setdefault(rt.fast, {})
+    until = used_up.get(key)
+    if until is not None:
+        if until > now:
+            return True
+        del used_up[key]
+    since = now - dt.timedelta(seconds=window_seconds)
+    if rt.settings.is_sqlite:
+        row = rt.fast.read_sqlite(_FAILURES_SQLITE, {"key": key + _SETTLED, "since": sqlite_moment(since)})
+        started = from_sqlite_moment(row[1]) if row is not None else None
+    else:
+        row = await rt.fast.fetchrow(_FAILURES_PG, key + _SETTLED, since)
+        started = row[1] if row is not None else None
+    if row is None or started is None or row[0] < limit:
+        return False
+    if len(used_up) >= _USED_UP_MOST:
+        for old in [k for k, end in used_up.items() if end <= now]:
+            del used_up[old]
+    if len(used_up) < _USED_UP_MOST:
+        used_up[key] = started + dt.timedelta(seconds=window_seconds)
+    return True
+
+
+_USED_UP: WeakKeyDictionary[Any, dict[str, dt.datetime]] = WeakKeyDictionary()
+"""Per database (its ``Runtime.fast``): the keys whose limit is used up, and when their window
+ends (this process's memory)."""
+_USED_UP_MOST = 100_000
+
+
+async def _counted_failure(rt: Runtime, key: str, window_seconds: int) -> None:
+    # The slot stays taken; the failure is also counted on its own, for ``_take_waiting``.
+    try:
+        await take_slot(rt, key + _SETTLED, limit=2**31 - 1, window_seconds=window_seconds)
+    except Exception as exc:  # noqa: BLE001 - as in _give_back_if_can
+        log.warning("a failure was not counted on its own (%s)", type(exc).__name__)
 
 
 async def _give_back_if_can(rt: Runtime, key: str, window_seconds: int) -> None:

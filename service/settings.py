@@ -125,6 +125,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Unknown or mistyped codes one client may try per ``failed_lookup_window_seconds``."""
 
     failed_lookup_window_seconds: Annotated[int, msgspec.Meta(ge=1)] = 600
+    """The window of ``failed_lookup_limit``; a refusal says ``Retry-After`` this many seconds."""
+
+    failed_lookup_wait_seconds: Annotated[float, msgspec.Meta(ge=0, le=60)] = 2.0
+    """Each lookup takes one of the client's ``failed_lookup_limit`` slots before it is made and
+    gives it back when the code is found; a lookup that finds every slot held by the client's own
+    lookups still in flight waits this long at most for one to come back before it is refused."""
 
     max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
     """Larger request bodies are refused with 413 before they are read into memory."""

@@ -42,9 +42,7 @@ async def test_500_concurrent_wrong_codes_get_no_more_lookups_than_the_limit(rt,
     assert {r.headers["retry-after"] for r in refused} == {str(rt.settings.failed_lookup_window_seconds)}
     # Used up: a right code is refused as well, and nothing was counted past the limit.
     assert right.status_code == 429 and right.headers["retry-after"]
-    async with rt.sessionmaker() as session:
-        [counter] = (await session.scalars(select(RateLimitCounter))).all()
-    assert counter.key.startswith("lookup:") and counter.count == limit
+    assert await counts(rt) == {"slots": limit, "failed": limit}
 
 
 async def test_a_code_that_is_found_gives_its_slot_back(client, rt) -> None:
@@ -61,9 +59,15 @@ async def test_a_code_that_is_found_gives_its_slot_back(client, rt) -> None:
     assert (await client.get(f"/api/v1/vouchers/{mistyped}", headers=bearer(token))).status_code == 422
     refused = await client.get(f"/api/v1/vouchers/{code}", headers=bearer(token))
     assert refused.status_code == 429 and refused.headers["retry-after"] == "600"
+    assert await counts(rt) == {"slots": limit, "failed": limit}
+
+
+async def counts(rt) -> dict[str, int]:
+    """The one client's two counters: slots taken (failures and lookups in flight), failures."""
     async with rt.sessionmaker() as session:
-        [counter] = (await session.scalars(select(RateLimitCounter))).all()
-    assert counter.count == limit
+        rows = (await session.scalars(select(RateLimitCounter))).all()
+    assert len({row.key.removesuffix(":failed") for row in rows}) == 1
+    return {"failed" if row.key.endswith(":failed") else "slots": row.count for row in rows}
 
 
 async def test_concurrent_unknown_application_numbers_get_no_more_lookups_than_the_limit(rt, live_server_factory) -> None:
@@ -75,3 +79,17 @@ async def test_concurrent_unknown_application_numbers_get_no_more_lookups_than_t
         answers = await asyncio.gather(*(http.get(f"{server.url}/aanvraag/A{n:012d}") for n in range(200)))
     statuses = [r.status_code for r in answers]
     assert (statuses.count(404), statuses.count(429)) == (limit, 200 - limit), statuses
+
+
+async def test_a_burst_of_right_codes_waits_for_slots_instead_of_being_refused(rt, live_server_factory) -> None:
+    """Slots are taken before each lookup, so more lookups at once than the limit would find them
+    all held by lookups in flight: those wait for one to come back, and none is refused."""
+    scheme = await make_scheme(rt)
+    _, code = await make_voucher(rt, scheme)
+    _, token = await make_provider(rt, scheme)
+    server = live_server_factory(workers=2)
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as http:
+        answers = await asyncio.gather(*(http.get(f"{server.url}/api/v1/vouchers/{code}", headers=bearer(token))
+                                         for _ in range(5 * rt.settings.failed_lookup_limit)))
+    assert [r.status_code for r in answers] == [200] * len(answers)
+    assert await counts(rt) == {"slots": 0}
