@@ -3,10 +3,12 @@
 A counter for a personal value (an e-mail address) is keyed by a keyed hash of it
 (:func:`personal_key`), so the counters never hold the value itself.
 
-A limit on failures that a guess could reveal (unknown voucher codes) is counted *before* the
-lookup (:func:`failures_limited`): one conditional upsert takes a slot or refuses, so however many
-requests arrive at once, in however many processes, no more than the limit are looked up; a
-lookup that did not fail gives its slot back.
+A limit on failures that a guess could reveal (unknown voucher codes, application numbers) is
+counted *before* the lookup (:func:`failures_limited`): one conditional upsert takes a slot or
+refuses, so however many requests arrive at once, in however many processes, no more than the limit
+are looked up; a lookup that did not fail gives its slot back. A slot held by a lookup in flight is
+waited for, so a client's burst of right codes is not refused; failures are also counted on their
+own, so that a limit used up is refused at once.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import datetime as dt
 import hmac
 import logging
 from collections import deque
-from typing import Any
-from weakref import WeakKeyDictionary
 from collections.abc import AsyncIterator, Collection
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import case
 from sqlalchemy.dialects import postgresql, sqlite
@@ -232,15 +234,17 @@ async def _take_waiting(rt: Runtime, key: str, *, limit: int, window_seconds: in
         pause = min(pause * 2, 0.05)
 
 
-_FAILURES = "SELECT count, window_start FROM rate_limit_counter WHERE key = {key} AND window_start >= {since}"
-_FAILURES_PG = _FAILURES.format(key="$1", since="$2")
-_FAILURES_SQLITE = _FAILURES.format(key=":key", since=":since")
+# The failures counted on their own, and when the window of the slots began.
+_FAILURES = """SELECT f.count, s.window_start FROM rate_limit_counter s JOIN rate_limit_counter f ON f.key = {failed}
+WHERE s.key = {key} AND s.window_start >= {since} AND f.window_start >= {since}"""
+_FAILURES_PG = _FAILURES.format(failed="$1", key="$2", since="$3")
+_FAILURES_SQLITE = _FAILURES.format(failed=":failed", key=":key", since=":since")
 
 
 async def _used_up(rt: Runtime, key: str, *, limit: int, window_seconds: int) -> bool:
     """Whether ``limit`` failures are counted in ``key``'s window. Once they are, this process
-    remembers it until that window ends (failures are never given back), so the rest of a burst
-    is refused without a statement."""
+    remembers it until the window of the slots ends (when :func:`take_slot` would start again),
+    so the rest of a burst is refused without a statement."""
     now = utcnow()
     used_up = _USED_UP.setdefault(rt.fast, {})
     until = used_up.get(key)
@@ -250,10 +254,11 @@ async def _used_up(rt: Runtime, key: str, *, limit: int, window_seconds: int) ->
         del used_up[key]
     since = now - dt.timedelta(seconds=window_seconds)
     if rt.settings.is_sqlite:
-        row = rt.fast.read_sqlite(_FAILURES_SQLITE, {"key": key + _SETTLED, "since": sqlite_moment(since)})
+        row = rt.fast.read_sqlite(_FAILURES_SQLITE, {"failed": key + _SETTLED, "key": key,
+                                                     "since": sqlite_moment(since)})
         started = from_sqlite_moment(row[1]) if row is not None else None
     else:
-        row = await rt.fast.fetchrow(_FAILURES_PG, key + _SETTLED, since)
+        row = await rt.fast.fetchrow(_FAILURES_PG, key + _SETTLED, key, since)
         started = row[1] if row is not None else None
     if row is None or started is None or row[0] < limit:
         return False
