@@ -9,13 +9,16 @@ import logging
 import os
 import secrets
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 
+import asyncpg
 import httpx
 import msgspec
 import pytest
+import sqlalchemy.exc
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -23,6 +26,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from service import pools
 from service.app import create_app
+from service.db import is_saturated
 from service.runtime import Runtime
 from service.settings import Settings
 from tests.conftest import ROOT, settings_env
@@ -161,6 +165,40 @@ async def test_a_server_that_refuses_connections_answers_503(settings) -> None:
             busy(await client.get("/api/v1/schemes/test-scheme"), html=False)
             busy(await client.get("/?lang=nl", headers={"Accept": "text/html"}), html=True)
     assert "ConnectionRefusedError" in logged.lines[0]["error"]
+
+
+def _sqlite_busy(tmp_path) -> sqlite3.OperationalError:
+    holder = sqlite3.connect(tmp_path / "busy.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    other = sqlite3.connect(tmp_path / "busy.db", isolation_level=None, timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        return exc
+    finally:
+        other.close()
+        holder.close()
+    raise AssertionError("the second writer got the lock")
+
+
+def test_what_counts_as_a_saturated_database(tmp_path) -> None:
+    """The errors answered 503 rather than 500, also when SQLAlchemy wraps them."""
+    busy_sqlite = _sqlite_busy(tmp_path)
+    saturated = [
+        asyncpg.TooManyConnectionsError("sorry, too many clients already"),
+        asyncpg.CannotConnectNowError("the database system is starting up"),
+        ConnectionRefusedError(111, "Connect call failed"),
+        sqlalchemy.exc.TimeoutError("QueuePool limit of size 1 overflow 0 reached"),
+        busy_sqlite,
+        sqlalchemy.exc.OperationalError("BEGIN", {}, busy_sqlite),
+    ]
+    wrapped = sqlalchemy.exc.DBAPIError("SELECT 1", {}, Exception("adapted"))
+    wrapped.orig.sqlstate = "53300"  # type: ignore[union-attr]  # as SQLAlchemy's asyncpg adapter sets it
+    saturated.append(wrapped)
+    assert all(is_saturated(error) for error in saturated)
+    ordinary = [asyncpg.UniqueViolationError("duplicate key"), RuntimeError("a bug"),
+                sqlite3.OperationalError("no such table: voucher"), OSError(28, "No space left on device")]
+    assert not any(is_saturated(error) for error in ordinary)
 
 
 def test_pools_are_sized_by_one_formula_and_the_readme_example_holds() -> None:
