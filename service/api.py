@@ -23,7 +23,7 @@ from .admin import interventions
 from .admin.api import AdminOperationsController
 from .auth import Principal, requires
 from .db import run_in_transaction
-from .errors import N_, DomainError, Forbidden, InvalidInput, NotFound
+from .errors import N_, DomainError, Forbidden, NotFound
 from .models import Application, Enrolment, Provider, Scheme, Voucher
 from .problems import problem_body
 from .runtime import Runtime
