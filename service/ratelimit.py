@@ -80,23 +80,24 @@ ON CONFLICT (key) DO UPDATE SET
     window_start = CASE WHEN rate_limit_counter.window_start < {since} THEN {now}
                         ELSE rate_limit_counter.window_start END
 WHERE rate_limit_counter.window_start < {since} OR rate_limit_counter.count < {limit}
-RETURNING count
+RETURNING window_start
 """
 _GIVE_BACK = """
 UPDATE rate_limit_counter SET count = count - 1
-WHERE key = {key} AND count > 0 AND window_start >= {since}
+WHERE key = {key} AND count > 0 AND window_start = {window}
 """
 _NAMES = {"key": 1, "now": 2, "since": 3, "limit": 4}
 _TAKE_PG = _TAKE.format(**{name: f"${n}" for name, n in _NAMES.items()})
 _TAKE_SQLITE = _TAKE.format(**{name: f"?{n}" for name, n in _NAMES.items()})
-_GIVE_BACK_PG = _GIVE_BACK.format(key="$1", since="$2")
-_GIVE_BACK_SQLITE = _GIVE_BACK.format(key="?1", since="?2")
+_GIVE_BACK_PG = _GIVE_BACK.format(key="$1", window="$2")
+_GIVE_BACK_SQLITE = _GIVE_BACK.format(key="?1", window="?2")
 
 
-async def take_slot(rt: Runtime, key: str, *, limit: int, window_seconds: int) -> bool:
-    """Count one attempt for ``key`` if the window has room for it: True when it was counted,
-    False (nothing changed) when ``limit`` attempts are already in the window. Its own short
-    transaction, straight through the driver (``service.fastpath``): it runs before every scan."""
+async def take_slot(rt: Runtime, key: str, *, limit: int, window_seconds: int) -> Any:
+    """Count one attempt for ``key`` if the window has room for it: the window's start (as the
+    database gives it) when it was counted, None (nothing changed) when ``limit`` attempts are
+    already in the window. Its own short transaction, straight through the driver
+    (``service.fastpath``): it runs before every scan."""
     now = utcnow()
     since = now - dt.timedelta(seconds=window_seconds)
     if rt.settings.is_sqlite:
@@ -105,18 +106,16 @@ async def take_slot(rt: Runtime, key: str, *, limit: int, window_seconds: int) -
                                   writer_turn(rt.sessionmaker))
     else:
         row = await rt.fast.fetchrow(_TAKE_PG, key, now, since, limit)
-    return row is not None
+    return row[0] if row is not None else None
 
 
-async def give_back(rt: Runtime, key: str, *, window_seconds: int) -> None:
-    """Undo one :func:`take_slot` in the same window (a window that has started again since is
-    left alone: the slot went with the old one)."""
-    since = utcnow() - dt.timedelta(seconds=window_seconds)
+async def give_back(rt: Runtime, key: str, window: Any) -> None:
+    """Undo one :func:`take_slot` that returned ``window``; a window that has started again since
+    is left alone (the slot went with the old one)."""
     if rt.settings.is_sqlite:
-        args = (key, sqlite_moment(since))
-        await rt.fast.write(lambda conn: conn.execute(_GIVE_BACK_SQLITE, args), writer_turn(rt.sessionmaker))
+        await rt.fast.write(lambda conn: conn.execute(_GIVE_BACK_SQLITE, (key, window)), writer_turn(rt.sessionmaker))
     else:
-        await rt.fast.fetchrow(_GIVE_BACK_PG, key, since)
+        await rt.fast.fetchrow(_GIVE_BACK_PG, key, window)
 
 
 @asynccontextmanager
@@ -130,20 +129,20 @@ async def failures_limited(rt: Runtime, key: str, *, limit: int, window_seconds:
     may be held by the client's own requests still in flight rather than by failures: then the
     request waits for them (:func:`_take_waiting`) instead of being refused. Call it outside any
     transaction: on SQLite both writes need the database's write lock."""
-    local = await _take_waiting(rt, key, limit=limit, window_seconds=window_seconds)
+    local, window = await _take_waiting(rt, key, limit=limit, window_seconds=window_seconds)
     try:
         yield
     except DomainError as exc:
         if exc.code in failures:
             await _counted_failure(rt, key, window_seconds)
         else:
-            await _give_back_if_can(rt, key, window_seconds)
+            await _give_back_if_can(rt, key, window)
         raise
     except Exception:
-        await _give_back_if_can(rt, key, window_seconds)
+        await _give_back_if_can(rt, key, window)
         raise
     else:
-        await _give_back_if_can(rt, key, window_seconds)
+        await _give_back_if_can(rt, key, window)
     finally:
         # Cancelled (the client went away): the outcome is not known and the slot stays taken, as
         # if the lookup had failed, until the window ends.
@@ -187,7 +186,7 @@ _SETTLED = ":failed"
 flight. Only read to tell a limit used up (refused at once) from slots still held (waited for)."""
 
 
-async def _take_waiting(rt: Runtime, key: str, *, limit: int, window_seconds: int) -> _InFlight:
+async def _take_waiting(rt: Runtime, key: str, *, limit: int, window_seconds: int) -> tuple[_InFlight, Any]:
     """Take a slot, or refuse (``too-many-attempts``) when failures have used the limit up.
 
     A slot can also be held, for the milliseconds of a lookup, by a request whose outcome is not
@@ -204,9 +203,10 @@ async def _take_waiting(rt: Runtime, key: str, *, limit: int, window_seconds: in
     deadline = loop.time() + rt.settings.failed_lookup_wait_seconds
     pause = 0.002
     while True:
-        if await take_slot(rt, key, limit=limit, window_seconds=window_seconds):
+        window = await take_slot(rt, key, limit=limit, window_seconds=window_seconds)
+        if window is not None:
             local.holding += 1
-            return local
+            return local, window
         remaining = deadline - loop.time()
         used_up = await _used_up(rt, key, limit=limit, window_seconds=window_seconds)
         if used_up or remaining <= 0:
@@ -284,11 +284,11 @@ async def _counted_failure(rt: Runtime, key: str, window_seconds: int) -> None:
         log.warning("a failure was not counted on its own (%s)", type(exc).__name__)
 
 
-async def _give_back_if_can(rt: Runtime, key: str, window_seconds: int) -> None:
+async def _give_back_if_can(rt: Runtime, key: str, window: Any) -> None:
     # The block's work is done (a redemption may be committed): a slot that cannot be given back
     # now (the database is saturated) stays counted, rather than the answer becoming an error.
     try:
-        await give_back(rt, key, window_seconds=window_seconds)
+        await give_back(rt, key, window)
     except Exception as exc:  # noqa: BLE001 - see above
         log.warning("a rate-limit slot was not given back (%s)", type(exc).__name__)
 
