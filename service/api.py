@@ -4,8 +4,8 @@ back; the rules live in the domain modules."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -25,7 +25,7 @@ from .apidoc import (PUBLIC_PROBLEMS, TOKEN, TOKEN_PROBLEMS, WRITE_PROBLEMS, Api
                      PublicId, RowId, SchemeFilter, Slug, VoucherCode, answer, problems)
 from .auth import Principal, requires
 from .db import run_in_transaction
-from .errors import N_, DomainError, Forbidden, InvalidInput, NotFound
+from .errors import N_, DomainError, Forbidden, NotFound
 from .models import Application, Enrolment, Provider, Scheme, Voucher
 from .problems import problem_body
 from .runtime import Runtime
@@ -148,19 +148,11 @@ async def find_voucher_limited(rt: Runtime, session: AsyncSession, code: str, cl
     return await vouchers.find_voucher(session, rt, code, attempts_key=f"lookup:{client}")
 
 
-@asynccontextmanager
-async def failed_lookups_counted(rt: Runtime, client: str) -> AsyncIterator[None]:
-    """Count an unknown or mistyped code against the client, in the database so that every
-    server process shares the count. Counted after the failed transaction has ended, so the
-    count survives its rollback (and SQLite's single writer is free again)."""
-    try:
-        yield
-    except (NotFound, InvalidInput) as exc:
-        if exc.code in ("voucher-not-found", "code-mistyped"):
-            async with rt.sessionmaker() as session, session.begin():
-                await ratelimit.count_attempt(session, f"lookup:{client}",
-                                              window_seconds=rt.settings.failed_lookup_window_seconds)
-        raise
+def failed_lookups_counted(rt: Runtime, client: str) -> AbstractAsyncContextManager[None]:
+    """Around a code lookup: the client's unknown and mistyped codes are limited in the database,
+    counted before the lookup so that concurrent requests cannot slip past the limit
+    (``ratelimit.failed_lookups_limited``)."""
+    return ratelimit.failed_lookups_limited(rt, client)
 
 
 def lookup_client(request: Request[Any, Any, Any]) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from litestar import Litestar, Request, get
 from litestar.config.csrf import CSRFConfig
+from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
@@ -35,7 +36,7 @@ from .errors import DomainError
 from .health import health_routes
 from .logs import RequestLog
 from .models import Scheme
-from .problems import domain_error_handler, http_error_handler, unexpected_error_handler
+from .problems import BUSY_RETRY_AFTER, domain_error_handler, http_error_handler, unexpected_error_handler
 from .resubmit import PageTemplate
 from .runtime import Runtime
 from .sitegen.collect import ARNHEM_CONTACT
@@ -173,6 +174,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         ),
         request_max_body_size=settings.max_request_body_bytes,
         lifespan=[background],
+        state=State({BUSY_RETRY_AFTER: settings.db_busy_retry_after_seconds}),
         debug=False,
     )
     _allow_every_method(app)

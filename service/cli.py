@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import click
 import msgspec
 from sqlalchemy import select
@@ -74,6 +75,23 @@ def _port_free(host: str, port: int) -> None:
                 f"or take another port: make run PORT={port + 1} (or vouchers serve --port {port + 1})") from None
 
 
+def _connections_fit(workers: int, *, background: bool) -> None:
+    """Refuse to start, in one message with the numbers and what to change, when the processes
+    would open more connections than PostgreSQL takes (``service.pools``)."""
+    from . import pools
+
+    try:
+        settings = Settings.from_env()
+        processes = workers + (1 if background and settings.background_tasks else 0)
+        asyncio.run(pools.check(settings, processes))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+        raise click.ClickException(
+            f"PostgreSQL did not answer the check of its connections ({type(exc).__name__}: {exc}): "
+            "start it, or check VOUCHERS_DATABASE_URL") from None
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
@@ -90,6 +108,7 @@ def serve(host: str, port: int, workers: int, check: bool) -> None:
     import os
 
     _port_free(host, port)
+    _connections_fit(workers, background=True)
     if check:
         return
     if not os.environ.get("VOUCHERS_BASE_URL"):
@@ -148,6 +167,7 @@ def worker_command(nice: int, parent: int | None) -> None:
     processes run without it (VOUCHERS_BACKGROUND_TASKS=false)."""
     from . import worker
 
+    _connections_fit(1, background=False)
     worker.main(_migrated_runtime().settings, nice=nice, parent=parent)
 
 

@@ -9,24 +9,55 @@ conditional UPDATEs and row locks; a deadlock or serialization failure is retrie
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from .settings import Settings
 
-__all__ = ("create_engine", "make_sessionmaker", "transaction", "run_in_transaction", "writer_turn")
+__all__ = ("create_engine", "is_saturated", "make_sessionmaker", "transaction", "run_in_transaction", "writer_turn")
 
 T = TypeVar("T")
 
 # SQLSTATEs worth retrying: serialization_failure, deadlock_detected.
 _RETRYABLE = {"40001", "40P01"}
+# The server takes no more connections now: too_many_connections (the server's, a role's or a
+# database's limit), cannot_connect_now (starting up, shutting down), and the client's own
+# "could not connect" classes.
+_SATURATED = {"53300", "57P03", "08001", "08004", "08006"}
+
+
+def is_saturated(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) says the database cannot take this request now, rather
+    than that the request is wrong: no pooled connection free within ``db_pool_timeout_seconds``,
+    the server full or refusing connections, SQLite's write lock not had within its busy timeout.
+    Such a request is worth sending again in a moment (``service.problems`` answers 503)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        error = todo.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, PoolTimeout | ConnectionRefusedError | asyncpg.TooManyConnectionsError
+                      | asyncpg.CannotConnectNowError):
+            return True
+        if isinstance(error, sqlite3.OperationalError) and getattr(error, "sqlite_errorcode", None) in (
+                sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return True
+        if getattr(error, "sqlstate", None) in _SATURATED:
+            return True
+        todo += [error.__cause__, error.__context__, getattr(error, "orig", None)]
+    return False
 
 
 def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
@@ -34,7 +65,8 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
         # SQLite serialises writers itself; a small pool of file connections with WAL
         # lets readers run beside the writer.
         engine = create_async_engine(
-            settings.database_url, pool_size=settings.db_pool_size, max_overflow=0, **kwargs
+            settings.database_url, pool_size=settings.db_pool_size, max_overflow=0,
+            pool_timeout=settings.db_pool_timeout_seconds, **kwargs
         )
         _sqlite_pragmas(engine)
         return engine
@@ -43,7 +75,8 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_seconds,
         pool_pre_ping=False,
         **kwargs,
     )

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from . import groups
 from .settings import Settings
@@ -91,6 +92,26 @@ def from_sqlite_moment(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
 
 
+class _Turns(asyncio.Semaphore):
+    """Turns at the connections, served in order of asking; a request that has waited
+    ``wait_seconds`` (None: as long as it takes) gives up as one waiting for the pool does
+    (``db.is_saturated``: a 503)."""
+
+    def __init__(self, size: int, wait_seconds: float | None) -> None:
+        super().__init__(size)
+        self._wait_seconds = wait_seconds
+
+    async def __aenter__(self) -> None:
+        if not self.locked() or self._wait_seconds is None:  # a place is free, or no time limit
+            await self.acquire()
+            return
+        try:
+            async with asyncio.timeout(self._wait_seconds):
+                await self.acquire()
+        except TimeoutError:
+            raise PoolTimeout(f"no driver connection free within {self._wait_seconds} s") from None
+
+
 class _Connections:
     """One event loop's connections to PostgreSQL: up to ``size``, each opened when first needed,
     lent to one coroutine at a time, in order of asking.
@@ -103,12 +124,13 @@ class _Connections:
     its place opens a new one when next lent.
     """
 
-    def __init__(self, url: str, server_settings: dict[str, str], size: int) -> None:
+    def __init__(self, url: str, server_settings: dict[str, str], size: int,
+                 wait_seconds: float | None = None) -> None:
         self._url = url
         self._server_settings = server_settings
         # A turn for each place; asyncio's semaphore serves waiters in order of arrival, so a
         # request that waits for a connection is not overtaken by those that come after it.
-        self._turns = asyncio.Semaphore(size)
+        self._turns = _Turns(size, wait_seconds)
         self._free: list[asyncpg.Connection | None] = [None] * size  # None: a place not opened yet
         self._open: set[asyncpg.Connection] = set()
 
@@ -252,7 +274,8 @@ class FastPath:
             if self.settings.database_schema:
                 server_settings["search_path"] = self.settings.database_schema
             connections = self._connections[loop] = _Connections(
-                url.render_as_string(hide_password=False), server_settings, max(2, self.settings.db_pool_size // 2))
+                url.render_as_string(hide_password=False), server_settings, self.settings.db_driver_connections,
+                self.settings.db_pool_timeout_seconds)
         return connections.lend()
 
     async def fetchrow(self, sql: str, *args: Any) -> Any:

@@ -12,6 +12,7 @@ from litestar.exceptions import HTTPException, NotAuthorizedException, Validatio
 from litestar.response import Template
 
 from . import i18n, logs
+from .db import is_saturated
 from .errors import N_, Conflict, DomainError, Forbidden, InvalidInput, NotFound, Refused, TooManyAttempts
 from .resubmit import FALLBACK_DETAIL, TITLE, FormAgain, csrf_failed
 
@@ -29,6 +30,8 @@ STATUS: dict[type[DomainError], int] = {
     TooManyAttempts: 429,
 }
 PROBLEM_TYPE = "urn:vouchers:problem:"
+BUSY_RETRY_AFTER = "busy_retry_after_seconds"
+"""Key in the app's state of ``Settings.db_busy_retry_after_seconds``."""
 _HTTP_CODES = {400: "bad-request", 401: "not-signed-in", 403: "forbidden", 404: "not-found", 405: "method-not-allowed",
                413: "body-too-large", 429: "too-many-attempts"}
 _HTTP_TITLES = {
@@ -117,7 +120,10 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
 
 
 def unexpected_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """Anything no other handler knows: logged once, answered as the service's own 500."""
+    """Anything no other handler knows: logged once, answered as the service's own 500; but a
+    saturated database (:func:`db.is_saturated`) is a 503 to try again after."""
+    if is_saturated(exc):
+        return database_busy(request, exc)
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE + "internal-error", "title": i18n.gettext("Something went wrong."), "status": 500,
         "code": "internal-error",
@@ -127,6 +133,37 @@ def unexpected_error_handler(request: Request[Any, Any, Any], exc: Exception) ->
     if wants_html(request):
         return Template("error.html", context={"problem": body}, status_code=500)
     return _problem(body, 500)
+
+
+def database_busy(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """503 with ``Retry-After``: the database takes no more connections now, or none of this
+    process's was free in time. One warning line (no traceback: nothing is broken) lets an
+    operator see how often."""
+    seconds = request.app.state.get(BUSY_RETRY_AFTER, 5)  # set by ``app.create_app`` from the settings
+    request_id = request_id_of(request.scope)
+    log.warning(msgspec.json.encode({
+        "event": "database_busy", "request_id": request_id, "method": request.method,
+        "route": request.scope.get("path_template", "?"), "error": _chain(exc),
+    }).decode())
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE + "database-busy", "title": i18n.gettext("The service is very busy right now."),
+        "status": 503, "code": "database-busy",
+        "detail": i18n.gettext("Please try again in a moment."), "request_id": request_id,
+    }
+    headers = {"Retry-After": str(seconds)}
+    if wants_html(request):
+        return Template("error.html", context={"problem": body}, status_code=503, headers=headers)
+    return _problem(body, 503, headers)
+
+
+def _chain(exc: BaseException) -> list[str]:
+    """The types of an error and what it was raised from or during (never their messages)."""
+    chain = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 5:
+        chain.append(type(seen).__qualname__)
+        seen = seen.__cause__ or seen.__context__
+    return chain
 
 
 def request_id_of(scope: Any) -> str:

@@ -50,7 +50,34 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """PostgreSQL schema to use (``search_path``); None for the server's default."""
 
     db_pool_size: Annotated[int, msgspec.Meta(ge=1, le=200)] = 10
-    """Connections per server process (PostgreSQL)."""
+    """Connections one process keeps in its SQLAlchemy pool, which its writing and its reading
+    sessions share (on SQLite: file handles, and the only figure that counts). Per process on
+    PostgreSQL the service opens at most ``db_pool_size + db_max_overflow + db_driver_connections``;
+    ``vouchers serve`` refuses to start when that, times the processes, passes what the server
+    takes (README, "How pools are sized")."""
+
+    db_max_overflow: Annotated[int, msgspec.Meta(ge=0, le=200)] = 5
+    """Connections a process may open beyond ``db_pool_size`` for a burst, closed again when they
+    are returned (PostgreSQL only)."""
+
+    db_driver_connections: Annotated[int, msgspec.Meta(ge=1, le=200)] = 5
+    """Connections a process opens to PostgreSQL besides the pool, straight through asyncpg, for
+    the scan and the busiest writes (``service.fastpath``)."""
+
+    db_pool_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    """How long a request waits for a free pooled connection before it is answered 503 (the
+    database is saturated) instead of waiting on."""
+
+    db_processes: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
+    """How many processes on every host open connections to this database: web workers plus
+    background processes. Set it when more than one host (or a separate ``vouchers worker``)
+    shares the database, so that the check at start counts them all; unset, ``vouchers serve``
+    counts its own (``--workers``, plus one when ``background_tasks`` is on) and ``vouchers
+    worker`` one."""
+
+    db_busy_retry_after_seconds: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 5
+    """The ``Retry-After`` of the 503 answered when the database takes no more connections or the
+    pool has none free."""
 
     db_writers_per_process: Annotated[int, msgspec.Meta(ge=1, le=200)] = 4
     """Write transactions one server process runs at once on PostgreSQL; more wait their turn in
@@ -130,6 +157,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Unknown or mistyped codes one client may try per ``failed_lookup_window_seconds``."""
 
     failed_lookup_window_seconds: Annotated[int, msgspec.Meta(ge=1)] = 600
+    """The window of ``failed_lookup_limit``; a refusal says ``Retry-After`` this many seconds."""
+
+    failed_lookup_wait_seconds: Annotated[float, msgspec.Meta(ge=0, le=60)] = 2.0
+    """Each lookup takes one of the client's ``failed_lookup_limit`` slots before it is made and
+    gives it back when the code is found; a lookup that finds every slot held by the client's own
+    lookups still in flight waits this long at most for one to come back before it is refused."""
 
     max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
     """Larger request bodies are refused with 413 before they are read into memory."""

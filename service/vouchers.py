@@ -110,7 +110,9 @@ def parse_code(code_text: str) -> str:
 
 
 def check_attempts(rt: Runtime, attempts: int | None) -> None:
-    if (attempts or 0) >= rt.settings.failed_lookup_limit:
+    # The web takes this lookup's slot before it (``ratelimit.failed_lookups_limited``) and refuses
+    # there; the count read here includes that slot, so only a count past the limit refuses.
+    if (attempts or 0) > rt.settings.failed_lookup_limit:
         raise TooManyAttempts(minutes=max(1, rt.settings.failed_lookup_window_seconds // 60))
 
 

@@ -211,24 +211,16 @@ async def confirm(request: Request[Any, Any, Any], token: FromPath[str], rt: Nam
 
 @get("/aanvraag/{public_id:str}", response_headers=NO_STORE)
 async def status_page(request: Request[Any, Any, Any], public_id: FromPath[str], rt: NamedDependency[Runtime]) -> Template:
-    key = f"status:ip:{client_ip(request)}"
-    window = rt.settings.failed_lookup_window_seconds
-    # One session at a time: on SQLite every transaction holds the write lock.
-    async with rt.sessionmaker() as session:
-        if await ratelimit.attempts_so_far(session, key, window_seconds=window) >= rt.settings.failed_lookup_limit:
-            raise TooManyAttempts(minutes=max(1, window // 60))
-        try:
-            state = await applications.application_state(session, public_id.strip().upper())
-            register = await applications.register_facts_of(session, state.application_id)
-            scheme = await schemes.get_scheme(session, state.scheme)
-        except NotFound as exc:
-            missing: NotFound | None = exc
-        else:
-            missing = None
-    if missing is not None:
-        async with rt.sessionmaker() as counting, counting.begin():
-            await ratelimit.count_attempt(counting, key, window_seconds=window)
-        raise missing
+    # Unknown numbers are limited per address, counted before the lookup so that requests sent
+    # at once cannot pass the limit; the session ends before the count's own write (on SQLite
+    # every transaction holds the write lock).
+    async with ratelimit.failures_limited(rt, f"status:ip:{client_ip(request)}",
+                                          limit=rt.settings.failed_lookup_limit,
+                                          window_seconds=rt.settings.failed_lookup_window_seconds,
+                                          failures=("application-not-found",)), rt.sessionmaker() as session:
+        state = await applications.application_state(session, public_id.strip().upper())
+        register = await applications.register_facts_of(session, state.application_id)
+        scheme = await schemes.get_scheme(session, state.scheme)
     principal = _principal(request)
     return entrepreneur_page("status", state=state, scheme=scheme, register=register,
                              signed_in=principal is not None)
