@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from . import applications, fastwrite, ratelimit, schemes, vouchers
 from . import offers as offers_domain
 from . import payouts, staff, validity
-from .admin import interventions
+from . import interventions
 from .admin.api import AdminOperationsController
 from .api_idempotent import run_idempotent, strict_decode
 from .auth import Principal, requires

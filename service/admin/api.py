@@ -28,7 +28,7 @@ from ..errors import N_, InvalidInput, NotFound
 from ..models import Application, Enrolment, Provider, Scheme, Voucher
 from ..runtime import Runtime
 from ..web import NO_STORE
-from . import interventions, reports
+from .. import interventions, reports
 from .web import report_csv_response
 
 __all__ = ("AdminOperationsController",)

@@ -29,7 +29,8 @@ from ..errors import N_, DomainError, InvalidInput, NotFound
 from ..models import Application, Enrolment, Provider, Redemption, Scheme, Voucher
 from ..models_admin import FlagReview
 from ..runtime import Runtime
-from . import interventions, reports, roles
+from .. import interventions, reports
+from . import roles
 from .charts import bar_chart
 from .web import NO_STORE, errors_of, page, report_csv_response, status, to_login, who
 
