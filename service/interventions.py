@@ -107,14 +107,14 @@ async def extend_voucher(session: AsyncSession, voucher_id: int, *, until: dt.da
     old_expiry = voucher.expires_at
     result = await session.execute(
         update(Voucher)
-        .where(Voucher.id == voucher_id, Voucher.status.in_(("active", "used_up")), Voucher.expires_at > now,
+        .where(Voucher.id == voucher_id, Voucher.status.in_(ENDABLE), Voucher.expires_at > now,
                Voucher.expires_at < new_expiry)
         .values(expires_at=new_expiry)
         .returning(Voucher.id)
     )
     if result.first() is None:
         await session.refresh(voucher)
-        if voucher.status not in ("active", "used_up") or voucher.expires_at <= now:
+        if voucher.status not in ENDABLE or voucher.expires_at <= now:
             raise Refused("voucher-ended", N_("This voucher has already ended."))
         raise InvalidInput("date-not-later", N_("Choose a date after the current expiry date."), field="until")
     ledger.post(session, scheme_id=voucher.scheme_id, kind="extend", source=(ledger.VOUCHER, voucher.id),
