@@ -24,7 +24,7 @@ from .api_idempotent import run_idempotent, strict_decode
 from .auth import Principal, requires
 from .db import run_in_transaction
 from .errors import N_, Forbidden, InvalidInput, NotFound
-from .models import Application, Enrolment, Provider, Scheme, Voucher
+from .models import Application, Enrolment, Provider, Redemption, Scheme, Voucher
 from .runtime import Runtime
 from .web import NO_STORE, client_ip
 
@@ -514,8 +514,6 @@ class AdminCoachController(Controller):
 
     @get("/redemptions/flagged", response_headers=NO_STORE)
     async def flagged(self, rt: NamedDependency[Runtime]) -> list[FlaggedOut]:
-        from .models import Redemption
-
         async with rt.sessionmaker() as session:
             rows = await session.scalars(
                 select(Redemption).where(Redemption.flagged_at.is_not(None)).order_by(Redemption.flagged_at))

@@ -23,6 +23,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import audit, i18n, privacy, schemes
+from .. import vouchers as vouchers_domain
 from ..auth import requires
 from ..db import run_in_transaction
 from ..errors import N_, DomainError, InvalidInput, NotFound
@@ -585,8 +586,6 @@ async def _find(session: AsyncSession, query: str) -> list[Any]:
 async def _voucher_page(request: Request[Any, Any, Any], rt: Runtime, voucher_id: int, *, done: str | None = None,
                         failed: int | None = None, errors: dict[str, str] | None = None,
                         values: dict[str, str] | None = None, status_code: int = 200) -> Template:
-    from .. import vouchers as vouchers_domain
-
     async with rt.sessionmaker() as session:
         voucher = await session.get(Voucher, voucher_id)
         if voucher is None:
