@@ -27,7 +27,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import i18n, logs
+from . import account_links, i18n, logs, mail_links
 from .codes import format_code
 from .errors import REJECTION_REASONS
 from .models import OutboxMessage, Voucher, utcnow
@@ -91,22 +91,16 @@ async def render(session: AsyncSession, rt: Runtime, message: OutboxMessage,
         salt = salts.get(context["voucher_id"])
         if salt is not None:
             context["voucher_code"] = format_code(rt.keys.code_for(salt))
-    # Links that let someone in are made now too, never stored (signin imports this module).
-    from . import signin
-
+    # Links that let someone in are made now too, never stored.
     if "sign_in_token_ids" in context:
-        context["links"] = await signin.sign_in_links(session, rt, context["sign_in_token_ids"])
+        context["links"] = await mail_links.sign_in_links(session, rt, context["sign_in_token_ids"])
     if "confirm_for" in context:
-        context["confirm_url"] = signin.confirm_link(rt, context["confirm_for"])
+        context["confirm_url"] = mail_links.confirm_link(rt, context["confirm_for"])
     if "report_redemption_id" in context:
-        context["report_url"] = signin.report_link(rt, context["report_redemption_id"])
+        context["report_url"] = mail_links.report_link(rt, context["report_redemption_id"])
     if "confirm_provider_for" in context:
-        from . import staff
-
-        context["confirm_url"] = staff.confirm_link(rt, context["confirm_provider_for"])
+        context["confirm_url"] = mail_links.provider_confirm_link(rt, context["confirm_provider_for"])
     if "account_link_id" in context:
-        from . import account_links
-
         context["account_url"] = await account_links.url_for_id(session, rt, context["account_link_id"])
     context["base_url"] = rt.settings.base_url.rstrip("/")
     context["locale"] = message.locale
