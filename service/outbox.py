@@ -1,9 +1,12 @@
 """The one outbox for all mail.
 
 A message is written in the same transaction as the change it reports and is rendered and sent
-later by :func:`send_due`, which several processes may run at once: each claims rows first
-(``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the write lock on SQLite) for a lease, so a message is
-handed to the mail server once. A failure is retried with back-off; nothing is dropped while the
+later by :func:`send_due`, which several processes, on several hosts, may run at once: each claims
+rows first (on PostgreSQL a row lock held while they are sent, so a sender that dies lets go at once;
+on SQLite a lease) and marks each message as sent as soon as the mail server has taken it, so a
+message is handed to the mail server once, also when a sender is killed in the middle of a batch
+(only a death in the moment between the mail server's acceptance and that mark can send one
+again, with the same ``Message-ID``). A failure is retried with back-off; nothing is dropped while the
 mail server is down. Messages are rendered at send time from their parameters, so a voucher code
 is never stored in the outbox: it is derived when the mail goes out.
 """
@@ -135,21 +138,70 @@ async def send_due(rt: Runtime, *, now: dt.datetime | None = None, batch: int = 
             return total
 
 
+def _due(now: dt.datetime) -> list[Any]:
+    """Due, and not claimed by a sender that leases its claims (SQLite, or an older version)."""
+    return [OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now,
+            (OutboxMessage.claimed_until.is_(None)) | (OutboxMessage.claimed_until < now)]
+
+
+def _sent(ids: list[int]) -> Any:
+    return (update(OutboxMessage).where(OutboxMessage.id.in_(ids))
+            .values(status="sent", sent_at=utcnow(), claimed_until=None, attempts=OutboxMessage.attempts + 1))
+
+
 async def _send_batch(rt: Runtime, now: dt.datetime, batch: int) -> tuple[int, int]:
-    """Claim up to ``batch`` due messages, hand them to the mail server over one connection, and
-    mark those it took as sent in one statement. Returns (claimed, sent)."""
-    due = (
-        select(OutboxMessage.id)
-        .where(
-            OutboxMessage.status == "pending",
-            OutboxMessage.next_attempt_at <= now,
-            (OutboxMessage.claimed_until.is_(None)) | (OutboxMessage.claimed_until < now),
-        )
-        .order_by(OutboxMessage.id)
-        .limit(batch)
-    )
-    if not rt.settings.is_sqlite:
-        due = due.with_for_update(skip_locked=True)
+    """Claim up to ``batch`` due messages and hand them to the mail server over one connection,
+    marking each as sent as soon as the mail server has taken it, so that a sender that dies in
+    the middle of a batch sends nothing again. Returns (claimed, sent)."""
+    if rt.settings.is_sqlite:
+        return await _send_leased(rt, now, batch)
+    return await _send_locked(rt, now, batch)
+
+
+async def _send_locked(rt: Runtime, now: dt.datetime, batch: int) -> tuple[int, int]:
+    """PostgreSQL: the batch's rows stay locked (``FOR UPDATE SKIP LOCKED``) for as long as they
+    are being sent, by a transaction that commits each message's mark and locks the rest again.
+    If this process dies, PostgreSQL ends its transaction and another sender takes the rest at
+    once, with no lease to wait for. Another sender may take a row in the moment between the
+    commit and the new lock; it is then skipped here."""
+    async with rt.sessionmaker() as session:
+        claimed = list(await session.scalars(
+            select(OutboxMessage).where(*_due(now)).order_by(OutboxMessage.id).limit(batch)
+            .with_for_update(skip_locked=True)))
+        if not claimed:
+            await session.rollback()
+            return 0, 0
+        salts = await _code_salts(session, claimed)
+        rendered = [(message, *await render(session, rt, message, salts)) for message in claimed]
+        held = {message.id for message in claimed}
+        sent = 0
+        async with _MailServer(rt) as server:
+            for n, (message, subject, body) in enumerate(rendered):
+                if message.id not in held:
+                    continue
+                try:
+                    await server.deliver(message, _mime(rt, message, subject, body))
+                except Exception as exc:  # any failure of the mail server: try again later
+                    log.warning("mail %s not sent: %s", message.id, exc)
+                    await session.execute(_failed(message, exc, now))
+                else:
+                    await session.execute(_sent([message.id]))
+                    sent += 1
+                await session.commit()
+                rest = [m.id for m, _, _ in rendered[n + 1:] if m.id in held]
+                if rest:
+                    held = set(await session.scalars(
+                        select(OutboxMessage.id).where(OutboxMessage.id.in_(rest), *_due(now))
+                        .with_for_update(skip_locked=True)))
+        await session.commit()
+    return len(claimed), sent
+
+
+async def _send_leased(rt: Runtime, now: dt.datetime, batch: int) -> tuple[int, int]:
+    """SQLite: the database's write lock cannot be held while mail is sent, so the claim is a
+    lease (``claimed_until``) committed first; a sender that dies leaves the rest of its batch to
+    the next one when the lease runs out."""
+    due = select(OutboxMessage.id).where(*_due(now)).order_by(OutboxMessage.id).limit(batch)
     # One statement takes the lease: loading the rows and flushing an UPDATE for each cost more
     # than rendering the mail did.
     claim = (update(OutboxMessage).where(OutboxMessage.id.in_(due.scalar_subquery()))
@@ -159,28 +211,24 @@ async def _send_batch(rt: Runtime, now: dt.datetime, batch: int) -> tuple[int, i
                          key=lambda message: message.id)
     if not claimed:
         return 0, 0
-    # Rendered after the claim has committed: on SQLite the claim holds the database's write lock.
+    # Rendered after the claim has committed: the claim holds the database's write lock.
     async with rt.reader() as session:
         salts = await _code_salts(session, claimed)
         rendered = [(message, *await render(session, rt, message, salts)) for message in claimed]
-    delivered: list[int] = []
+    sent = 0
     async with _MailServer(rt) as server:
         for message, subject, body in rendered:
             try:
                 await server.deliver(message, _mime(rt, message, subject, body))
             except Exception as exc:  # any failure of the mail server: try again later
                 log.warning("mail %s not sent: %s", message.id, exc)
-                await _failed(rt, message, exc, now)
+                mark = _failed(message, exc, now)
             else:
-                delivered.append(message.id)
-    if delivered:
-        async with rt.sessionmaker() as session, session.begin():
-            await session.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.id.in_(delivered))
-                .values(status="sent", sent_at=utcnow(), claimed_until=None, attempts=OutboxMessage.attempts + 1)
-            )
-    return len(claimed), len(delivered)
+                mark = _sent([message.id])
+                sent += 1
+            async with rt.sessionmaker() as session, session.begin():
+                await session.execute(mark)
+    return len(claimed), sent
 
 
 class _MailServer:
@@ -230,19 +278,12 @@ class _MailServer:
                 self.smtp.close()
 
 
-async def _failed(rt: Runtime, message: OutboxMessage, exc: Exception, now: dt.datetime) -> None:
+def _failed(message: OutboxMessage, exc: Exception, now: dt.datetime) -> Any:
+    """The UPDATE that puts a message back, to be tried again after a back-off."""
     backoff = min(dt.timedelta(seconds=10 * 2 ** min(message.attempts, 12)), MAX_BACKOFF)
-    async with rt.sessionmaker() as session, session.begin():
-        await session.execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.id == message.id)
-            .values(
-                attempts=OutboxMessage.attempts + 1,
-                next_attempt_at=now + backoff,
-                claimed_until=None,
-                last_error=str(exc)[:1000],
-            )
-        )
+    return (update(OutboxMessage).where(OutboxMessage.id == message.id)
+            .values(attempts=OutboxMessage.attempts + 1, next_attempt_at=now + backoff, claimed_until=None,
+                    last_error=str(exc)[:1000]))
 
 
 # The standard library's classic message class: the modern ``EmailMessage`` API parses every header

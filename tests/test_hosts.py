@@ -1,0 +1,381 @@
+"""Several hosts on one PostgreSQL: three ``vouchers serve`` processes on their own ports, each in
+its own working directory (so they share no local file), sharing only the secret and the database,
+and background processes (``vouchers worker``) beside them, as a municipality would run it behind a
+load balancer. Nothing may depend on memory that one process has and another has not."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from service.check import reconcile
+from service.codes import format_code
+from service.migrate import upgrade
+from service.models import ApiToken, Application, OutboxMessage, Provider, Redemption, Voucher
+from service.runtime import Runtime
+from service.settings import Settings
+from tests.coach_helpers import PASSWORD, make_staff
+from tests.conftest import TEST_SECRET, SmtpSink, free_port
+from tests.helpers import admin_token, bearer, make_provider, make_scheme, make_voucher, next_kvk
+
+pytestmark = pytest.mark.postgres
+
+HOSTS = 3
+LOOKUP_LIMIT = 5
+_slugs = (f"hosts-{n}" for n in itertools.count(1))
+
+
+def vouchers_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """What a host is configured with: the shared secret and database, nothing else shared."""
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("VOUCHERS_")}
+    return {**plain, "VOUCHERS_ENVIRONMENT": "test", "VOUCHERS_SECRET_KEY": settings.secret_key,
+            "VOUCHERS_DATABASE_URL": settings.database_url, "VOUCHERS_DATABASE_SCHEMA": settings.database_schema or "",
+            "VOUCHERS_BASE_URL": settings.base_url, "VOUCHERS_FAILED_LOOKUP_LIMIT": str(LOOKUP_LIMIT),
+            "VOUCHERS_SITE_REBUILD": "false", **extra}
+
+
+class Process:
+    """A ``vouchers`` command running in a working directory of its own (a host's local disk)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
+        cwd.mkdir(parents=True, exist_ok=True)
+        self.log = tempfile.TemporaryFile()  # a file, not a pipe nobody reads
+        self.process = subprocess.Popen([sys.executable, "-m", "service.cli", *args], cwd=cwd, env=env,
+                                        stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def kill(self) -> None:
+        """kill -9, as a crashed host or an out-of-memory killer would."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def terminate(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+
+    def stop(self) -> None:
+        self.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.log.close()
+
+
+def stop_all(processes: list[Process]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.stop()
+
+
+class Host(Process):
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(["serve", "--port", str(self.port)], {**env, "VOUCHERS_BACKGROUND_TASKS": "false"}, cwd)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+            if self.process.poll() is not None:
+                raise RuntimeError(f"host exited: {self.output()}")
+        raise RuntimeError(f"host did not start within 60 s: {self.output()}")
+
+
+class Cluster:
+    def __init__(self, settings: Settings, root: Path) -> None:
+        self.settings = settings
+        self.root = root
+        self.hosts: list[Host] = []
+        self.workers: list[Process] = []
+
+    def start_hosts(self, n: int) -> None:
+        self.hosts = [Host(vouchers_env(self.settings), self.root / f"host{i}") for i in range(n)]
+        for host in self.hosts:
+            host.wait_ready()
+
+    def start_worker(self, smtp: SmtpSink) -> Process:
+        """``vouchers worker`` on a host of its own, polling the outbox often (the test waits for it)."""
+        worker = Process(["worker"], vouchers_env(self.settings, VOUCHERS_MAIL_BACKEND="smtp",
+                                                 VOUCHERS_SMTP_PORT=str(smtp.port),
+                                                 VOUCHERS_OUTBOX_INTERVAL_SECONDS="0.2",
+                                                 VOUCHERS_AUDIT_SEAL_INTERVAL_SECONDS="0.2"),
+                         self.root / f"worker{len(self.workers)}")
+        self.workers.append(worker)
+        return worker
+
+    def cli(self, host: int, *args: str) -> subprocess.CompletedProcess[str]:
+        """An operator's command on one of the hosts."""
+        return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=self.root / f"host{host}",
+                              env=vouchers_env(self.settings), capture_output=True, text=True, timeout=120)
+
+    def url(self, n: int) -> str:
+        return self.hosts[n % len(self.hosts)].url
+
+    def stop(self) -> None:
+        stop_all([*self.workers, *self.hosts])
+        self.workers = []
+
+
+@pytest.fixture(scope="module")
+def cluster(pg_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    schema = f"hosts_{uuid.uuid4().hex[:8]}"
+
+    async def create_schema() -> None:
+        engine = create_async_engine(pg_database, isolation_level="AUTOCOMMIT")
+        async with engine.connect() as conn:
+            await conn.execute(text(f"CREATE SCHEMA {schema}"))
+        await engine.dispose()
+
+    asyncio.run(create_schema())
+    upgrade(pg_database, schema)  # as the operator does: vouchers db upgrade
+    settings = Settings(environment="test", database_url=pg_database, database_schema=schema,
+                        secret_key=TEST_SECRET, base_url="http://vouchers.test", background_tasks=False,
+                        failed_lookup_limit=LOOKUP_LIMIT)
+    cluster = Cluster(settings, tmp_path_factory.mktemp("hosts"))
+    try:
+        cluster.start_hosts(HOSTS)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+async def rt(cluster: Cluster) -> AsyncIterator[Runtime]:
+    runtime = Runtime.create(cluster.settings)
+    yield runtime
+    await runtime.close()
+
+
+@pytest.fixture(autouse=True)
+def stop_workers(cluster: Cluster) -> Iterator[None]:
+    yield
+    stop_all(cluster.workers)
+    cluster.workers = []
+
+
+async def fire(requests: list[tuple[str, str, dict]], limit: int = 48) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=limit)) as http:
+        return await asyncio.gather(*(http.request(method, url, **kwargs) for method, url, kwargs in requests))
+
+
+def application(n: int, slug: str) -> dict:
+    return {"kvk_number": next_kvk(), "company_name": f"Firma {n}", "employees": 2, "postcode": "6811 AB",
+            "contact_name": "Naam", "email": f"{slug}-{n}@example.org"}
+
+
+async def test_a_rush_over_every_host_keeps_the_cap_exact(cluster: Cluster, rt: Runtime) -> None:
+    slug = next(_slugs)
+    await make_scheme(rt, slug=slug, max_places=15)
+    token = await admin_token(rt)
+    # Both ways in on every host: the driver's path, and (with an Idempotency-Key) the session's.
+    answers = await fire([("POST", f"{cluster.url(n)}/api/v1/admin/schemes/{slug}/applications", {
+        "headers": {**bearer(token), **({"Idempotency-Key": str(uuid.uuid4())} if n % 4 == 3 else {})},
+        "json": application(n, slug)}) for n in range(120)])
+    assert [r.status_code for r in answers] == [201] * 120, {r.status_code: r.text for r in answers}
+    statuses = Counter(r.json()["status"] for r in answers)
+    assert statuses == {"granted": 15, "waiting": 105}
+    async with rt.sessionmaker() as session:
+        scheme_apps = select(Application).where(Application.email.like(f"{slug}-%"))
+        granted = await session.scalar(select(func.count()).select_from(Voucher).join(
+            Application, Voucher.application_id == Application.id).where(Application.email.like(f"{slug}-%")))
+        assert granted == 15
+        waiting = sorted(a.waitlist_number for a in await session.scalars(scheme_apps) if a.status == "waiting")
+        assert waiting == list(range(1, 106))  # each place in the queue handed out once, over all hosts
+        assert await reconcile(session) == []
+
+
+async def _sign_in(http: httpx.AsyncClient, url: str, email: str) -> None:
+    await http.get(f"{url}/coach/login")
+    r = await http.post(f"{url}/coach/login", data={"email": email, "password": PASSWORD, "next": "/coach",
+                                                    "_csrf_token": http.cookies["csrftoken"]})
+    assert r.status_code == 303 and r.headers["location"] == "/coach", r.text
+
+
+async def test_a_session_and_its_csrf_token_from_one_host_work_on_the_others(cluster: Cluster, rt: Runtime) -> None:
+    scheme = await make_scheme(rt, slug=next(_slugs))
+    provider, _ = await make_provider(rt, scheme)
+    email = await make_staff(rt, provider.id)
+    # One browser, one cookie jar; the load balancer sends each request to another host.
+    async with httpx.AsyncClient(timeout=30) as http:
+        await _sign_in(http, cluster.url(0), email)
+        page = await http.get(f"{cluster.url(1)}/coach/settings")
+        assert page.status_code == 200 and "Coach &amp; Co" in page.text
+        r = await http.post(f"{cluster.url(2)}/coach/settings",
+                            data={"locale": "en", "_csrf_token": http.cookies["csrftoken"]})
+        assert r.status_code == 303 and r.headers["location"] == "/coach/settings?done=true", r.text
+    async with rt.reader() as session:
+        assert (await session.get_one(Provider, provider.id)).locale == "en"
+
+
+async def test_signing_out_on_one_host_ends_the_session_on_the_others(cluster: Cluster, rt: Runtime) -> None:
+    """A copy of the session cookie taken before signing out (a second tab, a stolen cookie) must
+    not keep working on another host."""
+    scheme = await make_scheme(rt, slug=next(_slugs))
+    provider, _ = await make_provider(rt, scheme)
+    email = await make_staff(rt, provider.id)
+    async with httpx.AsyncClient(timeout=30) as http:
+        await _sign_in(http, cluster.url(0), email)
+        copy = dict(http.cookies.items())
+        r = await http.post(f"{cluster.url(1)}/coach/logout", data={"_csrf_token": http.cookies["csrftoken"]})
+        assert r.status_code == 303
+    async with httpx.AsyncClient(timeout=30, cookies=copy) as replay:
+        for n in range(HOSTS):
+            r = await replay.get(f"{cluster.url(n)}/coach/settings")
+            assert r.status_code in (302, 303) and r.headers["location"].startswith("/coach/login"), (n, r.status_code)
+
+
+async def test_a_bearer_token_works_on_every_host_and_its_revocation_at_once(cluster: Cluster, rt: Runtime) -> None:
+    scheme = await make_scheme(rt, slug=next(_slugs))
+    _, code = await make_voucher(rt, scheme)
+    provider, token = await make_provider(rt, scheme)
+    for n in range(HOSTS):  # every host now knows the token (and may remember it)
+        r = httpx.get(f"{cluster.url(n)}/api/v1/vouchers/{code}", headers=bearer(token))
+        assert r.status_code == 200, r.text
+    async with rt.reader() as session:
+        token_id = await session.scalar(select(ApiToken.id).where(ApiToken.provider_id == provider.id))
+    revoked = cluster.cli(0, "token", "revoke", str(token_id))
+    assert revoked.returncode == 0, revoked.stderr
+    for n in range(HOSTS):
+        r = httpx.get(f"{cluster.url(n)}/api/v1/vouchers/{code}", headers=bearer(token))
+        assert r.status_code == 401, (n, r.status_code)
+
+
+async def test_failed_lookups_are_counted_over_every_host(cluster: Cluster, rt: Runtime) -> None:
+    scheme = await make_scheme(rt, slug=next(_slugs))
+    _, code = await make_voucher(rt, scheme)
+    _, token = await make_provider(rt, scheme)
+    unknown = format_code(rt.keys.code_for(rt.keys.new_salt()))  # well formed, but no voucher has it
+    answers = []
+    for n in range(LOOKUP_LIMIT + HOSTS):
+        answers.append(httpx.get(f"{cluster.url(n)}/api/v1/vouchers/{unknown}", headers=bearer(token)).status_code)
+    assert 429 not in answers[:LOOKUP_LIMIT] and answers[LOOKUP_LIMIT:] == [429] * HOSTS, answers
+    # The right code is refused too, on every host, until the window has passed.
+    for n in range(HOSTS):
+        assert httpx.get(f"{cluster.url(n)}/api/v1/vouchers/{code}", headers=bearer(token)).status_code == 429
+
+
+async def test_an_idempotency_key_used_on_one_host_replays_on_the_others(cluster: Cluster, rt: Runtime) -> None:
+    scheme = await make_scheme(rt, slug=next(_slugs))
+    voucher, code = await make_voucher(rt, scheme)
+    _, token = await make_provider(rt, scheme)
+    headers = {**bearer(token), "Idempotency-Key": str(uuid.uuid4())}
+    body = {"amount_cents": 2500, "category": "coaching", "reference": "F-hosts"}
+    answers = [httpx.post(f"{cluster.url(n)}/api/v1/vouchers/{code}/redemptions", headers=headers, json=body)
+               for n in range(HOSTS)]
+    assert [r.status_code for r in answers] == [201] * HOSTS and all(r.json() == answers[0].json() for r in answers)
+    other = httpx.post(f"{cluster.url(1)}/api/v1/vouchers/{code}/redemptions", headers=headers,
+                       json={**body, "amount_cents": 100})
+    assert other.status_code == 422
+    async with rt.reader() as session:
+        assert await session.scalar(select(func.count()).select_from(Redemption)
+                                    .where(Redemption.voucher_id == voucher.id)) == 1
+        assert (await session.get_one(Voucher, voucher.id)).balance_cents == 135000 - 2500
+
+
+class HoldingSink(SmtpSink):
+    """The tests' SMTP server, which keeps the ``hold_at``-th message waiting for its answer, as a
+    slow mail server would: the sender is then killed in the middle of its batch, before the mail
+    server has accepted that message."""
+
+    def __init__(self, hold_at: int) -> None:
+        super().__init__()
+        self.hold_at = hold_at
+        self.holding = threading.Event()
+
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:  # noqa: N802
+        if len(self.messages) == self.hold_at and not self.holding.is_set():
+            self.holding.set()
+            await asyncio.sleep(3600)  # cancelled when the sender's connection is gone
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_mail_goes_out_once_when_a_worker_is_killed_mid_batch_and_another_takes_over(
+        cluster: Cluster, rt: Runtime) -> None:
+    slug = next(_slugs)
+    await make_scheme(rt, slug=slug, max_places=300)
+    token = await admin_token(rt)
+    answers = await fire([("POST", f"{cluster.url(n)}/api/v1/admin/schemes/{slug}/applications",
+                           {"headers": bearer(token), "json": application(n, slug)}) for n in range(150)])
+    assert {r.status_code for r in answers} == {201}
+    sink = HoldingSink(hold_at=40)
+    sink.start()
+    try:
+        first = cluster.start_worker(sink)
+        assert await asyncio.to_thread(sink.holding.wait, 60), first.output()
+        first.kill()
+        cluster.start_worker(sink)
+        recipients = {f"{slug}-{n}@example.org" for n in range(150)}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            async with rt.reader() as session:
+                pending = await session.scalar(select(func.count()).select_from(OutboxMessage).where(
+                    OutboxMessage.status != "sent"))
+            if not pending:
+                break
+            await asyncio.sleep(0.2)
+        assert pending == 0
+        per_recipient = Counter(m["To"] for m in sink.messages if m["To"] in recipients)
+        assert set(per_recipient) == recipients
+        assert [to for to, count in per_recipient.items() if count != 1] == []
+        assert max(Counter(m["Message-ID"] for m in sink.messages).values()) == 1
+    finally:
+        sink.stop()
+
+
+async def test_two_background_processes_seal_one_audit_chain(cluster: Cluster, rt: Runtime) -> None:
+    slug = next(_slugs)
+    await make_scheme(rt, slug=slug, max_places=300)
+    token = await admin_token(rt)
+    sink = SmtpSink()
+    sink.start()
+    try:
+        cluster.start_worker(sink)
+        cluster.start_worker(sink)
+        for round_ in range(3):  # writes on every host while both seal
+            answers = await fire([("POST", f"{cluster.url(n)}/api/v1/admin/schemes/{slug}/applications",
+                                   {"headers": bearer(token), "json": application(100 * round_ + n, slug)})
+                                  for n in range(40)])
+            assert {r.status_code for r in answers} == {201}
+            await asyncio.sleep(0.3)
+        from service.models_admin import AuditEntry
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            async with rt.reader() as session:
+                unsealed = await session.scalar(select(func.count()).select_from(AuditEntry)
+                                                .where(AuditEntry.chain_seq.is_(None)))
+            if not unsealed:
+                break
+            await asyncio.sleep(0.2)
+        assert unsealed == 0
+        verified = cluster.cli(1, "audit", "verify")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+    finally:
+        sink.stop()
