@@ -6,6 +6,7 @@ load balancer. Nothing may depend on memory that one process has and another has
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -28,7 +30,7 @@ from service.models import ApiToken, Application, OutboxMessage, Provider, Redem
 from service.runtime import Runtime
 from service.settings import Settings
 from tests.coach_helpers import PASSWORD, make_staff
-from tests.conftest import TEST_SECRET, SmtpSink
+from tests.conftest import TEST_SECRET, SmtpSink, free_port
 from tests.host_helpers import LOOKUP_LIMIT, Host, Process, fire, stop_all, vouchers_env
 from tests.helpers import admin_token, bearer, make_provider, make_scheme, make_voucher, next_kvk
 
@@ -304,3 +306,41 @@ async def test_two_background_processes_seal_one_audit_chain(cluster: Cluster, r
         assert verified.returncode == 0, verified.stdout + verified.stderr
     finally:
         sink.stop()
+
+
+async def _until(condition, seconds: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_process_hears_each_revocation_and_remembers_no_token_while_it_cannot(cluster: Cluster) -> None:
+    """The web processes remember checked tokens only while they hear revocations; a notice sent
+    in a transaction arrives when it commits, and not when it rolls back."""
+    from service import revocations
+    from service.db import transaction
+
+    heard = revocations.Revocations(cluster.settings)
+    deaf = revocations.Revocations(msgspec.structs.replace(
+        cluster.settings, database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nowhere"))
+    listening = [asyncio.create_task(heard.listen()), asyncio.create_task(deaf.listen())]
+    rt = Runtime.create(cluster.settings)
+    try:
+        await _until(lambda: heard.current() is not None)
+        before = heard.current()
+        with contextlib.suppress(RuntimeError):
+            async with transaction(rt.sessionmaker) as session:
+                await revocations.announce(session)
+                raise RuntimeError("rolled back")
+        async with transaction(rt.sessionmaker) as session:
+            await revocations.announce(session)
+            await asyncio.sleep(0.2)
+            assert heard.current() == before  # not before the commit
+        await _until(lambda: heard.current() == before + 1)
+        assert deaf.current() is None
+    finally:
+        for task in listening:
+            task.cancel()
+        await asyncio.gather(*listening, return_exceptions=True)
+        await rt.close()
