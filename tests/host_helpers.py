@@ -18,6 +18,8 @@ from service.settings import Settings
 from tests.conftest import free_port
 
 LOOKUP_LIMIT = 5
+PROXY = "127.0.0.1"
+"""The load balancer's address: the tests' requests come from it, some naming a client."""
 
 
 def vouchers_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -26,7 +28,8 @@ def vouchers_env(settings: Settings, **extra: str) -> dict[str, str]:
     return {**plain, "VOUCHERS_ENVIRONMENT": "test", "VOUCHERS_SECRET_KEY": settings.secret_key,
             "VOUCHERS_DATABASE_URL": settings.database_url, "VOUCHERS_DATABASE_SCHEMA": settings.database_schema or "",
             "VOUCHERS_BASE_URL": settings.base_url, "VOUCHERS_FAILED_LOOKUP_LIMIT": str(LOOKUP_LIMIT),
-            "VOUCHERS_SITE_REBUILD": "false", **extra}
+            "VOUCHERS_SITE_REBUILD": "false",
+            "VOUCHERS_TRUSTED_PROXIES": PROXY, **extra}
 
 
 class Process:

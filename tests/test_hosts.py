@@ -208,6 +208,16 @@ async def test_failed_lookups_are_counted_over_every_host(cluster: Cluster, rt: 
         assert httpx.get(f"{cluster.url(n)}/api/v1/vouchers/{code}", headers=bearer(token)).status_code == 429
 
 
+async def test_a_forwarded_clients_guesses_are_counted_over_every_host(cluster: Cluster) -> None:
+    """Behind the proxy (``VOUCHERS_TRUSTED_PROXIES``), application numbers guessed by one client
+    count on every host, under the client's address, not the proxy's: another client goes on."""
+    guesser, other = {"X-Forwarded-For": "203.0.113.7"}, {"X-Forwarded-For": "203.0.113.8"}
+    answers = [httpx.get(f"{cluster.url(n)}/aanvraag/A{n:07d}", headers=guesser).status_code
+               for n in range(LOOKUP_LIMIT + HOSTS)]
+    assert answers == [404] * LOOKUP_LIMIT + [429] * HOSTS, answers
+    assert httpx.get(f"{cluster.url(0)}/aanvraag/B0000000", headers=other).status_code == 404
+
+
 async def test_an_idempotency_key_used_on_one_host_replays_on_the_others(cluster: Cluster, rt: Runtime) -> None:
     scheme = await make_scheme(rt, slug=next(_slugs))
     voucher, code = await make_voucher(rt, scheme)
