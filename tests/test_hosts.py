@@ -20,13 +20,13 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.check import reconcile
 from service.codes import format_code
 from service.migrate import upgrade
-from service.models import ApiToken, Application, OutboxMessage, Provider, Redemption, Voucher
+from service.models import ApiToken, Application, OutboxMessage, Provider, Redemption, Scheme, Voucher, utcnow
 from service.runtime import Runtime
 from service.settings import Settings
 from tests.coach_helpers import PASSWORD, make_staff
@@ -52,12 +52,12 @@ class Cluster:
         for host in self.hosts:
             host.wait_ready()
 
-    def start_worker(self, smtp: SmtpSink) -> Process:
+    def start_worker(self, smtp: SmtpSink, **settings: str) -> Process:
         """``vouchers worker`` on a host of its own, polling the outbox often (the test waits for it)."""
         worker = Process(["worker"], vouchers_env(self.settings, VOUCHERS_MAIL_BACKEND="smtp",
                                                  VOUCHERS_SMTP_PORT=str(smtp.port),
                                                  VOUCHERS_OUTBOX_INTERVAL_SECONDS="0.2",
-                                                 VOUCHERS_AUDIT_SEAL_INTERVAL_SECONDS="0.2"),
+                                                 VOUCHERS_AUDIT_SEAL_INTERVAL_SECONDS="0.2", **settings),
                          self.root / f"worker{len(self.workers)}")
         self.workers.append(worker)
         return worker
@@ -314,6 +314,47 @@ async def test_two_background_processes_seal_one_audit_chain(cluster: Cluster, r
         assert unsealed == 0
         verified = cluster.cli(1, "audit", "verify")
         assert verified.returncode == 0, verified.stdout + verified.stderr
+    finally:
+        sink.stop()
+
+
+async def test_two_background_processes_give_each_freed_place_once_in_order(cluster: Cluster, rt: Runtime) -> None:
+    """Unused vouchers expire and their places go to the waiting list, while two background
+    processes sweep at the same moment: each place is given once, to the first in line."""
+    slug = next(_slugs)
+    await make_scheme(rt, slug=slug, max_places=10)
+    token = await admin_token(rt)
+    answers = [httpx.post(f"{cluster.url(n)}/api/v1/admin/schemes/{slug}/applications", headers=bearer(token),
+                          json=application(n, slug), timeout=30) for n in range(20)]
+    assert [r.json()["status"] for r in answers] == ["granted"] * 10 + ["waiting"] * 10
+    async with rt.sessionmaker() as session, session.begin():
+        expiring = list(await session.scalars(select(Voucher.id).join(Application, Voucher.application_id ==
+                                                                   Application.id)
+                                              .where(Application.email.like(f"{slug}-%")).limit(4)))
+        await session.execute(update(Voucher).where(Voucher.id.in_(expiring)).values(expires_at=utcnow()))
+    sink = SmtpSink()
+    sink.start()
+    try:
+        for _ in range(2):
+            cluster.start_worker(sink, VOUCHERS_SWEEP_INTERVAL_SECONDS="0.3")
+
+        async def promoted() -> list[int]:
+            async with rt.reader() as session:
+                return sorted(await session.scalars(select(Application.waitlist_number).where(
+                    Application.email.like(f"{slug}-%"), Application.status == "granted",
+                    Application.waitlist_number.is_not(None))))
+
+        deadline = time.monotonic() + 30
+        while len(await promoted()) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)  # both have swept again since: nothing more moves
+        assert await promoted() == [1, 2, 3, 4]
+        async with rt.reader() as session:
+            scheme = await session.scalar(select(Scheme).where(Scheme.slug == slug))
+            assert (scheme.places_used, scheme.waiting_count) == (10, 6)
+            assert await session.scalar(select(func.count()).select_from(Voucher).where(
+                Voucher.scheme_id == scheme.id, Voucher.status == "active")) == 10
+            assert await reconcile(session) == []
     finally:
         sink.stop()
 
