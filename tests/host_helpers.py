@@ -42,6 +42,8 @@ class Process:
                                         stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def output(self) -> str:
+        if self.log.closed:
+            return self.kept
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
 
@@ -61,7 +63,9 @@ class Process:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.kill()
-        self.log.close()
+        if not self.log.closed:
+            self.kept = self.output()
+            self.log.close()
 
 
 def stop_all(processes: list[Process]) -> None:

@@ -2,7 +2,7 @@
 behind the load balancer), then the cleanup migration. Applications keep coming in on every host
 the whole time; not one request fails and not one application is lost.
 
-The schema change is a test's own, in migrations written to a temporary versions directory beside
+The background process is upgraded too, after the web hosts. The schema change is a test's own, in migrations written to a temporary versions directory beside
 the service's (Alembic's ``version_locations``): version N of the app reads and writes
 ``application.intake``, version N+1 renames it to ``channel``. The two versions are the service
 with a ``sitecustomize`` module on ``PYTHONPATH`` that maps the column its version knows, which is
@@ -34,7 +34,7 @@ from service.runtime import Runtime
 from service.settings import Settings
 from tests.conftest import TEST_SECRET
 from tests.helpers import admin_token, bearer, make_scheme, next_kvk
-from tests.host_helpers import Host, stop_all, vouchers_env
+from tests.host_helpers import Host, Process, stop_all, vouchers_env
 
 pytestmark = pytest.mark.postgres
 
@@ -170,6 +170,15 @@ async def test_an_upgrade_under_load_loses_no_request_and_no_application(upgrade
             hosts.append(started)
             return started
 
+        def worker(code: Path, name: str) -> Process:
+            """The background process (mail to files in its own folder, the sweep, sealing)."""
+            started = Process(["worker"], vouchers_env(settings, PYTHONPATH=str(code), VOUCHERS_MAIL_BACKEND="file",
+                                                       VOUCHERS_OUTBOX_INTERVAL_SECONDS="0.2",
+                                                       VOUCHERS_SWEEP_INTERVAL_SECONDS="0.5"), tmp_path / name)
+            hosts.append(started)
+            return started
+
+        old_worker = worker(old_code, "worker-n")
         first = [host(old_code, "a"), host(old_code, "b")]
         for started in first:
             started.wait_ready()
@@ -209,11 +218,25 @@ async def test_an_upgrade_under_load_loses_no_request_and_no_application(upgrade
         step = "new code, host by host"
         for n, old in enumerate(first):
             await balancer.replace(old, host(new_code, f"new-{n}"))
+        new_worker = worker(new_code, "worker-n1")
+        old_worker.stop()
         step = "cleanup migration"
         await asyncio.to_thread(command.upgrade, config, revisions[2])
         await asyncio.sleep(1.0)
         running = False
         await asyncio.gather(*clients)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the new background process catches up
+            async with rt.reader() as session:
+                behind = await session.scalar(text(
+                    "SELECT (SELECT count(*) FROM outbox_message WHERE status <> 'sent')"
+                    " + (SELECT count(*) FROM audit_entry WHERE chain_seq IS NULL)"))
+            if not behind:
+                break
+            await asyncio.sleep(0.2)
+        assert behind == 0
+        for process in (old_worker, new_worker):
+            assert " failed" not in process.output(), process.output()
 
         failed = [answer for answer in answers if answer[1] not in (200, 201)]
         assert failed == []
