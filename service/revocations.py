@@ -60,6 +60,7 @@ class Revocations:
     async def listen(self) -> None:
         """Keep a connection that listens for notices, until cancelled (PostgreSQL only)."""
         url = make_url(self.settings.database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        failures = 0
         while True:
             connection = None
             try:
@@ -68,12 +69,15 @@ class Revocations:
                 await connection.add_listener(CHANNEL, self._heard)
                 self._heard()  # whatever was revoked while nobody listened
                 self._listening = True
+                failures = 0
                 while True:  # a connection cut off without a word shows itself here
                     await asyncio.sleep(PING_SECONDS)
                     await asyncio.wait_for(connection.execute("SELECT 1"), PING_SECONDS)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("not hearing token revocations (%s); checking every token meanwhile",
-                            exc.__class__.__name__)
+            except Exception as exc:  # whatever it was, listen again (nothing is remembered meanwhile)
+                if failures == 0:  # once, not every second while the database is away
+                    log.warning("not hearing token revocations (%s); checking every token meanwhile",
+                                exc.__class__.__name__)
+                failures += 1
             finally:
                 self._listening = False
                 if connection is not None:
