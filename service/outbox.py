@@ -235,20 +235,36 @@ async def _send_leased(rt: Runtime, now: dt.datetime, batch: int) -> tuple[int, 
     async with rt.reader() as session:
         salts = await _code_salts(session, claimed)
         rendered = [(message, *await render(session, rt, message, salts)) for message in claimed]
-    sent = 0
-    async with _MailServer(rt) as server:
-        for message, subject, body in rendered:
-            try:
-                await server.deliver(message, _mime(rt, message, subject, body))
-            except Exception as exc:  # any failure of the mail server: try again later
-                log.warning("mail %s not sent: %s", message.id, exc)
-                mark = _failed(message, exc, now)
-            else:
-                mark = _sent([message.id])
-                sent += 1
-            async with rt.engine.begin() as connection:  # Core: no session to set up for one UPDATE
-                await connection.execute(mark)
+    sent, marked = 0, 0
+    try:
+        async with _MailServer(rt) as server:
+            for message, subject, body in rendered:
+                try:
+                    await server.deliver(message, _mime(rt, message, subject, body))
+                except Exception as exc:  # any failure of the mail server: try again later
+                    log.warning("mail %s not sent: %s", message.id, exc)
+                    mark = _failed(message, exc, now)
+                else:
+                    mark = _sent([message.id])
+                    sent += 1
+                async with rt.engine.begin() as connection:  # Core: no session to set up for one UPDATE
+                    await connection.execute(mark)
+                marked += 1
+    finally:
+        if marked < len(claimed):  # stopped (or failed) in the middle: the rest is free again at once
+            await _release(rt, [message.id for message in claimed[marked:]])
     return len(claimed), sent
+
+
+async def _release(rt: Runtime, ids: list[int]) -> None:
+    """Give up the lease on messages not sent, so that the next sender need not wait for it (a
+    process killed outright cannot; its lease runs out)."""
+    try:
+        async with rt.engine.begin() as connection:
+            await connection.execute(update(_TABLE).where(_TABLE.c.id.in_(ids), _TABLE.c.status == "pending")
+                                     .values(claimed_until=None))
+    except Exception as exc:  # the database is away: the lease runs out instead
+        log.warning("could not give up the lease on %d mails: %s", len(ids), exc.__class__.__name__)
 
 
 class _MailServer:

@@ -26,7 +26,8 @@ def vouchers_env(settings: Settings, **extra: str) -> dict[str, str]:
     """What a host is configured with: the shared secret and database, nothing else shared."""
     plain = {k: v for k, v in os.environ.items() if not k.startswith("VOUCHERS_")}
     return {**plain, "VOUCHERS_ENVIRONMENT": "test", "VOUCHERS_SECRET_KEY": settings.secret_key,
-            "VOUCHERS_DATABASE_URL": settings.database_url, "VOUCHERS_DATABASE_SCHEMA": settings.database_schema or "",
+            "VOUCHERS_DATABASE_URL": settings.database_url,
+            **({"VOUCHERS_DATABASE_SCHEMA": settings.database_schema} if settings.database_schema else {}),
             "VOUCHERS_BASE_URL": settings.base_url, "VOUCHERS_FAILED_LOOKUP_LIMIT": str(LOOKUP_LIMIT),
             "VOUCHERS_SITE_REBUILD": "false",
             "VOUCHERS_TRUSTED_PROXIES": PROXY, **extra}

@@ -1,5 +1,5 @@
 """Upgrading while the service serves: additive migration first, then the new code (host by host,
-behind the load balancer), then the cleanup migration. Applications keep coming in on every host
+behind the load balancer; on SQLite two server processes beside one file), then the cleanup migration. Applications keep coming in on every host
 the whole time; not one request fails and not one application is lost.
 
 The background process is upgraded too, after the web hosts. The schema change is a test's own, in migrations written to a temporary versions directory beside
@@ -25,7 +25,6 @@ import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.check import reconcile
 from service.migrate import alembic_config, upgrade
@@ -35,8 +34,6 @@ from service.settings import Settings
 from tests.conftest import TEST_SECRET
 from tests.helpers import admin_token, bearer, make_scheme, next_kvk
 from tests.host_helpers import Host, Process, stop_all, vouchers_env
-
-pytestmark = pytest.mark.postgres
 
 SERVICE_VERSIONS = Path(__file__).resolve().parent.parent / "service" / "migrations" / "versions"
 
@@ -52,8 +49,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # Wait at most this long for the table's lock (requests queue behind a waiting ALTER TABLE).
-    op.execute("SET LOCAL lock_timeout = '5s'")
+    if op.get_bind().dialect.name == "postgresql":
+        # Wait at most this long for the table's lock (requests queue behind a waiting ALTER TABLE).
+        op.execute("SET LOCAL lock_timeout = '5s'")
 {upgrade}
 
 
@@ -133,24 +131,17 @@ class LoadBalancer:
 
 
 @pytest.fixture
-def upgrade_db(pg_database: str, tmp_path: Path) -> Iterator[tuple[Settings, list[str], object]]:
-    schema = f"upgrade_{uuid.uuid4().hex[:8]}"
-
-    async def create_schema() -> None:
-        engine = create_async_engine(pg_database, isolation_level="AUTOCOMMIT")
-        async with engine.connect() as conn:
-            await conn.execute(text(f"CREATE SCHEMA {schema}"))
-        await engine.dispose()
-
-    asyncio.run(create_schema())
-    config = alembic_config(pg_database, schema)
+def upgrade_db(database: tuple[str, str | None], tmp_path: Path) -> Iterator[tuple[Settings, list[str], object]]:
+    """On PostgreSQL several hosts; on SQLite two server processes on one host, beside one file."""
+    url, schema = database
+    config = alembic_config(url, schema)
     head = ScriptDirectory.from_config(config).get_current_head()
     revisions = write_migrations(tmp_path / "versions", head)
     config.set_main_option("path_separator", "os")
     config.set_main_option("version_locations", f"{SERVICE_VERSIONS}:{tmp_path / 'versions'}")
-    upgrade(pg_database, schema)
+    upgrade(url, schema)
     command.upgrade(config, revisions[0])  # the schema version N runs on
-    settings = Settings(environment="test", database_url=pg_database, database_schema=schema,
+    settings = Settings(environment="test", database_url=url, database_schema=schema,
                         secret_key=TEST_SECRET, base_url="http://vouchers.test", background_tasks=False)
     yield settings, revisions, config
 
