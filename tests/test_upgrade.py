@@ -1,8 +1,9 @@
 """Upgrading while the service serves: additive migration first, then the new code (host by host,
-behind the load balancer; on SQLite two server processes beside one file), then the cleanup migration. Applications keep coming in on every host
-the whole time; not one request fails and not one application is lost.
+behind the load balancer; on SQLite two server processes beside one file), then the cleanup
+migration. Applications keep coming in on every host the whole time; not one request fails and not
+one application is lost. The background process is upgraded too, after the web hosts.
 
-The background process is upgraded too, after the web hosts. The schema change is a test's own, in migrations written to a temporary versions directory beside
+The schema change is a test's own, in migrations written to a temporary versions directory beside
 the service's (Alembic's ``version_locations``): version N of the app reads and writes
 ``application.intake``, version N+1 renames it to ``channel``. The two versions are the service
 with a ``sitecustomize`` module on ``PYTHONPATH`` that maps the column its version knows, which is
