@@ -370,7 +370,7 @@ def token_list() -> None:
 @token.command("revoke")
 @click.argument("token_id", type=int)
 def token_revoke(token_id: int) -> None:
-    """Revoke a token; servers stop accepting it within 15 seconds."""
+    """Revoke a token; every server refuses it at once (on SQLite within 15 seconds)."""
 
     async def work(args: Any) -> str:
         _rt, session = args
