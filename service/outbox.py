@@ -197,7 +197,8 @@ async def _send_locked(rt: Runtime, now: dt.datetime, batch: int) -> tuple[int, 
                 try:
                     await server.deliver(message, _mime(rt, message, subject, body))
                 except Exception as exc:  # any failure of the mail server: try again later
-                    log.warning("mail %s not sent: %s", message.id, exc)
+                    # The server's message can name the address: the line has the exception's type only.
+                    logs.event(log, logging.WARNING, "mail_not_sent", outbox_id=message.id, **logs.failure_fields(exc))
                     mark = _failed(message, exc, now)
                 else:
                     mark = _sent([message.id])
@@ -259,7 +260,7 @@ async def _release(rt: Runtime, ids: list[int]) -> None:
             await connection.execute(update(_TABLE).where(_TABLE.c.id.in_(ids), _TABLE.c.status == "pending")
                                      .values(claimed_until=None))
     except Exception as exc:  # the database is away: the lease runs out instead
-        log.warning("could not give up the lease on %d mails: %s", len(ids), exc.__class__.__name__)
+        logs.event(log, logging.WARNING, "mail_lease_kept", mails=len(ids), **logs.failure_fields(exc))
 
 
 class _MailServer:
