@@ -152,12 +152,15 @@ async def find_voucher(
     return row[0]
 
 
-async def scan(rt: Runtime, code_text: str, *, attempts_key: str) -> ScannedVoucher:
+async def scan(rt: Runtime, code_text: str, *, attempts_key: str, provider_id: int | None = None,
+               delivered: int | None = None) -> ScannedVoucher:
     """What a coach sees on scanning a code: :func:`find_voucher`'s rules (check symbol first, a
     client over its limit refused even for a right code) in one read without a session, because
-    this is the busiest request of the service (see ``service.fastpath``)."""
+    this is the busiest request of the service (see ``service.fastpath``). A coach's page gives
+    ``provider_id`` (and ``delivered``, a redemption just recorded) for the rest of what it shows."""
     code = parse_code(code_text)
-    found, attempts = await rt.fast.scan(rt.keys.hash_of(code), attempts_key, window_start(rt))
+    found, attempts = await rt.fast.scan(rt.keys.hash_of(code), attempts_key, window_start(rt),
+                                         provider_id=provider_id, delivered=delivered)
     check_attempts(rt, attempts)
     if found is None:
         raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
