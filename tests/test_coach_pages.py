@@ -377,3 +377,26 @@ async def test_scan_page_is_one_read_as_the_api_scan(client, rt) -> None:
         r = await client.get(f"/api/v1/vouchers/{code}", headers=headers)  # the token is remembered
     assert r.status_code == 200 and r.json()["balance_cents"] == 135000 - 10000
     assert len(seen.sent) == 1, seen.sent
+
+
+async def test_page_redemption_is_the_api_write_with_its_key_stored_in_it(client, rt) -> None:
+    """The form's redemption is the API's one read and one write (one statement on PostgreSQL, one
+    short transaction on SQLite), the key's answer stored in that write: besides the key's claim,
+    at most the session check, the read and the write."""
+    scheme, voucher, code, provider, email = await _setup(rt)
+    await sign_in(client, email)
+    key = form_key((await client.get(f"/v/{code}")).text)
+    form = {"amount": "100", "category": "coaching", "session_date": "", "reference": "R-1", "idempotency_key": key}
+    with Statements() as seen:
+        r = await post_form(client, f"/v/{code}", form, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    claim = [sql for sql in seen.work if ("idempotency_record" in sql or "SAVEPOINT" in sql)
+             and "INSERT INTO redemption" not in sql]
+    writes = [sql for sql in seen.work if "INSERT INTO redemption" in sql]
+    assert len(writes) == 1, seen.sent
+    if not rt.settings.is_sqlite:
+        assert len(seen.work) - len(claim) <= 3, "\n".join(s[:80] for s in seen.sent)  # the session check, the read, the write
+    # A reload of the POST gets the stored answer: the same redirect, no second debit.
+    again = await post_form(client, f"/v/{code}", form, follow_redirects=False)
+    assert again.headers["location"] == r.headers["location"]
+    assert (await reload(rt, Voucher, voucher.id)).balance_cents == 135000 - 10000
