@@ -18,14 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
-from . import audit, outbox, privacy
+from . import audit, ledger, outbox, privacy, validity
 from .codes import new_public_id
 from .db import PSEUDONYM_KEY
 from .errors import N_, Conflict, InvalidInput, NotFound, Refused
-from .models import Application, Scheme, utcnow
+from .models import Application, Scheme, Voucher, utcnow
 from .runtime import Runtime
 from .schemes import postcode_accepted, scheme_name, scheme_status
-from .vouchers import issue_voucher
 
 __all__ = (
     "ApplicantDetails",
@@ -36,7 +35,10 @@ __all__ = (
     "decide",
     "draw",
     "draw_order",
+    "issue_voucher",
+    "issued_mail",
     "promote_waiting",
+    "voucher_values",
     "register_facts",
     "register_facts_of",
     "reject",
@@ -275,6 +277,51 @@ async def _before_the_draw(session: AsyncSession, scheme: Scheme) -> bool:
     never left waiting for a draw that has passed."""
     query = select(Scheme.id).where(Scheme.id == scheme.id, Scheme.drawn_at.is_(None)).with_for_update()
     return await session.scalar(query) is not None
+
+
+async def issue_voucher(session: AsyncSession, rt: Runtime, scheme: Scheme, application: Application) -> Voucher:
+    """Create the voucher for an application whose place and money the caller has just taken
+    from the scheme (see :func:`take_place`)."""
+    now = utcnow()
+    voucher = Voucher(**voucher_values(rt, scheme, application.id, application.kvk_number, now))
+    session.add(voucher)
+    await session.flush()
+    ledger.post(
+        session,
+        scheme_id=scheme.id,
+        kind="issue",
+        source=(ledger.BUDGET, scheme.id),
+        target=(ledger.VOUCHER, voucher.id),
+        amount_cents=scheme.value_cents,
+        places=1,
+        voucher_id=voucher.id,
+    )
+    application.status = "granted"
+    application.decided_at = now
+    outbox.enqueue(session, to=application.email, template="voucher_issued", locale=application.locale,
+                   **issued_mail(scheme, voucher.id, voucher.expires_at, application.locale, application.contact_name))
+    return voucher
+
+
+def voucher_values(rt: Runtime, scheme: Scheme, application_id: int, kvk_number: str,
+                   now: dt.datetime) -> dict[str, Any]:
+    """Every column of a new voucher but its id: a fresh code, the scheme's value, unspent."""
+    salt = rt.keys.new_salt()
+    return {
+        "scheme_id": scheme.id, "application_id": application_id, "kvk_number": kvk_number,
+        "code_hash": rt.keys.hash_of(rt.keys.code_for(salt)), "code_salt": salt, "status": "active",
+        "value_cents": scheme.value_cents, "balance_cents": scheme.value_cents, "held_cents": 0,
+        "redeemed_cents": 0, "returned_cents": 0, "holds_place": True, "issued_at": now,
+        "expires_at": validity.issued_expiry(now, scheme.validity_days), "ended_at": None, "end_reason": None,
+    }
+
+
+def issued_mail(scheme: Scheme, voucher_id: int, expires_at: dt.datetime, locale: str,
+                contact_name: str) -> dict[str, Any]:
+    """The parameters of the ``voucher_issued`` mail (the code is derived when it is sent)."""
+    return {"voucher_id": voucher_id, "scheme_name": scheme.name if locale == "nl" else scheme.name_en,
+            "value_cents": scheme.value_cents, "expires_at": expires_at.isoformat(),
+            "contact_name": contact_name}
 
 
 def reject(session: AsyncSession, scheme: Scheme, application: Application, reasons: list[str]) -> None:

@@ -445,11 +445,11 @@ class _Applying:
         """What a place needs: the voucher's and the ledger entry's columns and the voucher mail's
         parameters (a fresh code, so made only when a place may be taken)."""
         a = self.application
-        voucher = vouchers.voucher_values(self.rt, self.scheme, application_id, a["kvk_number"], self.now)
+        voucher = applications.voucher_values(self.rt, self.scheme, application_id, a["kvk_number"], self.now)
         entry = ledger.entry_values(scheme_id=self.scheme.id, kind="issue", source=(ledger.BUDGET, self.scheme.id),
                                     target=(ledger.VOUCHER, voucher_id), amount_cents=self.scheme.value_cents,
                                     places=1, voucher_id=voucher_id) | {"created_at": self.now}
-        issued = vouchers.issued_mail(self.scheme, voucher_id, voucher["expires_at"], a["locale"], a["contact_name"])
+        issued = applications.issued_mail(self.scheme, voucher_id, voucher["expires_at"], a["locale"], a["contact_name"])
         return voucher, entry, issued
 
     def mails(self) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
-from . import audit, ledger, outbox, validity
+from . import applications, audit, ledger, outbox
 from .codes import InvalidCode, normalise_code
 from .errors import N_, DomainError, Forbidden, InvalidInput, NotFound, Refused, TooManyAttempts
 from .fastpath import ScannedVoucher
@@ -42,7 +42,6 @@ __all__ = (
     "effective_status",
     "end_voucher",
     "find_voucher",
-    "issue_voucher",
     "own_contribution",
     "provider_not_approved",
     "redeem",
@@ -64,51 +63,6 @@ def effective_status(voucher: Voucher | ScannedVoucher, now: dt.datetime | None 
     if voucher.status == "active" and voucher.expires_at <= (now or utcnow()):
         return "expired"
     return voucher.status
-
-
-async def issue_voucher(session: AsyncSession, rt: Runtime, scheme: Scheme, application: Application) -> Voucher:
-    """Create the voucher for an application whose place and money the caller has just taken
-    from the scheme (see ``applications.take_place``)."""
-    now = utcnow()
-    voucher = Voucher(**voucher_values(rt, scheme, application.id, application.kvk_number, now))
-    session.add(voucher)
-    await session.flush()
-    ledger.post(
-        session,
-        scheme_id=scheme.id,
-        kind="issue",
-        source=(ledger.BUDGET, scheme.id),
-        target=(ledger.VOUCHER, voucher.id),
-        amount_cents=scheme.value_cents,
-        places=1,
-        voucher_id=voucher.id,
-    )
-    application.status = "granted"
-    application.decided_at = now
-    outbox.enqueue(session, to=application.email, template="voucher_issued", locale=application.locale,
-                   **issued_mail(scheme, voucher.id, voucher.expires_at, application.locale, application.contact_name))
-    return voucher
-
-
-def voucher_values(rt: Runtime, scheme: Scheme, application_id: int, kvk_number: str,
-                   now: dt.datetime) -> dict[str, Any]:
-    """Every column of a new voucher but its id: a fresh code, the scheme's value, unspent."""
-    salt = rt.keys.new_salt()
-    return {
-        "scheme_id": scheme.id, "application_id": application_id, "kvk_number": kvk_number,
-        "code_hash": rt.keys.hash_of(rt.keys.code_for(salt)), "code_salt": salt, "status": "active",
-        "value_cents": scheme.value_cents, "balance_cents": scheme.value_cents, "held_cents": 0,
-        "redeemed_cents": 0, "returned_cents": 0, "holds_place": True, "issued_at": now,
-        "expires_at": validity.issued_expiry(now, scheme.validity_days), "ended_at": None, "end_reason": None,
-    }
-
-
-def issued_mail(scheme: Scheme, voucher_id: int, expires_at: dt.datetime, locale: str,
-                contact_name: str) -> dict[str, Any]:
-    """The parameters of the ``voucher_issued`` mail (the code is derived when it is sent)."""
-    return {"voucher_id": voucher_id, "scheme_name": scheme.name if locale == "nl" else scheme.name_en,
-            "value_cents": scheme.value_cents, "expires_at": expires_at.isoformat(),
-            "contact_name": contact_name}
 
 
 def parse_code(code_text: str) -> str:
@@ -957,8 +911,6 @@ async def end_voucher(session: AsyncSession, rt: Runtime, voucher_id: int, *, st
                       now: dt.datetime | None = None) -> Voucher:
     """Revoke or expire a voucher: open holds are released, unspent money goes back to the
     budget, and the place too if the voucher was never used. Then the waiting list moves up."""
-    from .applications import promote_waiting  # applications imports this module
-
     assert status in ("revoked", "expired")
     now = now or utcnow()
     voucher = await _lock_voucher(session, voucher_id)
@@ -1013,6 +965,6 @@ async def end_voucher(session: AsyncSession, rt: Runtime, voucher_id: int, *, st
         reason=reason,
         returned_cents=remaining,
     )
-    await promote_waiting(session, rt, voucher.scheme_id)
+    await applications.promote_waiting(session, rt, voucher.scheme_id)
     await session.refresh(voucher)
     return voucher
