@@ -12,7 +12,7 @@ import hmac
 from typing import Annotated, Any
 
 import msgspec
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
@@ -196,8 +196,10 @@ async def submit(session: AsyncSession, scheme: Scheme, details: ApplicantDetail
 _S = Scheme.__table__
 _PLACE_LEFT = (_S.c.closed_at.is_(None), _S.c.places_used < _S.c.max_places,
                _S.c.committed_cents + _S.c.value_cents <= _S.c.budget_cents)
-_TAKE_FOR_NEWCOMER = (
-    update(_S).where(_S.c.id == bindparam("scheme_id"), *_PLACE_LEFT, _S.c.waiting_count == 0)
+PLACE_FOR_NEWCOMER = and_(*_PLACE_LEFT, _S.c.waiting_count == 0)
+"""A newcomer may take a place: one and a voucher's value are left, and nobody waits for one."""
+TAKE_FOR_NEWCOMER = (
+    update(_S).where(_S.c.id == bindparam("scheme_id"), PLACE_FOR_NEWCOMER)
     .values(places_used=_S.c.places_used + 1, committed_cents=_S.c.committed_cents + _S.c.value_cents)
     .returning(_S.c.places_used, _S.c.committed_cents, _S.c.value_cents, _S.c.waiting_count)
 )
@@ -207,7 +209,7 @@ _TAKE_FOR_WAITING = (
             waiting_count=_S.c.waiting_count - 1)
     .returning(_S.c.places_used, _S.c.committed_cents, _S.c.value_cents, _S.c.waiting_count)
 )
-_JOIN_WAITING_LIST = (
+JOIN_WAITING_LIST = (
     update(_S).where(_S.c.id == bindparam("scheme_id"))
     .values(waitlist_seq=_S.c.waitlist_seq + 1, waiting_count=_S.c.waiting_count + 1)
     .returning(_S.c.waitlist_seq, _S.c.waiting_count)
@@ -221,7 +223,7 @@ async def take_place(session: AsyncSession, scheme: Scheme, *, from_waiting_list
     list may take a freed place. ``scheme`` is kept in step with the stored row.
     """
     conn = await session.connection()
-    statement = _TAKE_FOR_WAITING if from_waiting_list else _TAKE_FOR_NEWCOMER
+    statement = _TAKE_FOR_WAITING if from_waiting_list else TAKE_FOR_NEWCOMER
     row = (await conn.execute(statement, {"scheme_id": scheme.id})).first()
     if row is None:
         return False
@@ -238,7 +240,7 @@ async def take_place(session: AsyncSession, scheme: Scheme, *, from_waiting_list
 
 async def _join_waiting_list(session: AsyncSession, scheme: Scheme, application: Application) -> None:
     conn = await session.connection()
-    number, waiting = (await conn.execute(_JOIN_WAITING_LIST, {"scheme_id": scheme.id})).one()
+    number, waiting = (await conn.execute(JOIN_WAITING_LIST, {"scheme_id": scheme.id})).one()
     audit.record_update(session, "scheme", scheme.id, {"waitlist_seq": number - 1, "waiting_count": waiting - 1},
                         {"waitlist_seq": number, "waiting_count": waiting})
     set_committed_value(scheme, "waitlist_seq", number)

@@ -46,7 +46,9 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 
+from sqlalchemy import Boolean, bindparam, cast, text
 from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
+from sqlalchemy.dialects.postgresql import base as postgresql_base
 from sqlalchemy.dialects.sqlite import pysqlite as sqlite_pysqlite
 
 from . import applications, audit, groups, ledger, outbox, privacy, statements, vouchers
@@ -333,22 +335,35 @@ _SCHEME_SQLITE = _SCHEME.format(ids="")
 # The rules of ``applications.take_place`` (a newcomer) and of joining the waiting list. On
 # PostgreSQL the second runs only if the first changed nothing, so one statement never changes the
 # scheme's row twice.
-_PLACE_FREE = ("closed_at IS NULL AND places_used < max_places AND committed_cents + value_cents <= budget_cents"
-               " AND waiting_count = 0")
-_PLACE = f"""UPDATE scheme SET places_used = places_used + 1, committed_cents = committed_cents + value_cents
-    WHERE id = :scheme_id AND {_PLACE_FREE}{{only_if}}
-    RETURNING places_used, committed_cents, value_cents"""
-_WAIT = """UPDATE scheme SET waitlist_seq = waitlist_seq + 1, waiting_count = waiting_count + 1
-    WHERE id = :scheme_id{only_if}
-    RETURNING waitlist_seq, waiting_count"""
+# The rules of ``applications.take_place`` (a newcomer) and of joining the waiting list, compiled
+# from their one definition there. On PostgreSQL the second runs only if the first changed nothing,
+# so one statement never changes the scheme's row twice.
+def _named(statement: Any, sqlite: bool) -> str:
+    """A Core statement as SQL text with ``:name`` parameters; its own literals (the 1 a counter
+    grows by, the 0 of an empty waiting list) written in."""
+    dialect = sqlite_pysqlite.dialect(paramstyle="named") if sqlite else postgresql_base.dialect(paramstyle="named")
+    compiled = statement.compile(dialect=dialect)
+    sql = compiled.string
+    for name, bind in compiled.binds.items():
+        if name.isidentifier() and bind.effective_value is not None:
+            assert type(bind.effective_value) is int, name
+            sql = re.sub(rf"(?<![:\w]):{name}(::\w+)?(?!\w)", str(bind.effective_value), sql)
+    return sql
+
+
+_PLACE = _named(applications.TAKE_FOR_NEWCOMER.where(cast(bindparam("may_place"), Boolean)), False)
+_WAIT = _named(applications.JOIN_WAITING_LIST.where(
+    text("NOT EXISTS (SELECT FROM placed)"), cast(bindparam("may_place"), Boolean) | ~applications.PLACE_FOR_NEWCOMER),
+    False)
+_PLACE_SQLITE, _WAIT_SQLITE = _named(applications.TAKE_FOR_NEWCOMER, True), _named(applications.JOIN_WAITING_LIST, True)
 
 # ``may_place`` false: the caller has not made what a place needs, so a free place is not taken and
 # the statement refuses ("place-free") rather than put the applicant on the waiting list.
 _APPLY_PG, _APPLY_PG_NAMES = _numbered(f"""
 WITH placed AS (
-    {_PLACE.format(only_if=" AND :may_place::boolean")}
+    {_PLACE}
 ), waiting AS (
-    {_WAIT.format(only_if=f" AND NOT EXISTS (SELECT FROM placed) AND (:may_place::boolean OR NOT ({_PLACE_FREE}))")}
+    {_WAIT}
 ), applied AS (
     INSERT INTO application (id, public_id, scheme_id, status, kvk_number, company_name, employees, postcode,
                              contact_name, email, purpose, locale, reasons, waitlist_number, lottery_rank,
@@ -421,8 +436,6 @@ SELECT applied.status, waiting.waiting_count,
             WHEN applied.id IS NULL THEN vouchers_refuse('already-applied') END
 FROM (SELECT 1 AS one) AS one LEFT JOIN applied ON true LEFT JOIN waiting ON true LEFT JOIN placed ON true
 """)
-_PLACE_SQLITE = _PLACE.format(only_if="")
-_WAIT_SQLITE = _WAIT.format(only_if="")
 _APPLIED_SQLITE = " ON CONFLICT DO NOTHING RETURNING id"
 _PURGED_TWIN_SQLITE = ("SELECT 1 FROM application WHERE scheme_id = ? AND kvk_number = ?"
                        " AND status NOT IN ('rejected', 'withdrawn') LIMIT 1")
@@ -518,7 +531,7 @@ class _Applying:
             ("insert", "application", application_id, {}, audit.inserted("application", application_id,
                                                                           self.application))]
         if placed:
-            places_used, committed, value = placed
+            places_used, committed, value = placed[:3]
             voucher, entry, issued = self.granted(application_id, voucher_id, entry_id)
             _insert(conn, "voucher", {"id": voucher_id, **voucher})
             _insert(conn, "ledger_entry", {"id": entry_id, **entry})

@@ -1,6 +1,8 @@
 """Each rule that guards money is written once: a second copy of its condition, in Python or in
 SQL text, is a place where the two can drift apart. The conditional UPDATEs of
-``service.vouchers`` (``SPENDABLE``, ``within_cap``, ``used_up_unless``) are the copies that count."""
+``service.vouchers`` (``SPENDABLE``, ``within_cap``, ``used_up_unless``) and of
+``service.applications`` (``PLACE_FOR_NEWCOMER``) are the copies that count; the driver's
+statements are compiled from them."""
 
 from __future__ import annotations
 
@@ -15,10 +17,11 @@ _SQL = {
     "voucher can give the amount": re.compile(r"balance_cents\s*>=\s*(?!0\b)[:$?\w]"),
     "within the provider's cap": re.compile(r"received_cents\s*\+\s*(\w+\.)?held_cents"),
     "used up once nothing is left": re.compile(r"THEN\s+'used_up'"),
+    "a place is left": re.compile(r"places_used\s*<\s*(\w+\.)?max_places"),
 }
 
 
-_COLUMNS = re.compile(r"^(_[A-Z]+\.c|Voucher|Enrolment)\.")
+_COLUMNS = re.compile(r"^(_[A-Z]+\.c|Voucher|Enrolment|Scheme)\.")
 """How a statement names a column (a table's ``c`` or a mapped class); a page comparing loaded
 values only shows what the statement will decide."""
 
@@ -32,6 +35,8 @@ def _python_rules(node: ast.AST) -> list[str]:
             found.append("voucher can give the amount")
         if isinstance(node.ops[0], ast.LtE) and "received_cents" in left and "held_cents" in left:
             found.append("within the provider's cap")
+        if isinstance(node.ops[0], ast.Lt) and left.endswith("places_used"):
+            found.append("a place is left")
     if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("case") and any(
             isinstance(arg, ast.Tuple) and len(arg.elts) == 2 and isinstance(arg.elts[1], ast.Constant)
             and arg.elts[1].value == "used_up" for arg in node.args):
