@@ -14,9 +14,11 @@ So here each is a read without a lock, then one short write:
 * SQLite: the same statements one after the other in one transaction on the event loop's thread
   (``FastPath.write``), with no ``await`` between BEGIN and COMMIT.
 
-A redemption writes: the voucher's and the enrolment's conditional UPDATEs (the rules of
-``vouchers.redeem``; the enrolment's refuses once the scheme has closed), the redemption, its
-ledger entry, its mail and its audit entries. It does not touch the scheme's row.
+A redemption is defined once, in ``service.vouchers`` (``REDEEM_TERMS``, ``redeeming``, ``REDEEM``
+and ``Redeeming.steps``): here those statements are compiled for the database and run through the
+driver. It writes the voucher's and the enrolment's conditional UPDATEs (the enrolment's refuses
+once the scheme has closed), the redemption, its ledger entry, its mail, its audit entries and, for
+the coach's form, its key's answer. It does not touch the scheme's row.
 The redemptions of a scheme, like its applications, that arrive while this process writes others
 are written together in one transaction (``_grouped``, ``_sqlite_grouped``).
 An application to a first-come scheme by an eligible applicant writes: a place and a voucher's
@@ -25,11 +27,11 @@ the next waiting-list number; the application with its outcome, the voucher and 
 the mail and the audit entries (the two the session path writes: received, then decided). A KvK
 number that has applied already undoes it all.
 
-The refusals, their order, the rows and the audit entries are those of ``vouchers.redeem`` and of
-``applications.submit`` with ``decide``, which remain the way for every other case: inside a
-caller's transaction (an ``Idempotency-Key`` stores its answer in the same transaction), the coach's
-and the entrepreneur's pages, and applications this path does not decide (a lottery, an
-ineligible applicant). The tests compare the two paths row by row on both databases.
+An application's refusals, their order, the rows and the audit entries are those of
+``applications.submit`` with ``decide`` (its place rule is compiled from there), which remain the
+way for every other case: inside a caller's transaction (an ``Idempotency-Key`` stores its answer
+in the same transaction), the entrepreneur's pages, and applications this path does not decide (a
+lottery, an ineligible applicant). The tests compare the two paths row by row on both databases.
 """
 
 from __future__ import annotations
