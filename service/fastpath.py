@@ -270,8 +270,13 @@ class FastPath:
             connection = sqlite3.connect(path, isolation_level=None, cached_statements=cached_statements)
             for pragma in pragmas:
                 connection.execute(f"PRAGMA {pragma}")
-            connection.set_trace_callback(statements.sent)
             setattr(self._local, slot, connection)
+        # SQLite tells each statement to a trace callback, which costs a little on every one: it
+        # is set only while somebody listens (``service.statements``).
+        listened = statements.listened()
+        if getattr(self._local, slot + "_traced", False) != listened:
+            connection.set_trace_callback(statements.sent if listened else None)
+            setattr(self._local, slot + "_traced", listened)
         return connection
 
     def connection(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
@@ -304,3 +309,4 @@ class FastPath:
             if connection is not None:
                 connection.close()
                 setattr(self._local, name, None)
+                setattr(self._local, name + "_traced", False)

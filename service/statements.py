@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-__all__ = ("listening", "sent")
+__all__ = ("listened", "listening", "sent")
 
 _listeners: list[Callable[[str], None]] = []
 
@@ -29,6 +29,11 @@ def sent(sql: str) -> None:
     if _listeners:
         for listener in list(_listeners):
             listener(sql)
+
+
+def listened() -> bool:
+    """Whether anybody listens (a path whose telling costs more than a test asks first)."""
+    return bool(_listeners)
 
 
 @contextmanager
