@@ -464,7 +464,8 @@ class _Applying:
         entry = ledger.entry_values(scheme_id=self.scheme.id, kind="issue", source=(ledger.BUDGET, self.scheme.id),
                                     target=(ledger.VOUCHER, voucher_id), amount_cents=self.scheme.value_cents,
                                     places=1, voucher_id=voucher_id) | {"created_at": self.now}
-        issued = applications.issued_mail(self.scheme, voucher_id, voucher["expires_at"], a["locale"], a["contact_name"])
+        issued = applications.issued_mail(self.scheme, voucher_id, voucher["expires_at"], a["locale"],
+                                          a["contact_name"])
         return voucher, entry, issued
 
     def mails(self) -> tuple[dict[str, Any], dict[str, Any]]:

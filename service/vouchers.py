@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import (JSON, BigInteger, ColumnElement, Integer, LargeBinary, Select, String, Table, and_, bindparam, case,
-                        cast, exists, func, insert, literal, or_, select, true, union_all, update)
+from sqlalchemy import (JSON, BigInteger, ColumnElement, Select, String, Table, and_, bindparam, case, cast, exists,
+                        func, insert, literal, or_, select, true, union_all, update)
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,8 +27,9 @@ from . import applications, audit, ledger, outbox
 from .codes import InvalidCode, normalise_code
 from .errors import N_, DomainError, Forbidden, InvalidInput, NotFound, Refused, TooManyAttempts
 from .fastpath import ScannedVoucher
+from . import idempotency
 from .idempotency import ClaimLost
-from .models import (Application, Base, Enrolment, Hold, IdempotencyRecord, LedgerEntry, OutboxMessage, Provider,
+from .models import (Application, Base, Enrolment, Hold, LedgerEntry, OutboxMessage, Provider,
                      RateLimitCounter, Redemption, Scheme, UTCDateTime, Voucher, utcnow)
 from .models_admin import AuditEntry
 from .runtime import Runtime
@@ -318,7 +319,7 @@ async def _change_enrolment(session: AsyncSession, statement: Any, enrolment_id:
 # on SQLite the same steps one after the other in one short transaction. The same statements run on
 # a caller's session (:func:`redeem`) and through the driver (``service.fastwrite``), compiled for
 # the database at hand; the rows, ledger entry, mail and audit entries are the same whoever runs them.
-_L, _O, _AE, _IR = LedgerEntry.__table__, OutboxMessage.__table__, AuditEntry.__table__, IdempotencyRecord.__table__
+_L, _O, _AE = LedgerEntry.__table__, OutboxMessage.__table__, AuditEntry.__table__
 _ONE = select(literal(1).label("one")).subquery("one")
 
 
@@ -368,15 +369,6 @@ def _insert_row(table: Table, prefix: str, columns: tuple[str, ...], after: Any 
     return insert(table).from_select(list(columns), row if after is None else row.select_from(after))
 
 
-STORE_ANSWER = (
-    update(_IR).where(_IR.c.id == bindparam("record_id", type_=BigInteger), _IR.c.status_code.is_(None))
-    .values(status_code=bindparam("answer_status", type_=Integer),
-            response_body=bindparam("answer_body", type_=LargeBinary), completed_at=_NOW)
-    .returning(_IR.c.id)
-)
-"""An ``Idempotency-Key``'s answer, stored while the claim is still this request's
-(``idempotency.complete``)."""
-
 _RECORD = _insert_row(_R, "r_", _REDEMPTION_COLUMNS).returning(_R.c.id)
 _POST = _insert_row(_L, "l_", _ENTRY_COLUMNS).returning(_L.c.id)
 _MAIL = _insert_row(_O, "m_", _MAIL_COLUMNS)
@@ -396,7 +388,7 @@ def _redeem_statement() -> Select[Any]:
                                       .select_from(paid)).returning(_R.c.id).cte("recorded")
     posted = _insert_row(_L, "l_", _ENTRY_COLUMNS, recorded).cte("posted")
     mailed = _insert_row(_O, "m_", _MAIL_COLUMNS, recorded).cte("mailed")
-    stored = STORE_ANSWER.where(exists().select_from(recorded)).cte("stored")
+    stored = idempotency.STORE_ANSWER.where(exists().select_from(recorded)).cte("stored")
     who = (_NOW, bindparam("actor", type_=String), bindparam("address", type_=String))
     amount = _AMOUNT
 
@@ -413,7 +405,8 @@ def _redeem_statement() -> Select[Any]:
               _json_object(received_cents=paid.c.received_cents - amount),
               _json_object(received_cents=paid.c.received_cents)).select_from(paid.join(recorded, true())),
         *(entry("insert", table, bindparam(f"{table}_row", type_=String), cast(literal("{}"), JSON),
-                bindparam(f"{table}_after", type_=JSON)).select_from(recorded) for table in ("redemption", "ledger_entry")),
+                bindparam(f"{table}_after", type_=JSON)).select_from(recorded)
+          for table in ("redemption", "ledger_entry")),
     )).cte("audited")
     refusal = case(
         (and_(spent.c.status.is_not(None), paid.c.received_cents.is_(None)), func.vouchers_refuse("enrolment")),
@@ -536,7 +529,8 @@ class Redeeming:
         ):
             run(_AUDIT, _prefixed("a_", {"at": self.now, "actor": who.actor, "address": who.address, "action": action,
                                         "table_name": table, "row_id": str(row_id), "before": before, "after": after}))
-        if answer is not None and run(STORE_ANSWER, self._changing() | self._answer(answer, redemption_id)) is None:
+        if answer is not None and run(idempotency.STORE_ANSWER,
+                                      self._changing() | self._answer(answer, redemption_id)) is None:
             raise ClaimLost()
         return redemption_id, spent
 
@@ -616,12 +610,10 @@ async def redeem(
     session_date: dt.date | None,
     recorded_by: str,
     provider_name: str | None = None,
-    answer: Answer | None = None,
 ) -> Redemption:
     """Record what a coach delivered, in the caller's transaction. The voucher pays the invoice
     less the own contribution. The mail to the entrepreneur names the provider
-    (``provider_name``, or its registered name). With ``answer``, an ``Idempotency-Key``'s answer is
-    stored in the same write.
+    (``provider_name``, or its registered name).
 
     Locks, in order: the voucher's row and the provider's enrolment; not the scheme's row, so
     coaches of different providers do not wait for each other. Returns the stored redemption
@@ -639,7 +631,7 @@ async def redeem(
                     provider_name=provider_name, now=now)
     if dialect == "postgresql":
         try:
-            row = (await conn.execute(REDEEM, job.parameters(answer))).one()
+            row = (await conn.execute(REDEEM, job.parameters())).one()
         except DBAPIError as exc:
             code = refused_code(exc)
             if code == "enrolment":
@@ -647,8 +639,6 @@ async def redeem(
                 async with rt.reader() as reader:
                     raise enrolment_refusal(*(await reader.execute(
                         ENROLMENT_NOW, {"enrolment_id": job.enrolment_id})).one()) from None
-            if code == "claim-lost":
-                raise ClaimLost() from None
             raise
         written = None if row[0] is None else (job.new_ids[0], row[:4])  # type: ignore[index]
     else:
@@ -656,8 +646,7 @@ async def redeem(
             result = sync.execute(statement, values)
             return result.first() if result.returns_rows else None
 
-        written = await conn.run_sync(lambda sync: job.steps(lambda statement, values: run(sync, statement, values),
-                                                             answer))
+        written = await conn.run_sync(lambda sync: job.steps(lambda statement, values: run(sync, statement, values)))
     if written is None:
         await session.refresh(voucher)
         raise refusal(voucher, job.amount, now)

@@ -395,7 +395,8 @@ async def test_page_redemption_is_the_api_write_with_its_key_stored_in_it(client
     writes = [sql for sql in seen.work if "INSERT INTO redemption" in sql]
     assert len(writes) == 1, seen.sent
     if not rt.settings.is_sqlite:
-        assert len(seen.work) - len(claim) <= 3, "\n".join(s[:80] for s in seen.sent)  # the session check, the read, the write
+        # The session check, the read, the write.
+        assert len(seen.work) - len(claim) <= 3, "\n".join(s[:80] for s in seen.sent)
     # A reload of the POST gets the stored answer: the same redirect, no second debit.
     again = await post_form(client, f"/v/{code}", form, follow_redirects=False)
     assert again.headers["location"] == r.headers["location"]
