@@ -27,6 +27,9 @@ from .runtime import Runtime
 from .schemes import postcode_accepted, scheme_name, scheme_status
 
 __all__ = (
+    "JOIN_WAITING_LIST",
+    "PLACE_FOR_NEWCOMER",
+    "TAKE_FOR_NEWCOMER",
     "ApplicantDetails",
     "ApplicationState",
     "DrawResult",
@@ -38,13 +41,13 @@ __all__ = (
     "issue_voucher",
     "issued_mail",
     "promote_waiting",
-    "voucher_values",
     "register_facts",
     "register_facts_of",
     "reject",
     "state_after_decision",
     "submit",
     "take_place",
+    "voucher_values",
 )
 
 KvkNumber = Annotated[str, msgspec.Meta(pattern=r"^\d{8}$", description="KvK number: 8 digits")]

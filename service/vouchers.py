@@ -37,19 +37,38 @@ from .runtime import Runtime
 _Model = TypeVar("_Model", bound=Base)
 
 __all__ = (
+    "ENROLMENT_NOW",
+    "ENROLMENT_OPEN",
+    "HOLD_FOR_PROVIDER",
+    "PAY",
+    "PAY_HELD",
+    "REDEEM",
+    "REDEEM_TERMS",
+    "REFUSED",
+    "SET_ASIDE",
+    "SPEND",
+    "SPENDABLE",
+    "Answer",
+    "Redeeming",
     "ScannedVoucher",
+    "as_loaded",
     "confirm_hold",
     "create_hold",
     "effective_status",
     "end_voucher",
+    "enrolment_refusal",
     "find_voucher",
     "own_contribution",
     "provider_not_approved",
     "redeem",
+    "redeeming",
+    "refused_code",
     "release_hold",
     "reverse_redemption",
     "scan",
     "scheme_closed",
+    "used_up_unless",
+    "within_cap",
 )
 
 
@@ -536,14 +555,14 @@ class Redeeming:
 
     def stored(self, redemption_id: int) -> Redemption:
         """The redemption as written (not in a session)."""
-        return _as_loaded(Redemption, {"id": redemption_id, **self.redemption()})
+        return as_loaded(Redemption, {"id": redemption_id, **self.redemption()})
 
 
 def _prefixed(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
     return {prefix + name: value for name, value in values.items()}
 
 
-def _as_loaded(model: type[_Model], values: dict[str, Any]) -> _Model:
+def as_loaded(model: type[_Model], values: dict[str, Any]) -> _Model:
     """An instance of ``model`` that is only read, its values put in the instance's dict as the
     ORM's loader puts them: the constructor's instrumented attribute sets, one per column, cost a
     hot path a noticeable share of its time."""
