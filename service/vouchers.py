@@ -391,7 +391,9 @@ def _insert_row(table: Table, prefix: str, columns: tuple[str, ...], after: Any 
 _RECORD = _insert_row(_R, "r_", _REDEMPTION_COLUMNS).returning(_R.c.id)
 _POST = _insert_row(_L, "l_", _ENTRY_COLUMNS).returning(_L.c.id)
 _MAIL = _insert_row(_O, "m_", _MAIL_COLUMNS)
-_AUDIT = _insert_row(_AE, "a_", _AUDIT_COLUMNS)
+_AUDIT = insert(_AE).values([dict(zip(_AUDIT_COLUMNS, _values_of(_AE, f"a{n}_", _AUDIT_COLUMNS), strict=True))
+                             for n in range(4)])
+"""A redemption's four audit entries in one INSERT (SQLite; PostgreSQL's statement has its own)."""
 
 
 def _json_object(**values: Any) -> Any:
@@ -537,7 +539,8 @@ class Redeeming:
         run(_MAIL, _prefixed("m_", self._mail(redemption_id)))
         balance, _held, redeemed, status = spent
         who = audit.current_context()
-        for action, table, row_id, before, after in (
+        entries: dict[str, Any] = {}
+        for n, (action, table, row_id, before, after) in enumerate((
             ("update", "voucher", self.voucher_id,
              {"balance_cents": balance + self.amount, "redeemed_cents": redeemed - self.amount, "status": "active"},
              {"balance_cents": balance, "redeemed_cents": redeemed, "status": status}),
@@ -545,9 +548,11 @@ class Redeeming:
              {"received_cents": paid[0]}),
             ("insert", "redemption", redemption_id, {}, audit.inserted("redemption", redemption_id, self.redemption())),
             ("insert", "ledger_entry", entry_id, {}, audit.inserted("ledger_entry", entry_id, entry)),
-        ):
-            run(_AUDIT, _prefixed("a_", {"at": self.now, "actor": who.actor, "address": who.address, "action": action,
-                                        "table_name": table, "row_id": str(row_id), "before": before, "after": after}))
+        )):
+            entries |= _prefixed(f"a{n}_", {"at": self.now, "actor": who.actor, "address": who.address,
+                                            "action": action, "table_name": table, "row_id": str(row_id),
+                                            "before": before, "after": after})
+        run(_AUDIT, entries)
         if answer is not None and run(idempotency.STORE_ANSWER,
                                       self._changing() | self._answer(answer, redemption_id)) is None:
             raise ClaimLost()
