@@ -145,12 +145,14 @@ async def apply_form(slug: FromPath[str], rt: NamedDependency[Runtime]) -> Templ
 async def apply_submit(request: Request[Any, Any, Any], slug: FromPath[str], data: Form,
                        rt: NamedDependency[Runtime]) -> Response[Any]:
     locale = i18n.current_locale()
-    await _limit(rt, (f"apply:ip:{client_ip(request)}", rt.settings.limit_per_ip))
     values, errors, details = validate_application(data, locale=locale)
-    async with rt.sessionmaker() as session:
+    # The address and the e-mail address counted in one short transaction, the scheme read without one.
+    await _limit(rt, (f"apply:ip:{client_ip(request)}", rt.settings.limit_per_ip), *(
+        [(ratelimit.personal_key(rt, "apply:email", details.email), rt.settings.limit_per_address)]
+        if details is not None else []))
+    async with rt.reader() as session:
         scheme = await schemes.get_scheme(session, slug)
     if details is not None:
-        await _limit(rt, (ratelimit.personal_key(rt, "apply:email", details.email), rt.settings.limit_per_address))
 
         async def work(session: AsyncSession) -> str:
             fresh = await session.get_one(Scheme, scheme.id)
@@ -200,7 +202,7 @@ async def confirm(request: Request[Any, Any, Any], token: FromPath[str], rt: Nam
     if confirmed_now:
         status = await registry.check_application(rt, application.id)
         if status == "granted":
-            async with rt.sessionmaker() as session:
+            async with rt.reader() as session:
                 voucher = await session.scalar(select(Voucher).where(Voucher.application_id == application.id))
             if voucher is not None:
                 start_session(request, Principal(kind="entrepreneur", role="entrepreneur", subject_id=voucher.id,
