@@ -17,13 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "service"
 
 #: Import cycles tolerated for now, each named with the reason; every other cycle fails the test.
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    # applications imports vouchers (issuing a voucher), and vouchers.end_voucher imports
-    # applications.promote_waiting inside the function. The rewrite of the write paths (issue 19,
-    # item 1) removes it; remove this exception when that is merged
-    # (test_every_known_cycle_still_exists says when).
-    frozenset({"service.applications", "service.vouchers"}): "vouchers.end_voucher -> applications.promote_waiting",
-}
+KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 #: Domain modules the web calls: plain functions over a session, no web imports.
 DOMAIN = ("service.interventions", "service.refusals", "service.reports", "service.mail_links",
