@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
-from . import applications, audit, ledger, outbox
+from . import applications, audit, ledger, outbox, refusals
 from .codes import InvalidCode, normalise_code
 from .errors import N_, DomainError, Forbidden, InvalidInput, NotFound, Refused, TooManyAttempts
 from .fastpath import ScannedVoucher
@@ -873,13 +873,11 @@ async def reverse_redemption(
     The money goes back to the voucher if it can still be used, otherwise to the budget.
     """
     now = now or utcnow()
-    redemption = await session.get(Redemption, redemption_id)
-    if redemption is None or (provider_id is not None and redemption.provider_id != provider_id):
-        raise NotFound("redemption-not-found", N_("There is no such redemption."))
+    found = await session.get(Redemption, redemption_id)
+    scheme = await session.get(Scheme, found.scheme_id) if found is not None else None
+    redemption = refusals.check_reversible(found, provider_id=provider_id, scheme=scheme, now=now)
+    assert scheme is not None
     voucher = await _lock_voucher(session, redemption.voucher_id)
-    scheme = await session.get_one(Scheme, redemption.scheme_id)
-    if provider_id is not None and now > redemption.created_at + dt.timedelta(days=scheme.reversal_days):
-        raise Refused("reversal-period-over", N_("The period for reversing this redemption has ended."))
     result = await session.execute(
         update(Redemption)
         .where(Redemption.id == redemption.id, Redemption.reversed_at.is_(None))
@@ -929,10 +927,7 @@ async def end_voucher(session: AsyncSession, rt: Runtime, voucher_id: int, *, st
     assert status in ("revoked", "expired")
     now = now or utcnow()
     voucher = await _lock_voucher(session, voucher_id)
-    if voucher.status not in ("active", "used_up") or (status == "expired" and voucher.status != "active"):
-        raise Refused("voucher-ended", N_("This voucher has already ended."))
-    if status == "expired" and voucher.expires_at > now:
-        raise Refused("voucher-not-expired", N_("This voucher has not expired yet."))
+    refusals.check_endable(voucher, status=status, now=now)
     open_holds = list(await session.scalars(select(Hold.id).where(Hold.voucher_id == voucher.id, Hold.status == "open")))
     for hold_id in open_holds:
         await release_hold(session, hold_id, reason=status)
