@@ -43,7 +43,7 @@ from authlib.oidc.core import OpenIDCode
 from joserfc import jwt
 from joserfc.jwk import RSAKey, import_key
 
-from .oidc import LEVELS
+from .levels import LEVELS
 
 __all__ = ("FAULTS", "Broker", "main")
 

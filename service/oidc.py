@@ -40,38 +40,16 @@ from joserfc.errors import (
 )
 from joserfc.jwk import KeySet, import_key
 
+from .levels import LEVELS, level_at_least, level_of
+
 __all__ = ("LEVELS", "LoginFailed", "Pending", "Provider", "SignedIn", "begin", "eherkenning", "finish",
            "level_at_least", "level_of", "log_refusal", "logout_url", "staff", "still_signed_in")
 
 log = logging.getLogger(__name__)
 
-#: eHerkenning levels of assurance, lowest first, and the URN a broker sends for each in ``acr``.
-LEVELS = {
-    "EH1": "urn:etoegang:core:assurance-class:loa1",
-    "EH2": "urn:etoegang:core:assurance-class:loa2",
-    "EH2+": "urn:etoegang:core:assurance-class:loa2plus",
-    "EH3": "urn:etoegang:core:assurance-class:loa3",
-    "EH4": "urn:etoegang:core:assurance-class:loa4",
-}
-_BY_URN = {urn: name for name, urn in LEVELS.items()}
-_RANK = {name: rank for rank, name in enumerate(LEVELS)}
-
 DISCOVERY_SECONDS = 300.0
 """How long a provider's discovery document and keys are kept per process; an unknown key id
 makes the keys be fetched again at once (the provider has rotated them)."""
-
-
-def level_of(value: Any) -> str | None:
-    """``EH3`` for ``EH3`` or ``urn:etoegang:core:assurance-class:loa3``; None for anything else."""
-    if isinstance(value, str):
-        if value in _RANK:
-            return value
-        return _BY_URN.get(value)
-    return None
-
-
-def level_at_least(level: str | None, required: str) -> bool:
-    return level is not None and _RANK[level] >= _RANK[required]
 
 
 def eherkenning(settings: Any) -> Provider | None:

@@ -261,10 +261,3 @@ class BrokerProcess:
             self.process.terminate()
             self.process.wait(timeout=10)
         self.log.close()
-
-
-@pytest.fixture
-def broker(settings: Settings) -> Iterator[BrokerProcess]:
-    process = BrokerProcess(settings.base_url)
-    yield process
-    process.stop()

@@ -1,0 +1,195 @@
+"""Signing in with eHerkenning (OpenID Connect through the municipality's broker): to apply for
+a scheme that demands it, and to open "my voucher".
+
+The person presses a button (a POST with its CSRF token), goes to the broker, and comes back to
+``/eherkenning/terug``. What the login proved (KvK number, level, the acting person's pseudonym,
+the branch) is kept in the session for ``PROOF_SECONDS`` as an ``applications.LoginProof``; the
+apply form takes the KvK number from there and nowhere else. Whatever goes wrong is shown as a
+page that says what to do; the log gets the reason and the request id, nothing personal; and
+nothing is recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+from litestar.response import Redirect, Template
+from sqlalchemy import select
+
+from .. import applications, links, oidc, schemes
+from ..auth import Principal, sign_in
+from ..errors import N_, NotFound
+from ..levels import LEVELS, level_at_least, level_of
+from ..models import Application, Scheme, Voucher
+from ..problems import request_id_of
+from ..runtime import Runtime
+from ..settings import Settings
+from ..web import NO_STORE
+
+__all__ = ("CALLBACK", "ROUTES", "SIGNED_IN_WITH", "proof_in", "forget_proof")
+
+CALLBACK = "/eherkenning/terug"
+PENDING = "eherkenning_pending"
+PROOF = "eherkenning_proof"
+SIGNED_IN_WITH = "signed_in_with"
+PROOF_SECONDS = 30 * 60
+"""How long after the login the apply form still takes its proof."""
+
+#: The HTTP status of each failure's page.
+STATUS = {"unavailable": 503, "cancelled": 400, "state": 400, "unverified": 502, "level": 403, "no-kvk": 502,
+          "not-configured": 503}
+
+
+def _keep(request: Request[Any, Any, Any], **items: Any) -> None:
+    session = request.session if isinstance(request.session, dict) else {}
+    request.set_session({**session, **items})
+
+
+def _take(request: Request[Any, Any, Any], key: str) -> Any:
+    session = request.session if isinstance(request.session, dict) else {}
+    if key not in session:
+        return None
+    value = session[key]
+    request.set_session({k: v for k, v in session.items() if k != key})
+    return value
+
+
+def proof_in(request: Request[Any, Any, Any]) -> applications.LoginProof | None:
+    """The eHerkenning proof of this browser's session, while it is fresh."""
+    session = request.session if isinstance(request.session, dict) else {}
+    data = session.get(PROOF)
+    if not isinstance(data, dict) or data.get("at", 0) + PROOF_SECONDS < time.time():
+        return None
+    try:
+        return msgspec.convert({k: v for k, v in data.items() if k != "at"}, applications.LoginProof)
+    except msgspec.ValidationError:
+        return None
+
+
+def forget_proof(request: Request[Any, Any, Any]) -> None:
+    _take(request, PROOF)
+
+
+def failed_page(request: Request[Any, Any, Any], failure: oidc.LoginFailed, *, again: str, level: str | None = None,
+                have: str | None = None) -> Template:
+    """What the person reads when signing in did not work, and one log line for the operator."""
+    request_id = request_id_of(request.scope)
+    oidc.log_refusal("eherkenning_refused", failure, request_id)
+    from .pages import entrepreneur_page
+
+    return entrepreneur_page("eherkenning_failed", status_code=STATUS.get(failure.reason, 502), headers=NO_STORE,
+                             reason=failure.reason, again=again, level=level, have=have, reference=request_id)
+
+
+def _provider(settings: Settings) -> oidc.Provider:
+    provider = oidc.eherkenning(settings)
+    if provider is None:
+        raise oidc.LoginFailed("not-configured", "no eHerkenning broker configured")
+    return provider
+
+
+async def _go(request: Request[Any, Any, Any], rt: Runtime, purpose: str, level: str, again: str) -> Response[Any]:
+    try:
+        url, pending = await oidc.begin(_provider(rt.settings), rt.link(CALLBACK), purpose, acr=LEVELS[level])
+    except oidc.LoginFailed as failure:
+        return failed_page(request, failure, again=again)
+    _keep(request, **{PENDING: msgspec.to_builtins(pending)})
+    return Redirect(url, status_code=303, headers=NO_STORE)
+
+
+@post(links.SCHEME_START + "/eherkenning")
+async def start_apply(request: Request[Any, Any, Any], slug: FromPath[str], rt: NamedDependency[Runtime]
+                      ) -> Response[Any]:
+    async with rt.sessionmaker() as session:
+        scheme = await schemes.get_scheme(session, slug)
+    if scheme.proof != "eherkenning":
+        raise NotFound("scheme-not-found", N_("There is no scheme with this name."))
+    return await _go(request, rt, f"apply:{scheme.slug}", scheme.eherkenning_level or "EH2+",
+                     links.path(links.SCHEME_START, slug=scheme.slug) + "/aanvragen")
+
+
+@post("/mijn-voucher/eherkenning")
+async def start_voucher(request: Request[Any, Any, Any], rt: NamedDependency[Runtime]) -> Response[Any]:
+    return await _go(request, rt, "voucher", rt.settings.eherkenning_level, "/mijn-voucher")
+
+
+def _proof(settings: Settings, claims: dict[str, Any]) -> applications.LoginProof:
+    """The login's facts under the claim names the broker uses; ``no-kvk`` without a KvK number."""
+    kvk = claims.get(settings.eherkenning_kvk_claim)
+    if not isinstance(kvk, str) or not kvk.isdigit() or len(kvk) != 8:
+        raise oidc.LoginFailed("no-kvk", "no KvK number in the token")
+    level = level_of(claims.get(settings.eherkenning_level_claim))
+    if level is None:
+        raise oidc.LoginFailed("level", "no known level in the token")
+    person = claims.get(settings.eherkenning_person_claim)
+    if not isinstance(person, str) or not person or len(person) > 128:
+        raise oidc.LoginFailed("unverified", "no acting person in the token")
+    branch = claims.get(settings.eherkenning_branch_claim)
+    branch = branch if isinstance(branch, str) and branch.isdigit() and len(branch) == 12 else None
+    return applications.LoginProof(kvk_number=kvk, level=level, acting_person=person,  # type: ignore[arg-type]
+                                   branch_number=branch)
+
+
+@get(CALLBACK, response_headers=NO_STORE)
+async def callback(request: Request[Any, Any, Any], rt: NamedDependency[Runtime]) -> Response[Any]:
+    raw = _take(request, PENDING)
+    try:
+        pending = msgspec.convert(raw, oidc.Pending) if isinstance(raw, dict) else None
+    except msgspec.ValidationError:
+        pending = None
+    purpose = pending.purpose if pending is not None else "voucher"
+    again = (links.path(links.SCHEME_START, slug=purpose[6:]) + "/aanvragen" if purpose.startswith("apply:")
+             else "/mijn-voucher")
+    query = {k: v for k, v in request.query_params.items() if isinstance(v, str)}
+    try:
+        signed = await oidc.finish(_provider(rt.settings), pending, query)
+        proof = _proof(rt.settings, signed.claims)
+    except oidc.LoginFailed as failure:
+        return failed_page(request, failure, again=again)
+    if purpose.startswith("apply:"):
+        async with rt.sessionmaker() as session:
+            scheme = await schemes.get_scheme(session, purpose[6:])
+        required = scheme.eherkenning_level or "EH2+"
+        if not level_at_least(proof.level, required):
+            return failed_page(request, oidc.LoginFailed("level", f"{proof.level} below {required}"), again=again,
+                               level=required, have=proof.level)
+        _keep(request, **{PROOF: {**msgspec.to_builtins(proof), "at": time.time()}})
+        return Redirect(again, status_code=303, headers=NO_STORE)
+    return await _open_voucher(request, rt, proof, again)
+
+
+async def _open_voucher(request: Request[Any, Any, Any], rt: Runtime, proof: applications.LoginProof,
+                        again: str) -> Response[Any]:
+    """Sign in to the firm's voucher: whoever acts for the firm sees it, the applicant or a colleague."""
+    async with rt.sessionmaker() as session:
+        rows = (await session.execute(
+            select(Voucher.id, Application.company_name, Scheme.eherkenning_level)
+            .join(Application, Application.id == Voucher.application_id)
+            .join(Scheme, Scheme.id == Voucher.scheme_id)
+            .where(Voucher.kvk_number == proof.kvk_number)
+            .order_by(Voucher.id.desc()))).all()
+    required = rt.settings.eherkenning_level
+    for _, _, level in rows:  # the strictest of the firm's schemes counts
+        if level is not None and level_at_least(level, required):
+            required = level
+    if not level_at_least(proof.level, required):
+        return failed_page(request, oidc.LoginFailed("level", f"{proof.level} below {required}"), again=again,
+                           level=required, have=proof.level)
+    if not rows:
+        from .pages import entrepreneur_page
+
+        return entrepreneur_page("signin", status_code=404, headers=NO_STORE, values={}, errors={},
+                                 no_voucher_for_firm=True, eherkenning=True)
+    voucher_id, company_name, _ = rows[0]
+    sign_in(request, Principal(kind="entrepreneur", role="entrepreneur", subject_id=voucher_id, name=company_name,
+                               voucher_id=voucher_id))
+    _keep(request, **{SIGNED_IN_WITH: "eherkenning"})
+    return Redirect("/mijn-voucher", status_code=303, headers=NO_STORE)
+
+
+ROUTES = [start_apply, start_voucher, callback]
