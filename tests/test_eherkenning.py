@@ -209,3 +209,26 @@ async def test_my_voucher_needs_the_configured_level(client, rt) -> None:
     page = await through_broker(client, "/mijn-voucher", "/mijn-voucher/eherkenning", level="EH1")
     assert page.status_code == 403 and "EH2+ of hoger" in page.text
     assert "Inloggen met eHerkenning" in (await client.get("/mijn-voucher")).text
+
+
+async def test_the_pseudonym_is_erased_by_the_purge_and_never_in_the_audit_log(client, rt) -> None:
+    import datetime as dt
+
+    from service import privacy
+    from service.db import run_in_transaction
+    from service.models import utcnow
+    from service.models_admin import AuditEntry
+
+    await make_scheme(rt, proof="eherkenning")
+    await apply_with_eherkenning(client)
+    (application,) = await stored(rt)
+    pseudonym = application.acting_person
+    assert pseudonym
+    async with rt.sessionmaker() as session:
+        logged = [str(e.after) for e in await session.scalars(select(AuditEntry).where(
+            AuditEntry.table_name == "application"))]
+    assert logged and not any(pseudonym in entry for entry in logged)
+    later = utcnow() + dt.timedelta(days=3 * 365)
+    await run_in_transaction(rt.sessionmaker, lambda s: privacy.purge(s, rt, now=later))
+    (application,) = await stored(rt)
+    assert application.acting_person is None and application.assurance_level == "EH3"
