@@ -14,12 +14,17 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy import select
 
+from . import oidc
 from .models import ApiToken, ProviderUser
 from .models_admin import StaffUser
 from .providers import authenticate_token
 from .runtime import Runtime
 
-__all__ = ("AuthMiddleware", "Principal", "requires", "sign_in", "sign_out")
+__all__ = ("STAFF_SSO_TOKEN", "AuthMiddleware", "Principal", "requires", "sign_in", "sign_out")
+
+STAFF_SSO_TOKEN = "staff_sso_token"
+"""Session key of the access token of a staff member signed in through the municipality's own
+provider: with it the provider is asked at every request whether the account still works."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +84,14 @@ class AuthMiddleware(ASGIMiddleware):
         session_data = scope.get("session") or {}
         principal = session_data.get("principal") if isinstance(session_data, dict) else None
         if isinstance(principal, dict):
-            return await self._session_principal(principal)
+            found = await self._session_principal(principal)
+            sso_token = session_data.get(STAFF_SSO_TOKEN)
+            if found is not None and found.kind == "staff" and isinstance(sso_token, str):
+                # Signed in at the municipality's provider: an account disabled there is refused now.
+                provider = oidc.staff(self.rt.settings)
+                if provider is None or not await oidc.still_signed_in(provider, sso_token):
+                    return None
+            return found
         return None
 
     async def _session_principal(self, data: dict[str, Any]) -> Principal | None:

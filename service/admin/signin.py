@@ -7,17 +7,18 @@ import time
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath, QueryParameter
 from litestar.response import Redirect, Template
 
-from .. import audit, municipality, ratelimit
-from ..auth import Principal, sign_in, sign_out
+from .. import audit, municipality, oidc, ratelimit
+from ..auth import STAFF_SSO_TOKEN, Principal, sign_in, sign_out
 from ..db import transaction
 from ..errors import DomainError
 from ..models_admin import StaffUser
+from ..problems import request_id_of
 from ..runtime import Runtime
 from .web import NO_STORE, client_ip, errors_of, page, qr_data_uri, safe_next, status
 
@@ -26,6 +27,8 @@ __all__ = ("AdminSignInPages", "SIGN_IN_LIMIT", "SIGN_IN_WINDOW")
 SIGN_IN_LIMIT = 30
 """Sign-in steps one IP address may try per window, on top of the per-account lock-out."""
 SIGN_IN_WINDOW = 15 * 60
+SSO_CALLBACK = "/beheer/inloggen/sso/terug"
+SSO_PENDING = "staff_sso_pending"
 CODE_STEP_SECONDS = 300
 """How long the code step waits after a right password."""
 
@@ -36,6 +39,10 @@ Form = Body(media_type=RequestEncodingType.URL_ENCODED)
 class LoginForm(msgspec.Struct, frozen=True, kw_only=True):
     email: Short = ""
     password: Short = ""
+    next: Short = ""
+
+
+class NextForm(msgspec.Struct, frozen=True, kw_only=True):
     next: Short = ""
 
 
@@ -67,10 +74,64 @@ class AdminSignInPages(Controller):
     include_in_schema = False
 
     @get("/inloggen")
-    async def login_form(self, request: Request[Any, Any, Any],
+    async def login_form(self, request: Request[Any, Any, Any], rt: NamedDependency[Runtime],
                          next_: Annotated[str | None, QueryParameter(name="next")] = None,
                          done: Annotated[str | None, QueryParameter(name="klaar")] = None) -> Template:
-        return page(request, "admin/login.html", values={"next": safe_next(next_)}, done=done)
+        return page(request, "admin/login.html", values={"next": safe_next(next_)}, done=done,
+                    sso=oidc.staff(rt.settings) is not None)
+
+    # --- single sign-on through the municipality's own provider ----------------------------
+
+    @post("/inloggen/sso")
+    async def sso_start(self, request: Request[Any, Any, Any], data: Annotated[NextForm, Form],
+                        rt: NamedDependency[Runtime]) -> Response[Any]:
+        provider = oidc.staff(rt.settings)
+        try:
+            if provider is None:
+                raise oidc.LoginFailed("not-configured", "no staff provider configured")
+            url, pending = await oidc.begin(provider, rt.link(SSO_CALLBACK), "staff", next_=safe_next(data.next))
+        except oidc.LoginFailed as failure:
+            return _sso_failed(request, failure)
+        request.set_session({**(request.session if isinstance(request.session, dict) else {}),
+                             SSO_PENDING: msgspec.to_builtins(pending)})
+        return Redirect(url, status_code=303, headers=NO_STORE)
+
+    @get(SSO_CALLBACK.removeprefix("/beheer"))
+    async def sso_callback(self, request: Request[Any, Any, Any], rt: NamedDependency[Runtime]) -> Response[Any]:
+        session = request.session if isinstance(request.session, dict) else {}
+        raw = session.get(SSO_PENDING)
+        request.set_session({k: v for k, v in session.items() if k != SSO_PENDING})
+        try:
+            pending = msgspec.convert(raw, oidc.Pending) if isinstance(raw, dict) else None
+        except msgspec.ValidationError:
+            pending = None
+        provider = oidc.staff(rt.settings)
+        try:
+            if provider is None:
+                raise oidc.LoginFailed("not-configured", "no staff provider configured")
+            signed = await oidc.finish(provider, pending, {k: v for k, v in request.query_params.items()
+                                                           if isinstance(v, str)})
+            claims = signed.claims
+            role = municipality.role_from_groups(claims.get(rt.settings.staff_oidc_group_claim),
+                                                 rt.settings.staff_roles())
+            if role is None:
+                raise oidc.LoginFailed("not-allowed", "no group that maps to a role")
+        except oidc.LoginFailed as failure:
+            return _sso_failed(request, failure)
+        email = claims.get("email") if claims.get("email_verified", True) is not False else None
+        try:
+            async with transaction(rt.sessionmaker) as db:
+                user = await municipality.sso_account(
+                    db, rt, subject=str(claims["sub"]), email=email if isinstance(email, str) else None,
+                    name=str(claims.get("name") or ""), role=role)
+                audit.set_context(f"staff:{user.id}", client_ip(request))
+        except DomainError as exc:
+            return page(request, "admin/login.html", status=status(exc), values={"next": "/beheer"},
+                        errors=errors_of(exc), sso=True)
+        sign_in(request, Principal(kind="staff", role=user.role, subject_id=user.id, name=user.name))
+        # The provider is asked at every request whether the account still works (service.auth).
+        request.set_session({**request.session, STAFF_SSO_TOKEN: signed.access_token or ""})
+        return Redirect(safe_next(pending.next if pending else None), status_code=303, headers=NO_STORE)
 
     @post("/inloggen")
     async def login(self, request: Request[Any, Any, Any], data: Annotated[LoginForm, Form],
@@ -118,9 +179,12 @@ class AdminSignInPages(Controller):
         return Redirect(safe_next(pending.get("next")), status_code=303, headers=NO_STORE)
 
     @post("/uitloggen")
-    async def logout(self, request: Request[Any, Any, Any]) -> Redirect:
+    async def logout(self, request: Request[Any, Any, Any], rt: NamedDependency[Runtime]) -> Redirect:
+        with_provider = isinstance(request.session, dict) and STAFF_SSO_TOKEN in request.session
         sign_out(request)
-        return Redirect("/beheer/inloggen", status_code=303, headers=NO_STORE)
+        provider = oidc.staff(rt.settings) if with_provider else None
+        target = oidc.logout_url(provider, rt.link("/beheer/inloggen")) if provider is not None else None
+        return Redirect(target or "/beheer/inloggen", status_code=303, headers=NO_STORE)
 
     @get("/instellen/{token:str}")
     async def setup_form(self, request: Request[Any, Any, Any], token: FromPath[str],
@@ -150,6 +214,15 @@ class AdminSignInPages(Controller):
                     return page(request, "admin/setup_invalid.html", status=404)
                 return _setup_page(request, rt, user, token, errors=errors_of(exc), status_code=status(exc))
         return Redirect("/beheer/inloggen?klaar=ingesteld", status_code=303, headers=NO_STORE)
+
+
+def _sso_failed(request: Request[Any, Any, Any], failure: oidc.LoginFailed) -> Template:
+    """The sign-in page again, saying what went wrong at the provider; one log line without
+    personal data."""
+    reference = request_id_of(request.scope)
+    oidc.log_refusal("staff_sso_refused", failure, reference)
+    return page(request, "admin/login.html", status=403 if failure.reason == "not-allowed" else 502,
+                values={"next": "/beheer"}, sso=True, sso_failed=failure.reason, reference=reference)
 
 
 def _setup_page(request: Request[Any, Any, Any], rt: Runtime, user: StaffUser, token: str, *,
