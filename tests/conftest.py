@@ -251,10 +251,11 @@ class BrokerProcess:
 
     def settings(self, settings: Settings, **overrides: object) -> Settings:
         """``settings`` pointed at this broker for eHerkenning and staff sign-in."""
-        return msgspec.structs.replace(settings, eherkenning_issuer=self.issuer, eherkenning_client_secret=self.secret,
-                                       staff_oidc_issuer=self.issuer, staff_oidc_client_secret=self.staff_secret,
-                                       staff_oidc_roles="vouchers-beheerders=beheerder,vouchers-lezers=lezer",
-                                       oidc_timeout_seconds=1.5, **overrides)
+        values: dict[str, object] = {
+            "eherkenning_issuer": self.issuer, "eherkenning_client_secret": self.secret,
+            "staff_oidc_issuer": self.issuer, "staff_oidc_client_secret": self.staff_secret,
+            "staff_oidc_roles": "vouchers-beheerders=beheerder,vouchers-lezers=lezer", "oidc_timeout_seconds": 1.5}
+        return msgspec.structs.replace(settings, **{**values, **overrides})
 
     def stop(self) -> None:
         if self.process.poll() is None:
