@@ -131,3 +131,54 @@ async def test_a_disabled_staff_account_is_refused_by_userinfo(dev_broker: tuple
     assert await oidc.still_signed_in(provider, signed.access_token)
     httpx.post(process.issuer + "/accounts/disable", data={"email": "lid@arnhem.example"}).raise_for_status()
     assert not await oidc.still_signed_in(provider, signed.access_token)
+
+
+def test_serve_in_development_starts_the_broker_beside_it(tmp_path: Path) -> None:
+    """`make run` needs nothing else: `vouchers serve` in development starts the broker, points the
+    sign-in settings at it, and stops it when it stops."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT, free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOUCHERS_")}
+    env.update({"VOUCHERS_ENVIRONMENT": "development", "VOUCHERS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/v.db",
+                "VOUCHERS_MAIL_DIR": str(tmp_path / "mail"), "VOUCHERS_BACKGROUND_TASKS": "false",
+                "PYTHONPATH": str(ROOT)})
+    subprocess.run([sys.executable, "-m", "service.cli", "db", "upgrade"], cwd=tmp_path, env=env, check=True,
+                   capture_output=True, timeout=120)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], cwd=tmp_path,
+                                  env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        found = re.search(r"Development broker .*: (http://127\.0\.0\.1:\d+)", log.read_text())
+        assert found, log.read_text()
+        issuer = found.group(1)
+        assert httpx.get(issuer + "/.well-known/openid-configuration").json()["issuer"] == issuer
+        signin = httpx.get(f"http://127.0.0.1:{port}/mijn-voucher")
+        assert "Inloggen met eHerkenning" in signin.text
+        assert "Inloggen met uw account van de gemeente" in httpx.get(f"http://127.0.0.1:{port}/beheer/inloggen").text
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(issuer + "/.well-known/openid-configuration", timeout=1)
+        except httpx.HTTPError:
+            return
+        time.sleep(0.3)
+    raise AssertionError("the broker outlived the server")

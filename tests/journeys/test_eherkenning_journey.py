@@ -78,7 +78,7 @@ def at_broker(person: Person, label: str, *, kvk: str = "", level: str = "", per
     page.wait_for_url(person.service_url + "/**")
 
 
-def test_applying_and_my_voucher_with_ehherkenning(journey: Journey, tmp_path: Path) -> None:
+def test_applying_and_my_voucher_with_eherkenning(journey: Journey, tmp_path: Path) -> None:
     service = journey.service
 
     with journey.step("the operator migrates, starts the service and loads a scheme that demands eHerkenning"):
