@@ -275,11 +275,14 @@ async def _verified(provider: Provider, meta: _Metadata, id_token: str, nonce: s
     return dict(claims)
 
 
-def logout_url(provider: Provider, post_logout_redirect_uri: str) -> str | None:
-    """The provider's end-session address (RP-initiated logout), if it has one and it is known."""
-    cached = _cache.get(provider.issuer)
-    meta = cached[1] if cached is not None else None
-    if meta is None or not meta.end_session_endpoint:
+async def logout_url(provider: Provider, post_logout_redirect_uri: str) -> str | None:
+    """The provider's end-session address (RP-initiated logout) to send the browser to, or None
+    when the provider has none or cannot be reached (the session here has ended either way)."""
+    try:
+        meta = await metadata(provider)
+    except LoginFailed:
+        return None
+    if not meta.end_session_endpoint:
         return None
     return str(httpx.URL(meta.end_session_endpoint, params={
         "client_id": provider.client_id, "post_logout_redirect_uri": post_logout_redirect_uri}))

@@ -232,3 +232,17 @@ async def test_the_pseudonym_is_erased_by_the_purge_and_never_in_the_audit_log(c
     await run_in_transaction(rt.sessionmaker, lambda s: privacy.purge(s, rt, now=later))
     (application,) = await stored(rt)
     assert application.acting_person is None and application.assurance_level == "EH3"
+
+
+async def test_staff_see_how_the_firm_applied(client, rt) -> None:
+    from tests.admin_helpers import staff_client_sign_in
+
+    await make_scheme(rt, proof="eherkenning")
+    await apply_with_eherkenning(client, branch="000012345678")
+    await client.post("/mijn-voucher/uitloggen", data={"_csrf_token": csrf((await client.get("/mijn-voucher")).text)})
+    await staff_client_sign_in(client, rt, "beheerder")
+    async with rt.sessionmaker() as session:
+        voucher = await session.scalar(select(Voucher))
+    assert voucher is not None
+    page = await client.get(f"/beheer/vouchers/{voucher.id}?lang=nl")
+    assert "eHerkenning, niveau EH3, vestiging 000012345678" in page.text

@@ -183,7 +183,7 @@ class AdminSignInPages(Controller):
         with_provider = isinstance(request.session, dict) and STAFF_SSO_TOKEN in request.session
         sign_out(request)
         provider = oidc.staff(rt.settings) if with_provider else None
-        target = oidc.logout_url(provider, rt.link("/beheer/inloggen")) if provider is not None else None
+        target = await oidc.logout_url(provider, rt.link("/beheer/inloggen")) if provider is not None else None
         return Redirect(target or "/beheer/inloggen", status_code=303, headers=NO_STORE)
 
     @get("/instellen/{token:str}")

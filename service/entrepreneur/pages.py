@@ -330,7 +330,7 @@ async def sign_out_page(request: Request[Any, Any, Any], rt: NamedDependency[Run
     sign_out(request)
     provider = oidc.eherkenning(rt.settings) if with_broker else None
     # Signed in with eHerkenning: end the broker's session too (RP-initiated logout), then back here.
-    target = oidc.logout_url(provider, rt.link("/mijn-voucher?uit=1")) if provider is not None else None
+    target = await oidc.logout_url(provider, rt.link("/mijn-voucher?uit=1")) if provider is not None else None
     return Redirect(target or "/mijn-voucher?uit=1", status_code=303)
 
 
