@@ -58,6 +58,7 @@ FAULTS = {
     "wrong-nonce": "ID token with another nonce",
     "wrong-state": "Redirect back with another state",
     "expired": "ID token expired an hour ago",
+    "clock-ahead": "The broker's clock runs 30 seconds ahead (not valid before then)",
     "unsigned": "Unsigned ID token (alg none)",
     "unknown-key": "ID token signed with a key not in the JWKS",
     "no-kvk": "No KvK number in the ID token",
@@ -324,6 +325,9 @@ class _OpenIDCode(OpenIDCode):
             claims["nonce"] = secrets.token_urlsafe(16)
         elif fault == "expired":
             claims["iat"], claims["exp"] = int(time.time()) - 7200, int(time.time()) - 3600
+        elif fault == "clock-ahead":
+            claims["iat"], claims["nbf"] = int(time.time()) + 30, int(time.time()) + 30
+            claims["exp"] = claims["iat"] + 3600
         elif fault == "no-kvk":
             claims.pop(KVK_CLAIM, None)
         elif fault == "slow":

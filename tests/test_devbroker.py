@@ -182,3 +182,12 @@ def test_serve_in_development_starts_the_broker_beside_it(tmp_path: Path) -> Non
             return
         time.sleep(0.3)
     raise AssertionError("the broker outlived the server")
+
+
+async def test_a_broker_clock_a_little_ahead_is_within_the_skew(dev_broker: tuple[BrokerProcess, Path]) -> None:
+    process, _ = dev_broker
+    signed = await _sign_in(_provider(process, clock_skew_seconds=60), fault="clock-ahead")
+    assert signed.claims["nbf"] > signed.claims["auth_time"]
+    with pytest.raises(oidc.LoginFailed) as refused:
+        await _sign_in(_provider(process, clock_skew_seconds=0), fault="clock-ahead")
+    assert refused.value.reason == "unverified"

@@ -246,3 +246,12 @@ async def test_staff_see_how_the_firm_applied(client, rt) -> None:
     assert voucher is not None
     page = await client.get(f"/beheer/vouchers/{voucher.id}?lang=nl")
     assert "eHerkenning, niveau EH3, vestiging 000012345678" in page.text
+
+
+async def test_the_start_page_says_what_is_needed_and_the_page_may_send_the_browser_to_the_broker(client, rt) -> None:
+    await make_scheme(rt, proof="eherkenning", eherkenning_level="EH3")
+    page = await client.get("/regelingen/test-scheme")
+    assert "eHerkenning op niveau EH3 of hoger" in page.text
+    # The sign-in button's answer redirects to the broker: the policy allows that form target.
+    policy = page.headers["content-security-policy"]
+    assert f"form-action 'self' {rt.settings.eherkenning_issuer}" in policy
