@@ -255,3 +255,17 @@ async def test_the_start_page_says_what_is_needed_and_the_page_may_send_the_brow
     # The sign-in button's answer redirects to the broker: the policy allows that form target.
     policy = page.headers["content-security-policy"]
     assert f"form-action 'self' {rt.settings.eherkenning_issuer}" in policy
+
+
+async def test_the_public_site_says_eherkenning_is_needed(rt, tmp_path: Path) -> None:
+    from service.sitegen.collect import collect_snapshot
+    from service.sitegen.pages import write_sources
+
+    await make_scheme(rt, proof="eherkenning", eherkenning_level="EH3")
+    async with rt.sessionmaker() as session:
+        snapshot = await collect_snapshot(session, service_url=BASE)
+    write_sources(snapshot, tmp_path / "src")
+    assert "U logt eerst in met eHerkenning (niveau EH3 of hoger)" in (
+        tmp_path / "src" / "regelingen" / "test-scheme.md").read_text(encoding="utf-8")
+    assert "You first sign in with eHerkenning (level EH3 or higher)" in (
+        tmp_path / "src" / "regelingen" / "test-scheme.en.md").read_text(encoding="utf-8")
