@@ -269,3 +269,31 @@ async def test_the_public_site_says_eherkenning_is_needed(rt, tmp_path: Path) ->
         tmp_path / "src" / "regelingen" / "test-scheme.md").read_text(encoding="utf-8")
     assert "You first sign in with eHerkenning (level EH3 or higher)" in (
         tmp_path / "src" / "regelingen" / "test-scheme.en.md").read_text(encoding="utf-8")
+
+
+async def test_a_firm_with_vouchers_of_two_schemes_chooses_one(client, rt) -> None:
+    await make_scheme(rt, proof="eherkenning")
+    await make_scheme(rt, proof="eherkenning", slug="tweede-regeling", name="Tweede regeling", name_en="Second scheme")
+    await apply_with_eherkenning(client)
+    form = "/regelingen/tweede-regeling/aanvragen"
+    await through_broker(client, form, "/regelingen/tweede-regeling/eherkenning")
+    page = await client.get(form)
+    second = await client.post(form, data={**FORM, "_csrf_token": csrf(page.text)}, follow_redirects=False)
+    assert second.headers["location"] == "/mijn-voucher"
+    async with rt.sessionmaker() as session:
+        first_id, second_id = list(await session.scalars(select(Voucher.id).order_by(Voucher.id)))
+    await client.post("/mijn-voucher/uitloggen", data={"_csrf_token": csrf((await client.get("/mijn-voucher")).text)})
+
+    choice = await through_broker(client, "/mijn-voucher", "/mijn-voucher/eherkenning", person="b")
+    assert choice.status_code == 200 and "Welke voucher wilt u zien?" in choice.text
+    assert "Testregeling" in choice.text and "Tweede regeling" in choice.text
+    # Only a voucher of the firm the login proved can be chosen.
+    forged = await client.post("/mijn-voucher/eherkenning/kies", follow_redirects=False,
+                               data={"voucher": str(second_id + 100), "_csrf_token": csrf(choice.text)})
+    assert forged.headers["location"] == "/mijn-voucher"
+    assert "Inloggen met eHerkenning" in (await client.get("/mijn-voucher")).text
+    choice = await through_broker(client, "/mijn-voucher", "/mijn-voucher/eherkenning", person="b")
+    chosen = await client.post("/mijn-voucher/eherkenning/kies", follow_redirects=False,
+                               data={"voucher": str(first_id), "_csrf_token": csrf(choice.text)})
+    assert chosen.headers["location"] == "/mijn-voucher"
+    assert "Testregeling" in (await client.get("/mijn-voucher")).text

@@ -12,12 +12,13 @@ nothing is recorded.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, FromPath
 from litestar.response import Redirect, Template
 from sqlalchemy import select
 
@@ -37,6 +38,7 @@ CALLBACK = "/eherkenning/terug"
 PENDING = "eherkenning_pending"
 PROOF = "eherkenning_proof"
 SIGNED_IN_WITH = "signed_in_with"
+CHOICE = "eherkenning_choice"
 PROOF_SECONDS = 30 * 60
 """How long after the login the apply form still takes its proof."""
 
@@ -163,33 +165,69 @@ async def callback(request: Request[Any, Any, Any], rt: NamedDependency[Runtime]
     return await _open_voucher(request, rt, proof, again)
 
 
-async def _open_voucher(request: Request[Any, Any, Any], rt: Runtime, proof: applications.LoginProof,
-                        again: str) -> Response[Any]:
-    """Sign in to the firm's voucher: whoever acts for the firm sees it, the applicant or a colleague."""
+async def _firm_vouchers(rt: Runtime, kvk_number: str) -> list[Any]:
+    """The firm's vouchers, newest first: id, scheme names, status and the scheme's level."""
     async with rt.sessionmaker() as session:
-        rows = (await session.execute(
-            select(Voucher.id, Application.company_name, Scheme.eherkenning_level)
+        return list((await session.execute(
+            select(Voucher.id, Application.company_name, Scheme.name, Scheme.name_en, Voucher.status,
+                   Scheme.eherkenning_level)
             .join(Application, Application.id == Voucher.application_id)
             .join(Scheme, Scheme.id == Voucher.scheme_id)
-            .where(Voucher.kvk_number == proof.kvk_number)
-            .order_by(Voucher.id.desc()))).all()
-    required = rt.settings.eherkenning_level
-    for _, _, level in rows:  # the strictest of the firm's schemes counts
-        if level is not None and level_at_least(level, required):
-            required = level
+            .where(Voucher.kvk_number == kvk_number)
+            .order_by(Voucher.id.desc()))).all())
+
+
+def _required(settings: Settings, rows: list[Any]) -> str:
+    """The configured level, or the strictest of the firm's schemes when that is higher."""
+    required = settings.eherkenning_level
+    for row in rows:
+        if row.eherkenning_level is not None and level_at_least(row.eherkenning_level, required):
+            required = row.eherkenning_level
+    return required
+
+
+async def _open_voucher(request: Request[Any, Any, Any], rt: Runtime, proof: applications.LoginProof,
+                        again: str) -> Response[Any]:
+    """Sign in to the firm's voucher: whoever acts for the firm sees it, the applicant or a colleague.
+    A firm with vouchers of more than one scheme chooses which to open."""
+    from .pages import entrepreneur_page
+
+    rows = await _firm_vouchers(rt, proof.kvk_number)
+    required = _required(rt.settings, rows)
     if not level_at_least(proof.level, required):
         return failed_page(request, oidc.LoginFailed("level", f"{proof.level} below {required}"), again=again,
                            level=required, have=proof.level)
     if not rows:
-        from .pages import entrepreneur_page
-
         return entrepreneur_page("signin", status_code=404, headers=NO_STORE, values={}, errors={},
                                  no_voucher_for_firm=True, eherkenning=True)
-    voucher_id, company_name, _ = rows[0]
+    if len(rows) == 1:
+        return _sign_in_to(request, rows[0].id, rows[0].company_name)
+    # Which firm the login proved is kept briefly, so that the choice can only be one of its vouchers.
+    _keep(request, **{CHOICE: {"kvk_number": proof.kvk_number, "at": time.time()}})
+    return entrepreneur_page("eherkenning_choose", headers=NO_STORE, rows=rows)
+
+
+def _sign_in_to(request: Request[Any, Any, Any], voucher_id: int, company_name: str) -> Response[Any]:
     sign_in(request, Principal(kind="entrepreneur", role="entrepreneur", subject_id=voucher_id, name=company_name,
                                voucher_id=voucher_id))
     _keep(request, **{SIGNED_IN_WITH: "eherkenning"})
     return Redirect("/mijn-voucher", status_code=303, headers=NO_STORE)
 
 
-ROUTES = [start_apply, start_voucher, callback]
+class ChoiceForm(msgspec.Struct, frozen=True, kw_only=True):
+    voucher: Annotated[int, msgspec.Meta(ge=1)]
+
+
+@post("/mijn-voucher/eherkenning/kies")
+async def choose(request: Request[Any, Any, Any], data: Annotated[ChoiceForm, Body(
+        media_type=RequestEncodingType.URL_ENCODED)], rt: NamedDependency[Runtime]) -> Response[Any]:
+    chosen = _take(request, CHOICE)
+    if not isinstance(chosen, dict) or chosen.get("at", 0) + PROOF_SECONDS < time.time():
+        return Redirect("/mijn-voucher", status_code=303, headers=NO_STORE)
+    for row in await _firm_vouchers(rt, str(chosen.get("kvk_number"))):
+        if row.id == data.voucher:
+            return _sign_in_to(request, row.id, row.company_name)
+    return Redirect("/mijn-voucher", status_code=303, headers=NO_STORE)
+
+
+ROUTES = [start_apply, start_voucher, callback, choose]
