@@ -18,7 +18,7 @@ from ..auth import STAFF_SSO_TOKEN, Principal, sign_in, sign_out
 from ..db import transaction
 from ..errors import DomainError
 from ..models_admin import StaffUser
-from ..problems import request_id_of
+from ..problems import login_failure_status, request_id_of
 from ..runtime import Runtime
 from .web import NO_STORE, client_ip, errors_of, page, qr_data_uri, safe_next, status
 
@@ -221,7 +221,7 @@ def _sso_failed(request: Request[Any, Any, Any], failure: oidc.LoginFailed) -> T
     personal data."""
     reference = request_id_of(request.scope)
     oidc.log_refusal("staff_sso_refused", failure, reference)
-    return page(request, "admin/login.html", status=403 if failure.reason == "not-allowed" else 502,
+    return page(request, "admin/login.html", status=login_failure_status(failure.reason),
                 values={"next": "/beheer"}, sso=True, sso_failed=failure.reason, reference=reference)
 
 

@@ -27,7 +27,7 @@ from ..auth import Principal, sign_in
 from ..errors import N_, NotFound
 from ..levels import LEVELS, level_at_least, level_of
 from ..models import Application, Scheme, Voucher
-from ..problems import request_id_of
+from ..problems import login_failure_status, request_id_of
 from ..runtime import Runtime
 from ..settings import Settings
 from ..web import NO_STORE
@@ -41,10 +41,6 @@ SIGNED_IN_WITH = "signed_in_with"
 CHOICE = "eherkenning_choice"
 PROOF_SECONDS = 30 * 60
 """How long after the login the apply form still takes its proof."""
-
-#: The HTTP status of each failure's page.
-STATUS = {"unavailable": 503, "cancelled": 400, "state": 400, "unverified": 502, "level": 403, "no-kvk": 502,
-          "not-configured": 503}
 
 
 def _keep(request: Request[Any, Any, Any], **items: Any) -> None:
@@ -84,7 +80,7 @@ def failed_page(request: Request[Any, Any, Any], failure: oidc.LoginFailed, *, a
     oidc.log_refusal("eherkenning_refused", failure, request_id)
     from .pages import entrepreneur_page
 
-    return entrepreneur_page("eherkenning_failed", status_code=STATUS.get(failure.reason, 502), headers=NO_STORE,
+    return entrepreneur_page("eherkenning_failed", status_code=login_failure_status(failure.reason), headers=NO_STORE,
                              reason=failure.reason, again=again, level=level, have=have, reference=request_id)
 
 
