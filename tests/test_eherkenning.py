@@ -297,3 +297,15 @@ async def test_a_firm_with_vouchers_of_two_schemes_chooses_one(client, rt) -> No
                                data={"voucher": str(first_id), "_csrf_token": csrf(choice.text)})
     assert chosen.headers["location"] == "/mijn-voucher"
     assert "Testregeling" in (await client.get("/mijn-voucher")).text
+
+
+async def test_a_failed_login_leaves_no_earlier_proof_behind(client, rt) -> None:
+    await make_scheme(rt, proof="eherkenning")
+    form = "/regelingen/test-scheme/aanvragen"
+    await through_broker(client, form, "/regelingen/test-scheme/eherkenning", kvk="20000001")
+    assert "20000001" in (await client.get(form)).text
+    refused = await through_broker(client, form, "/regelingen/test-scheme/eherkenning", kvk="20000006",
+                                   fault="wrong-nonce")
+    assert refused.status_code == 502
+    again = await client.get(form)
+    assert "Eerst inloggen met eHerkenning" in again.text and "20000001" not in again.text

@@ -96,6 +96,8 @@ async def _go(request: Request[Any, Any, Any], rt: Runtime, purpose: str, level:
         url, pending = await oidc.begin(_provider(rt.settings), rt.link(CALLBACK), purpose, acr=LEVELS[level])
     except oidc.LoginFailed as failure:
         return failed_page(request, failure, again=again)
+    # A new login replaces an earlier one's proof, whatever its outcome.
+    forget_proof(request)
     _keep(request, **{PENDING: msgspec.to_builtins(pending)})
     return Redirect(url, status_code=303, headers=NO_STORE)
 
