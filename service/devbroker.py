@@ -43,6 +43,8 @@ from authlib.oidc.core import OpenIDCode
 from joserfc import jwt
 from joserfc.jwk import RSAKey, import_key
 
+from . import i18n
+from .errors import N_
 from .levels import LEVELS
 
 __all__ = ("FAULTS", "Broker", "main")
@@ -52,18 +54,18 @@ BRANCH_CLAIM = "urn:etoegang:1.9:ServiceRestriction:Vestigingsnr"
 
 #: Ways the broker can misbehave, chosen per sign-in on its page (the value is the form's).
 FAULTS = {
-    "": "Behave correctly",
-    "wrong-issuer": "ID token from another issuer",
-    "wrong-audience": "ID token for another client",
-    "wrong-nonce": "ID token with another nonce",
-    "wrong-state": "Redirect back with another state",
-    "expired": "ID token expired an hour ago",
-    "clock-ahead": "The broker's clock runs 30 seconds ahead (not valid before then)",
-    "unsigned": "Unsigned ID token (alg none)",
-    "unknown-key": "ID token signed with a key not in the JWKS",
-    "no-kvk": "No KvK number in the ID token",
-    "slow": "Token endpoint answers too late",
-    "error": "Send the person back with an error (as if they cancelled)",
+    "": N_("Behave correctly"),
+    "wrong-issuer": N_("ID token from another issuer"),
+    "wrong-audience": N_("ID token for another client"),
+    "wrong-nonce": N_("ID token with another nonce"),
+    "wrong-state": N_("Redirect back with another state"),
+    "expired": N_("ID token expired an hour ago"),
+    "clock-ahead": N_("The broker's clock runs 30 seconds ahead (not valid before then)"),
+    "unsigned": N_("Unsigned ID token (alg none)"),
+    "unknown-key": N_("ID token signed with a key not in the JWKS"),
+    "no-kvk": N_("No KvK number in the ID token"),
+    "slow": N_("Token endpoint answers too late"),
+    "error": N_("Send the person back with an error (as if they cancelled)"),
 }
 
 _REGISTER = Path(__file__).parent / "data" / "kvk-demo-extract.csv"
@@ -355,38 +357,56 @@ def _options(items: list[tuple[str, str]], selected: str = "") -> str:
 
 
 def consent_page(broker: Broker, client: Client, query: dict[str, str]) -> bytes:
-    hidden = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">' for k, v in query.items())
-    faults = _options(list(FAULTS.items()))
+    """The page instead of a real sign-in, in the language the client asked for (``ui_locales``)."""
+    wanted = [tag.split("-")[0].lower() for tag in query.get("ui_locales", "").split()]
+    lang = next((tag for tag in wanted if tag in i18n.LOCALES), "en")
+    with i18n.use_locale(lang):
+        return _consent_page(broker, client, query, lang)
+
+
+def _consent_page(broker: Broker, client: Client, query: dict[str, str], lang: str) -> bytes:
+    _ = i18n.gettext
+    # The texts first, then the markup: messages inside f-strings are not found by the extractor.
+    t = {key: html.escape(text) for key, text in {
+        "staff": _("Staff member (municipality provider)"), "email": _("E-mail address"), "name": _("Name"),
+        "groups": _("Groups (comma-separated)"), "firm_person": _("Firm and person (eHerkenning)"),
+        "firm": _("Firm (KvK number from the register extract)"),
+        "branch": _("Branch number (vestigingsnummer, optional)"), "level": _("Level of assurance"),
+        "person": _("Acting person (the broker sends only a pseudonym)"), "a": _("Person A"),
+        "b": _("Person B (a colleague)"), "dev": _("Development broker."),
+        "dev_note": _("Not eHerkenning: this page signs anyone in as anyone, for development and tests only."),
+        "heading": _("Sign in to %(client)s") % {"client": client.client_id},
+        "fault": _("Broker behaviour (to try the service's error pages)"), "sign_in": _("Sign in"),
+        "cancel": _("Cancel"),
+    }.items()}
+    hidden = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+                     for k, v in query.items())
+    faults = _options([(k, _(v)) for k, v in FAULTS.items()])
     if client.staff:
         person = (
-            '<fieldset><legend>Staff member (municipality provider)</legend>'
-            '<label for="email">E-mail address</label>'
+            f'<fieldset><legend>{t["staff"]}</legend><label for="email">{t["email"]}</label>'
             '<input id="email" name="email" type="email" autocomplete="off" required value="beheer@arnhem.example">'
-            '<label for="name">Name</label><input id="name" name="name" required value="Test Beheerder">'
-            '<label for="groups">Groups (comma-separated)</label>'
+            f'<label for="name">{t["name"]}</label><input id="name" name="name" required value="Test Beheerder">'
+            f'<label for="groups">{t["groups"]}</label>'
             '<input id="groups" name="groups" value="vouchers-beheerders"></fieldset>')
     else:
         levels = _options([(k, k) for k in LEVELS], "EH3")
+        firms = _options([(k, f"{k} – {n}") for k, n in broker.firms])
         person = (
-            '<fieldset><legend>Firm and person (eHerkenning)</legend>'
-            f'<label for="kvk">Firm (KvK number from the register extract)</label><select id="kvk" name="kvk">'
-            f'{_options([(k, f"{k} – {n}") for k, n in broker.firms])}</select>'
-            '<label for="branch">Branch number (vestigingsnummer, optional)</label>'
+            f'<fieldset><legend>{t["firm_person"]}</legend>'
+            f'<label for="kvk">{t["firm"]}</label><select id="kvk" name="kvk">{firms}</select>'
+            f'<label for="branch">{t["branch"]}</label>'
             '<input id="branch" name="branch" inputmode="numeric" pattern="[0-9]{12}" autocomplete="off">'
-            f'<label for="level">Level of assurance</label><select id="level" name="level">{levels}</select>'
-            '<label for="person">Acting person (the broker sends only a pseudonym)</label>'
-            '<select id="person" name="person"><option value="a">Person A</option>'
-            '<option value="b">Person B (a colleague)</option></select></fieldset>')
+            f'<label for="level">{t["level"]}</label><select id="level" name="level">{levels}</select>'
+            f'<label for="person">{t["person"]}</label><select id="person" name="person">'
+            f'<option value="a">{t["a"]}</option><option value="b">{t["b"]}</option></select></fieldset>')
     body = (
-        '<p class="dev" role="note"><strong>Development broker.</strong> Not eHerkenning: this page signs anyone in '
-        'as anyone, for development and tests only.</p>'
-        f'<h1>Sign in to {html.escape(client.client_id)}</h1>'
+        f'<p class="dev" role="note"><strong>{t["dev"]}</strong> {t["dev_note"]}</p><h1>{t["heading"]}</h1>'
         f'<form method="post" action="/authorize">{hidden}{person}'
-        f'<label for="fault">Broker behaviour (to try the service\'s error pages)</label>'
-        f'<select id="fault" name="fault">{faults}</select><p>'
-        '<button type="submit" name="decision" value="allow">Sign in</button>'
-        '<button type="submit" name="decision" value="deny">Cancel</button></p></form>')
-    return _page("Development broker – sign in", body, lang="en")
+        f'<label for="fault">{t["fault"]}</label><select id="fault" name="fault">{faults}</select><p>'
+        f'<button type="submit" name="decision" value="allow">{t["sign_in"]}</button>'
+        f'<button type="submit" name="decision" value="deny">{t["cancel"]}</button></p></form>')
+    return _page(_("Development broker – sign in"), body, lang=lang)
 
 
 def _user(client: Client, form: dict[str, str]) -> dict[str, Any]:

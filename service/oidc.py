@@ -195,8 +195,9 @@ def _client_auth(provider: Provider, token_endpoint: str) -> tuple[dict[str, str
 
 
 async def begin(provider: Provider, redirect_uri: str, purpose: str, *, acr: str | None = None,
-                next_: str = "") -> tuple[str, Pending]:
-    """The provider's address to send the person to, and what to keep until they return."""
+                next_: str = "", ui_locales: str | None = None) -> tuple[str, Pending]:
+    """The provider's address to send the person to, and what to keep until they return.
+    ``ui_locales`` asks the provider to show its pages in the person's language."""
     meta = await metadata(provider)
     pending = Pending(state=secrets.token_urlsafe(24), nonce=secrets.token_urlsafe(24),
                       verifier=secrets.token_urlsafe(48), redirect_uri=redirect_uri, purpose=purpose,
@@ -204,7 +205,7 @@ async def begin(provider: Provider, redirect_uri: str, purpose: str, *, acr: str
     url = prepare_grant_uri(
         meta.authorization_endpoint, provider.client_id, "code", redirect_uri=redirect_uri, scope=provider.scope,
         state=pending.state, nonce=pending.nonce, code_challenge=create_s256_code_challenge(pending.verifier),
-        code_challenge_method="S256", acr_values=acr)
+        code_challenge_method="S256", acr_values=acr, ui_locales=ui_locales)
     return url, pending
 
 

@@ -13,7 +13,7 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath, QueryParameter
 from litestar.response import Redirect, Template
 
-from .. import audit, municipality, oidc, ratelimit
+from .. import audit, i18n, municipality, oidc, ratelimit
 from ..auth import STAFF_SSO_TOKEN, Principal, sign_in, sign_out
 from ..db import transaction
 from ..errors import DomainError
@@ -89,7 +89,8 @@ class AdminSignInPages(Controller):
         try:
             if provider is None:
                 raise oidc.LoginFailed("not-configured", "no staff provider configured")
-            url, pending = await oidc.begin(provider, rt.link(SSO_CALLBACK), "staff", next_=safe_next(data.next))
+            url, pending = await oidc.begin(provider, rt.link(SSO_CALLBACK), "staff", next_=safe_next(data.next),
+                                            ui_locales=i18n.current_locale())
         except oidc.LoginFailed as failure:
             return _sso_failed(request, failure)
         request.set_session({**(request.session if isinstance(request.session, dict) else {}),

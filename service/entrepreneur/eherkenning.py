@@ -22,7 +22,7 @@ from litestar.params import Body, FromPath
 from litestar.response import Redirect, Template
 from sqlalchemy import select
 
-from .. import applications, links, oidc, schemes
+from .. import applications, i18n, links, oidc, schemes
 from ..auth import Principal, sign_in
 from ..errors import N_, NotFound
 from ..levels import LEVELS, level_at_least, level_of
@@ -93,7 +93,8 @@ def _provider(settings: Settings) -> oidc.Provider:
 
 async def _go(request: Request[Any, Any, Any], rt: Runtime, purpose: str, level: str, again: str) -> Response[Any]:
     try:
-        url, pending = await oidc.begin(_provider(rt.settings), rt.link(CALLBACK), purpose, acr=LEVELS[level])
+        url, pending = await oidc.begin(_provider(rt.settings), rt.link(CALLBACK), purpose, acr=LEVELS[level],
+                                        ui_locales=i18n.current_locale())
     except oidc.LoginFailed as failure:
         return failed_page(request, failure, again=again)
     # A new login replaces an earlier one's proof, whatever its outcome.

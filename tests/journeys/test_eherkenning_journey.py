@@ -60,21 +60,23 @@ def scheme_file(tmp_path: Path) -> Path:
 
 def at_broker(person: Person, label: str, *, kvk: str = "", level: str = "", person_choice: str = "",
               fault: str = "", staff: dict[str, str] | None = None) -> None:
-    """On the development broker's page (checked with axe too): choose and sign in."""
-    person.page.get_by_role("heading", name="Sign in to").wait_for()
+    """On the development broker's page, in Dutch as the service asked (checked with axe too):
+    choose and sign in."""
+    person.page.get_by_role("heading", name="Inloggen bij").wait_for()
+    assert "Ontwikkelmakelaar" in person.text()
     person.check(f"{person.name}-broker-{label}")
     page = person.page
     if kvk:
-        page.get_by_label("Firm").select_option(kvk)
+        page.get_by_label("Bedrijf (KvK-nummer").select_option(kvk)
     if level:
-        page.get_by_label("Level of assurance").select_option(level)
+        page.get_by_label("Betrouwbaarheidsniveau").select_option(level)
     if person_choice:
-        page.get_by_label("Acting person").select_option(person_choice)
+        page.get_by_label("Handelende persoon").select_option(person_choice)
     for field, value in (staff or {}).items():
         page.get_by_label(field).fill(value)
     if fault:
-        page.get_by_label("Broker behaviour").select_option(fault)
-    person.click("button", "Sign in", exact=True)
+        page.get_by_label("Gedrag van de makelaar").select_option(fault)
+    person.click("button", "Inloggen", exact=True)
     page.wait_for_url(person.service_url + "/**")
 
 
@@ -139,8 +141,8 @@ def test_applying_and_my_voucher_with_eherkenning(journey: Journey, tmp_path: Pa
         staff.page.wait_for_url("**/beheer/inloggen**")
         staff.check("staff-login")
         staff.click("button", "Inloggen met uw account van de gemeente")
-        at_broker(staff, "staff", staff={"E-mail address": "sanne@arnhem.example", "Name": "Sanne de Boer",
-                                         "Groups (comma-separated)": "vouchers-beheerders"})
+        at_broker(staff, "staff", staff={"E-mailadres": "sanne@arnhem.example", "Naam": "Sanne de Boer",
+                                         "Groepen (gescheiden door komma's)": "vouchers-beheerders"})
         staff.page.wait_for_url("**/beheer")
         staff.check("staff-home")
         staff.click("link", "Ondernemersvoucher Arnhem", exact=True)
