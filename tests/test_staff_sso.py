@@ -111,3 +111,17 @@ async def test_signing_out_ends_the_providers_session_too(client, rt, broker_pro
     back = await asyncio.to_thread(httpx.get, out.headers["location"])
     assert back.headers["location"] == BASE + "/beheer/inloggen"
     assert (await client.get("/beheer", follow_redirects=False)).status_code in (302, 303)
+
+
+async def test_an_account_linked_to_the_provider_does_not_sign_in_with_its_old_password(client, rt) -> None:
+    from tests.admin_helpers import PASSWORD, make_staff
+    from tests.admin_helpers import post_form as post_staff_form
+
+    email, secret = await make_staff(rt, "beheerder", email=f"jan.{secrets.token_hex(4)}@arnhem.example")
+    await sso(client, email=email)
+    home = await client.get("/beheer")
+    await client.post("/beheer/uitloggen", data={"_csrf_token": csrf(home.text)})
+    refused = await post_staff_form(client, "/beheer/inloggen", {"email": email, "password": PASSWORD,
+                                                                 "next": "/beheer"}, follow_redirects=False)
+    assert secret and refused.status_code >= 400 and "logt u in met uw account van de gemeente" in refused.text
+    assert (await client.get("/beheer", follow_redirects=False)).status_code in (302, 303)

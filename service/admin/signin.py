@@ -16,7 +16,8 @@ from litestar.response import Redirect, Template
 from .. import audit, i18n, municipality, oidc, ratelimit
 from ..auth import STAFF_SSO_TOKEN, Principal, sign_in, sign_out
 from ..db import transaction
-from ..errors import DomainError
+from ..errors import N_, DomainError
+from ..municipality import StaffSignInRefused
 from ..models_admin import StaffUser
 from ..problems import login_failure_status, request_id_of
 from ..runtime import Runtime
@@ -144,8 +145,13 @@ class AdminSignInPages(Controller):
             return page(request, "admin/login.html", status=status(exc), values=values, errors=errors_of(exc))
         async with transaction(rt.sessionmaker) as session:  # committed whatever the outcome
             result = await municipality.check_password(session, data.email, data.password)
+        if isinstance(result, StaffUser) and result.sso_subject is not None and oidc.staff(rt.settings) is not None:
+            # Linked to the municipality's provider: signing in goes there, so that an account
+            # disabled at the provider cannot come in with an old password.
+            result = StaffSignInRefused("use-sso", N_("This account signs in with your municipality account."))
         if not isinstance(result, StaffUser):
-            return page(request, "admin/login.html", status=status(result), values=values, errors=errors_of(result))
+            return page(request, "admin/login.html", status=status(result), values=values, errors=errors_of(result),
+                        sso=oidc.staff(rt.settings) is not None)
         request.clear_session()
         request.set_session({"staff_pending": {"id": result.id, "until": time.time() + CODE_STEP_SECONDS,
                                                "next": values["next"]}})
