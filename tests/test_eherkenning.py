@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
@@ -166,7 +167,7 @@ async def test_a_broker_that_is_down(rt) -> None:
     assert page.status_code == 503 and "niet bereikbaar" in page.text
 
 
-async def test_my_voucher_through_the_same_login_and_for_a_colleague(client, rt, smtp_server) -> None:
+async def test_my_voucher_through_the_same_login_and_for_a_colleague(client, rt) -> None:
     await make_scheme(rt, proof="eherkenning")
     assert (await apply_with_eherkenning(client, person="a")).headers["location"] == "/mijn-voucher"
     await client.post("/mijn-voucher/uitloggen", data={"_csrf_token": csrf((await client.get("/mijn-voucher")).text)})
@@ -177,17 +178,13 @@ async def test_my_voucher_through_the_same_login_and_for_a_colleague(client, rt,
     opened = await through_broker(client, "/mijn-voucher", "/mijn-voucher/eherkenning", person="b")
     assert opened.status_code == 303 and opened.headers["location"] == "/mijn-voucher"
     mine = await client.get("/mijn-voucher")
-    assert "Bakkerij De Test" in mine.text or "Testregeling" in mine.text
-    async with rt.sessionmaker() as session:
-        voucher = await session.scalar(select(Voucher))
-    assert voucher is not None and f"/mijn-voucher/qr.svg" in mine.text
+    assert "Testregeling" in mine.text
+    assert "/mijn-voucher/qr.svg" in mine.text
 
     # Signing out ends the broker's session too, and comes back here.
     out = await client.post("/mijn-voucher/uitloggen", follow_redirects=False,
                             data={"_csrf_token": csrf(mine.text)})
     assert out.status_code == 303 and out.headers["location"].startswith(rt.settings.eherkenning_issuer + "/logout?")
-    import httpx
-
     back = await asyncio.to_thread(httpx.get, out.headers["location"])
     assert back.status_code == 303 and back.headers["location"] == BASE + "/mijn-voucher?uit=1"
     assert "U bent uitgelogd" in (await client.get("/mijn-voucher?uit=1")).text
