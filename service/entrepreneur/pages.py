@@ -23,16 +23,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from .. import applications, history, i18n, links, oidc, outbox, qr, ratelimit, registry, schemes, signin, validity, vouchers
-from ..levels import level_at_least
-from . import eherkenning
 from ..auth import Principal, requires, sign_in, sign_out
 from ..codes import format_code
 from ..db import run_in_transaction
 from ..errors import N_, REJECTION_REASONS, Conflict, NotFound, TooManyAttempts
+from ..levels import level_at_least
 from ..models import Application, Enrolment, Hold, Provider, Scheme, Voucher, utcnow
 from ..runtime import Runtime
 from ..vouchers import effective_status
 from ..web import NO_STORE, client_ip
+from . import eherkenning
 
 __all__ = ("ROUTES", "entrepreneur_page", "signed_in_voucher", "validate_application", "voucher_view")
 
