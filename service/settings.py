@@ -207,6 +207,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.registry == "kvk" and not self.kvk_api_key:
             raise ConfigError("VOUCHERS_KVK_API_KEY must be set when VOUCHERS_REGISTRY is kvk")
+        for name in ("eherkenning_issuer", "staff_oidc_issuer"):
+            issuer = getattr(self, name)
+            if issuer and self.environment == "production" and not issuer.startswith("https://"):
+                raise ConfigError(f"VOUCHERS_{name.upper()} must be an https:// address in production")
+            if issuer and not issuer.startswith(("https://", "http://")):
+                raise ConfigError(f"VOUCHERS_{name.upper()} must be the provider's issuer URL")
+        if self.eherkenning_issuer and not (self.eherkenning_client_secret or self.eherkenning_private_key_file):
+            raise ConfigError("VOUCHERS_EHERKENNING_CLIENT_SECRET or VOUCHERS_EHERKENNING_PRIVATE_KEY_FILE must be "
+                              "set when VOUCHERS_EHERKENNING_ISSUER is")
+        if self.eherkenning_private_key_file and not Path(self.eherkenning_private_key_file).is_file():
+            raise ConfigError("VOUCHERS_EHERKENNING_PRIVATE_KEY_FILE: no such file")
+        if self.staff_oidc_issuer and not self.staff_oidc_client_secret:
+            raise ConfigError("VOUCHERS_STAFF_OIDC_CLIENT_SECRET must be set when VOUCHERS_STAFF_OIDC_ISSUER is")
+        if self.staff_oidc_issuer and not self.staff_roles():
+            raise ConfigError("VOUCHERS_STAFF_OIDC_ROLES must say which group gives which role")
         for _group, role in self.staff_roles():
             if role not in ("beheerder", "beoordelaar", "financieel", "lezer"):
                 raise ConfigError(f"VOUCHERS_STAFF_OIDC_ROLES: {role!r} is not a staff role")
