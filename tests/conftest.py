@@ -247,6 +247,7 @@ class BrokerProcess:
             if self.process.poll() is not None:
                 self.log.seek(0)
                 raise RuntimeError(f"broker exited: {self.log.read().decode(errors='replace')}")
+        self.stop()
         raise RuntimeError("broker did not start within 20 s")
 
     def settings(self, settings: Settings, **overrides: object) -> Settings:

@@ -34,18 +34,19 @@ def journey(settings: Settings, smtp_server: SmtpSink, tmp_path: Path) -> Iterat
     register = tmp_path / "kvk.csv"
     register.write_text(REGISTER, encoding="utf-8")
     port = free_port()
-    broker = BrokerProcess(f"http://127.0.0.1:{port}", extra=["--register", str(register)])
-    settings = broker.settings(msgspec.structs.replace(
-        settings, base_url=f"http://127.0.0.1:{port}", registry_file=str(register), background_tasks=True,
-        outbox_interval_seconds=0.3, sweep_interval_seconds=1.0), oidc_timeout_seconds=5.0)
-    workdir = tmp_path / "operator"
-    workdir.mkdir()
-    service = Service(settings, port, workdir)
-    with sync_playwright() as playwright, tempfile.TemporaryDirectory(prefix="vouchers-journey-") as profiles, \
-            ExitStack() as stack:
-        stack.callback(broker.stop)
-        stack.callback(service.stop)
-        yield Journey(service, smtp_server, playwright, stack, Path(profiles))
+    with ExitStack() as outer:
+        broker = BrokerProcess(f"http://127.0.0.1:{port}", extra=["--register", str(register)])
+        outer.callback(broker.stop)
+        settings = broker.settings(msgspec.structs.replace(
+            settings, base_url=f"http://127.0.0.1:{port}", registry_file=str(register), background_tasks=True,
+            outbox_interval_seconds=0.3, sweep_interval_seconds=1.0), oidc_timeout_seconds=5.0)
+        workdir = tmp_path / "operator"
+        workdir.mkdir()
+        service = Service(settings, port, workdir)
+        with sync_playwright() as playwright, tempfile.TemporaryDirectory(prefix="vouchers-journey-") as profiles, \
+                ExitStack() as stack:
+            stack.callback(service.stop)
+            yield Journey(service, smtp_server, playwright, stack, Path(profiles))
 
 
 def scheme_file(tmp_path: Path) -> Path:
