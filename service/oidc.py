@@ -7,8 +7,8 @@ nonce, expiry with a configured clock skew) with authlib's ``CodeIDToken`` rules
 that can go wrong becomes a :class:`LoginFailed` with a reason code, which the pages turn into
 a page telling the person what to do and a log line without personal data.
 
-No web imports: the pages keep what :func:`begin` returns in the session and hand it back to
-:func:`finish` with the query of the provider's redirect.
+No web imports: the pages keep what :func:`begin` returns in a short-lived signed cookie (nobody
+is signed in yet) and hand it back to :func:`finish` with the query of the provider's redirect.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class Provider(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Pending(msgspec.Struct, frozen=True, kw_only=True):
-    """What the session keeps between sending the person to the provider and their return."""
+    """What the browser keeps (signed by the server) between being sent to the provider and its return."""
 
     state: str
     nonce: str

@@ -4,8 +4,9 @@ The browser's cookie carries only a random id (32 random bytes); the ``user_sess
 keyed hash of it, the principal (kind, role, subject), when the session started and when it was
 last used, whether it was revoked, and how the person signed in (``via``; for staff signed in at
 the municipality's provider, that provider's access token). Every request reads its row in ONE
-statement that joins the account (``lookup``), so a revoked session, a disabled account, a changed staff role or a provider
-account's raised ``session_generation`` ends access at the very next request, in every process.
+statement that joins the account (``lookup``), so a revoked session, a disabled account, a changed
+staff role or a provider account's raised ``session_generation`` ends access at the very next
+request, in every process.
 
 Each kind of principal has an idle and an absolute timeout (``Settings.session_timeouts``),
 checked here on the server. ``last_seen_at`` moves on at most once a minute (``TOUCH_SECONDS``):

@@ -6,6 +6,7 @@ to do, a log line without personal data, and nothing recorded."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select
 
 from service.app import create_app
-from service.models import Application, OutboxMessage, Voucher
+from service.models import Application, OutboxMessage, UserSession, Voucher
 from service.settings import Settings
 from tests.conftest import BrokerProcess, free_port
 from tests.entrepreneur_journey import FORM, REGISTER, csrf, post_form
@@ -306,3 +307,53 @@ async def test_a_failed_login_leaves_no_earlier_proof_behind(client, rt) -> None
     assert refused.status_code == 502
     again = await client.get(form)
     assert "Eerst inloggen met eHerkenning" in again.text and "20000001" not in again.text
+
+
+def set_cookies(answer: Any, name: str) -> list[str]:
+    return [value for value in answer.headers.get_list("set-cookie") if value.startswith(name + "=")]
+
+
+async def test_the_login_waits_in_signed_cookies_and_the_session_remembers_it(client, rt) -> None:
+    """Nobody is signed in before the application is in, so the pending login and then its proof
+    are short-lived cookies signed by the server: HttpOnly, SameSite=Lax, under a narrow path,
+    removed when used; an altered proof is no proof. The session that follows knows it came
+    through eHerkenning."""
+    await make_scheme(rt, proof="eherkenning")
+    form = "/regelingen/test-scheme/aanvragen"
+    started = await post_form(client, form, "/regelingen/test-scheme/eherkenning")
+    (pending,) = set_cookies(started, "vouchers_eherkenning_pending")
+    assert "Path=/eherkenning" in pending and "HttpOnly" in pending and "samesite=lax" in pending.lower()
+    assert not set_cookies(started, rt.settings.session_cookie)  # no session before anyone is signed in
+    location = await asyncio.to_thread(broker_answer, started.headers["location"], kvk="20000001", level="EH3",
+                                       person="a")
+    back = await client.get(location.removeprefix(BASE), follow_redirects=False)
+    assert back.status_code == 303
+    (used,) = set_cookies(back, "vouchers_eherkenning_pending")
+    assert "Max-Age=0" in used  # used once
+    (proof,) = set_cookies(back, "vouchers_eherkenning_proof")
+    assert "Path=/regelingen" in proof and "HttpOnly" in proof and "samesite=lax" in proof.lower()
+    # The way back once more finds no pending login.
+    again = await client.get(location.removeprefix(BASE), follow_redirects=False)
+    assert again.status_code == 400 and "in een ander venster begonnen" in again.text
+
+    # Another KvK number written into the cookie breaks its signature: the form asks for a login.
+    token = client.cookies.get("vouchers_eherkenning_proof")
+    encoded, _, signature = token.partition(".")
+    proven = msgspec.json.decode(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    altered = base64.urlsafe_b64encode(msgspec.json.encode({**proven, "kvk_number": "20000006"})).decode().rstrip("=")
+    client.cookies.delete("vouchers_eherkenning_proof")
+    client.cookies.set("vouchers_eherkenning_proof", f"{altered}.{signature}", domain="testserver.local",
+                       path="/regelingen")
+    assert "Eerst inloggen met eHerkenning" in (await client.get(form)).text
+    client.cookies.delete("vouchers_eherkenning_proof")
+    client.cookies.set("vouchers_eherkenning_proof", token, domain="testserver.local", path="/regelingen")
+
+    page = await client.get(form)
+    assert "20000001" in page.text
+    answer = await client.post(form, data={**FORM, "_csrf_token": csrf(page.text)}, follow_redirects=False)
+    assert answer.headers["location"] == "/mijn-voucher"
+    (gone,) = set_cookies(answer, "vouchers_eherkenning_proof")
+    assert "Max-Age=0" in gone and "Path=/regelingen" in gone  # used up with the application
+    async with rt.sessionmaker() as session:
+        (row,) = (await session.execute(select(UserSession.kind, UserSession.via, UserSession.sso_token))).all()
+    assert tuple(row) == ("entrepreneur", "eherkenning", None)

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from service import municipality
 from service.db import run_in_transaction
+from service.models import UserSession
 from service.models_admin import StaffUser
 from service.settings import Settings
 from tests.conftest import BrokerProcess
@@ -125,3 +126,24 @@ async def test_an_account_linked_to_the_provider_does_not_sign_in_with_its_old_p
                                                                  "next": "/beheer"}, follow_redirects=False)
     assert secret and refused.status_code >= 400 and "logt u in met uw account van de gemeente" in refused.text
     assert (await client.get("/beheer", follow_redirects=False)).status_code in (302, 303)
+
+
+async def test_the_session_keeps_the_providers_token_and_the_pending_sign_in_is_a_signed_cookie(client, rt) -> None:
+    """Before sign-in, state, nonce and verifier wait in a cookie signed by the server, only sent to
+    the callback's path and used once; after it, the server-side session says it came through the
+    provider and keeps the access token the provider is asked with at every request."""
+    started = await post_form(client, "/beheer/inloggen", "/beheer/inloggen/sso", next="/beheer")
+    (pending,) = [c for c in started.headers.get_list("set-cookie") if c.startswith("vouchers_staff_sso_pending=")]
+    assert "Path=/beheer/inloggen/sso" in pending and "HttpOnly" in pending and "samesite=lax" in pending.lower()
+    back = await asyncio.to_thread(broker_answer, started.headers["location"], email="anna@arnhem.example",
+                                   name="Anna de Vries", groups="vouchers-beheerders")
+    signed = await client.get(back.removeprefix(BASE), follow_redirects=False)
+    assert signed.status_code == 303 and signed.headers["location"] == "/beheer"
+    (used,) = [c for c in signed.headers.get_list("set-cookie") if c.startswith("vouchers_staff_sso_pending=")]
+    assert "Max-Age=0" in used
+    async with rt.sessionmaker() as session:
+        (row,) = (await session.execute(select(UserSession.kind, UserSession.via, UserSession.sso_token))).all()
+    assert row.kind == "staff" and row.via == "sso" and row.sso_token
+    # The same answer again signs nobody in: the pending sign-in was used.
+    replay = await client.get(back.removeprefix(BASE), follow_redirects=False)
+    assert replay.status_code == 400

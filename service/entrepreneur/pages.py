@@ -22,7 +22,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from .. import applications, history, i18n, links, oidc, outbox, qr, ratelimit, registry, schemes, signin, validity, vouchers
+from .. import (applications, history, i18n, links, oidc, outbox, qr, ratelimit, registry, schemes, signin, validity,
+               vouchers)
 from ..auth import Principal, end_session, requires, start_session
 from ..codes import format_code
 from ..db import run_in_transaction
