@@ -124,7 +124,7 @@ def test_applying_and_my_voucher_with_eherkenning(journey: Journey, tmp_path: Pa
         assert colleague.page.locator("img[src*='/mijn-voucher/qr']").count() >= 1
 
     with journey.step("the colleague signs out, at the broker too, and is back on the sign-in page"):
-        colleague.click("button", "Uitloggen")
+        colleague.click("button", "Uitloggen", exact=True)
         colleague.page.wait_for_url("**/mijn-voucher?uit=1")
         colleague.page.get_by_text("U bent uitgelogd.").wait_for()
         colleague.check("colleague-signed-out")
