@@ -4,30 +4,27 @@ back; the rules live in the domain modules."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import ValidationException
 from litestar.params import JSONBody
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import applications, fastwrite, idempotency, ratelimit, schemes, vouchers
+from . import applications, fastwrite, ratelimit, schemes, vouchers
 from . import offers as offers_domain
-from . import payouts, staff, validity
-from .admin import interventions
+from . import interventions, payouts, staff, validity
 from .admin.api import AdminOperationsController
+from .api_idempotent import run_idempotent, strict_decode
 from .apidoc import (PUBLIC_PROBLEMS, TOKEN, TOKEN_PROBLEMS, WRITE_PROBLEMS, ApiController, IdempotentOperation, Month,
                      PublicId, RowId, SchemeFilter, Slug, VoucherCode, answer, problems)
 from .auth import Principal, requires
 from .db import run_in_transaction
-from .errors import N_, DomainError, Forbidden, NotFound
-from .models import Application, Enrolment, Provider, Scheme, Voucher
-from .problems import problem_body
+from .errors import N_, Forbidden, NotFound
+from .models import Enrolment, Provider, Redemption, Scheme, Voucher
 from .runtime import Runtime
 from .web import NO_STORE, client_ip
 
@@ -160,78 +157,6 @@ def lookup_client(request: Request[Any, Any, Any]) -> str:
     if principal is not None:
         return principal.actor
     return f"ip:{client_ip(request)}"
-
-
-async def run_idempotent(
-    request: Request[Any, Any, Any],
-    rt: Runtime,
-    work: Callable[[AsyncSession], Awaitable[msgspec.Struct]],
-    *,
-    status_code: int = 201,
-    body_type: type[msgspec.Struct] | None = None,
-) -> Response[bytes]:
-    """Run ``work`` once per ``Idempotency-Key`` and give every retry the first answer.
-
-    ``body_type`` is checked strictly first: Litestar converts leniently ("10" becomes 10),
-    and a wrong type in a money request should be an error, not a guess.
-    """
-    raw = await request.body()
-    if body_type is not None:
-        strict_decode(raw, body_type)
-    headers = dict(NO_STORE)
-    key = request.headers.get("idempotency-key")
-    record_id: int | None = None
-    if key is not None:
-        fingerprint = idempotency.request_fingerprint(request.method, request.url.path, raw)
-        claimed = await idempotency.claim(rt.sessionmaker, scope=_principal(request).actor, key=key,
-                                          fingerprint=fingerprint)
-        if isinstance(claimed, idempotency.StoredAnswer):
-            media = "application/json" if claimed.status_code < 400 else "application/problem+json"
-            return Response(claimed.body, status_code=claimed.status_code, media_type=media,
-                            headers={**headers, "Idempotent-Replayed": "true"})
-        record_id = claimed
-
-    async def work_and_record(session: AsyncSession) -> bytes:
-        body = msgspec.json.encode(await work(session))
-        if record_id is not None:
-            await idempotency.complete(session, record_id, status_code=status_code, body=body)
-        return body
-
-    try:
-        body = await run_in_transaction(rt.sessionmaker, work_and_record)
-    except DomainError as exc:
-        if record_id is not None and not isinstance(exc, idempotency.ClaimLost):
-            problem = problem_body(exc)
-            async with rt.sessionmaker() as session, session.begin():
-                await idempotency.complete(session, record_id, status_code=problem["status"],
-                                           body=msgspec.json.encode(problem))
-        raise
-    except BaseException:
-        if record_id is not None:
-            await idempotency.release(rt.sessionmaker, record_id)
-        raise
-    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
-
-
-def _integral(value: Any) -> Any:
-    """JSON has one kind of number: ``1233.0`` is the integer 1233, as JSON Schema says too. A
-    number with a fraction, or a number in a string, is still refused where an integer belongs."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral(v) for v in value]
-    return value
-
-
-def strict_decode(raw: bytes, body_type: type[msgspec.Struct]) -> None:
-    try:
-        msgspec.convert(_integral(msgspec.json.decode(raw)), body_type, strict=True)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        key = message.rpartition("at `$.")[2].rstrip("`").split(".")[0] if "at `$." in message else "body"
-        raise ValidationException(detail=message, extra=[{"key": key, "message": message, "source": "body"}]) from None
 
 
 async def _provider_name(session: AsyncSession, provider_id: int | None) -> str:
@@ -610,8 +535,6 @@ class AdminCoachController(ApiController):
 
     @get("/redemptions/flagged", response_headers=NO_STORE)
     async def flagged(self, rt: NamedDependency[Runtime]) -> list[FlaggedOut]:
-        from .models import Redemption
-
         async with rt.sessionmaker() as session:
             rows = await session.scalars(
                 select(Redemption).where(Redemption.flagged_at.is_not(None)).order_by(Redemption.flagged_at))

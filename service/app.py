@@ -39,6 +39,7 @@ from .logs import RequestLog
 from .models import Scheme
 from .problems import BUSY_RETRY_AFTER, domain_error_handler, http_error_handler, unexpected_error_handler
 from .resubmit import PageTemplate
+from .revocations import Revocations
 from .runtime import Runtime
 from .sitegen.collect import ARNHEM_CONTACT
 from .settings import Settings
@@ -139,9 +140,13 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     settings = settings or Settings.from_env()
     rt = runtime or Runtime.create(settings)
 
+    revocations = Revocations(settings)
+
     @contextlib.asynccontextmanager
     async def background(app: Litestar) -> AsyncIterator[None]:
         tasks = worker.tasks(rt) if settings.background_tasks else []
+        if not settings.is_sqlite:
+            tasks.append(asyncio.create_task(revocations.listen()))
         try:
             yield
         finally:
@@ -170,7 +175,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             create_static_files_router("/static", [HERE / "static"], include_in_schema=False),
         ],
         dependencies={"rt": Provide(provide_runtime, use_cache=True)},
-        middleware=[*forwarded, LanguageCookieMiddleware(), AuthMiddleware(rt),
+        middleware=[*forwarded, LanguageCookieMiddleware(), AuthMiddleware(rt, revocations),
                     AuditContextMiddleware()],
         exception_handlers={DomainError: domain_error_handler, HTTPException: http_error_handler,
                             Exception: unexpected_error_handler},

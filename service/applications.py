@@ -12,23 +12,25 @@ import hmac
 from typing import Annotated, Any, Literal
 
 import msgspec
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
-from . import audit, outbox, privacy
+from . import audit, ledger, outbox, privacy, validity
 from .codes import new_public_id
 from .levels import level_at_least
 from .db import PSEUDONYM_KEY
 from .errors import N_, Conflict, InvalidInput, NotFound, Refused
-from .models import Application, Scheme, utcnow
+from .models import Application, Scheme, Voucher, utcnow
 from .runtime import Runtime
 from .schemes import postcode_accepted, scheme_name, scheme_status
-from .vouchers import issue_voucher
 
 __all__ = (
+    "JOIN_WAITING_LIST",
+    "PLACE_FOR_NEWCOMER",
+    "TAKE_FOR_NEWCOMER",
     "ApplicantDetails",
     "ApplicationState",
     "LoginProof",
@@ -38,6 +40,8 @@ __all__ = (
     "decide",
     "draw",
     "draw_order",
+    "issue_voucher",
+    "issued_mail",
     "promote_waiting",
     "register_facts",
     "register_facts_of",
@@ -45,6 +49,7 @@ __all__ = (
     "state_after_decision",
     "submit",
     "take_place",
+    "voucher_values",
 )
 
 KvkNumber = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{8}$", description="KvK number: 8 digits")]
@@ -233,8 +238,10 @@ async def submit(session: AsyncSession, scheme: Scheme, details: ApplicantDetail
 _S = Scheme.__table__
 _PLACE_LEFT = (_S.c.closed_at.is_(None), _S.c.places_used < _S.c.max_places,
                _S.c.committed_cents + _S.c.value_cents <= _S.c.budget_cents)
-_TAKE_FOR_NEWCOMER = (
-    update(_S).where(_S.c.id == bindparam("scheme_id"), *_PLACE_LEFT, _S.c.waiting_count == 0)
+PLACE_FOR_NEWCOMER = and_(*_PLACE_LEFT, _S.c.waiting_count == 0)
+"""A newcomer may take a place: one and a voucher's value are left, and nobody waits for one."""
+TAKE_FOR_NEWCOMER = (
+    update(_S).where(_S.c.id == bindparam("scheme_id"), PLACE_FOR_NEWCOMER)
     .values(places_used=_S.c.places_used + 1, committed_cents=_S.c.committed_cents + _S.c.value_cents)
     .returning(_S.c.places_used, _S.c.committed_cents, _S.c.value_cents, _S.c.waiting_count)
 )
@@ -244,7 +251,7 @@ _TAKE_FOR_WAITING = (
             waiting_count=_S.c.waiting_count - 1)
     .returning(_S.c.places_used, _S.c.committed_cents, _S.c.value_cents, _S.c.waiting_count)
 )
-_JOIN_WAITING_LIST = (
+JOIN_WAITING_LIST = (
     update(_S).where(_S.c.id == bindparam("scheme_id"))
     .values(waitlist_seq=_S.c.waitlist_seq + 1, waiting_count=_S.c.waiting_count + 1)
     .returning(_S.c.waitlist_seq, _S.c.waiting_count)
@@ -258,7 +265,7 @@ async def take_place(session: AsyncSession, scheme: Scheme, *, from_waiting_list
     list may take a freed place. ``scheme`` is kept in step with the stored row.
     """
     conn = await session.connection()
-    statement = _TAKE_FOR_WAITING if from_waiting_list else _TAKE_FOR_NEWCOMER
+    statement = _TAKE_FOR_WAITING if from_waiting_list else TAKE_FOR_NEWCOMER
     row = (await conn.execute(statement, {"scheme_id": scheme.id})).first()
     if row is None:
         return False
@@ -275,7 +282,7 @@ async def take_place(session: AsyncSession, scheme: Scheme, *, from_waiting_list
 
 async def _join_waiting_list(session: AsyncSession, scheme: Scheme, application: Application) -> None:
     conn = await session.connection()
-    number, waiting = (await conn.execute(_JOIN_WAITING_LIST, {"scheme_id": scheme.id})).one()
+    number, waiting = (await conn.execute(JOIN_WAITING_LIST, {"scheme_id": scheme.id})).one()
     audit.record_update(session, "scheme", scheme.id, {"waitlist_seq": number - 1, "waiting_count": waiting - 1},
                         {"waitlist_seq": number, "waiting_count": waiting})
     set_committed_value(scheme, "waitlist_seq", number)
@@ -314,6 +321,51 @@ async def _before_the_draw(session: AsyncSession, scheme: Scheme) -> bool:
     never left waiting for a draw that has passed."""
     query = select(Scheme.id).where(Scheme.id == scheme.id, Scheme.drawn_at.is_(None)).with_for_update()
     return await session.scalar(query) is not None
+
+
+async def issue_voucher(session: AsyncSession, rt: Runtime, scheme: Scheme, application: Application) -> Voucher:
+    """Create the voucher for an application whose place and money the caller has just taken
+    from the scheme (see :func:`take_place`)."""
+    now = utcnow()
+    voucher = Voucher(**voucher_values(rt, scheme, application.id, application.kvk_number, now))
+    session.add(voucher)
+    await session.flush()
+    ledger.post(
+        session,
+        scheme_id=scheme.id,
+        kind="issue",
+        source=(ledger.BUDGET, scheme.id),
+        target=(ledger.VOUCHER, voucher.id),
+        amount_cents=scheme.value_cents,
+        places=1,
+        voucher_id=voucher.id,
+    )
+    application.status = "granted"
+    application.decided_at = now
+    outbox.enqueue(session, to=application.email, template="voucher_issued", locale=application.locale,
+                   **issued_mail(scheme, voucher.id, voucher.expires_at, application.locale, application.contact_name))
+    return voucher
+
+
+def voucher_values(rt: Runtime, scheme: Scheme, application_id: int, kvk_number: str,
+                   now: dt.datetime) -> dict[str, Any]:
+    """Every column of a new voucher but its id: a fresh code, the scheme's value, unspent."""
+    salt = rt.keys.new_salt()
+    return {
+        "scheme_id": scheme.id, "application_id": application_id, "kvk_number": kvk_number,
+        "code_hash": rt.keys.hash_of(rt.keys.code_for(salt)), "code_salt": salt, "status": "active",
+        "value_cents": scheme.value_cents, "balance_cents": scheme.value_cents, "held_cents": 0,
+        "redeemed_cents": 0, "returned_cents": 0, "holds_place": True, "issued_at": now,
+        "expires_at": validity.issued_expiry(now, scheme.validity_days), "ended_at": None, "end_reason": None,
+    }
+
+
+def issued_mail(scheme: Scheme, voucher_id: int, expires_at: dt.datetime, locale: str,
+                contact_name: str) -> dict[str, Any]:
+    """The parameters of the ``voucher_issued`` mail (the code is derived when it is sent)."""
+    return {"voucher_id": voucher_id, "scheme_name": scheme.name if locale == "nl" else scheme.name_en,
+            "value_cents": scheme.value_cents, "expires_at": expires_at.isoformat(),
+            "contact_name": contact_name}
 
 
 def reject(session: AsyncSession, scheme: Scheme, application: Application, reasons: list[str]) -> None:

@@ -21,6 +21,9 @@ in the chain and ``sha256(previous hash + entry)``, and the ``audit_head`` row m
 thus never queue on the chain, and an entry is open to an undetected edit only in the second
 before it is sealed (and even then the database's triggers refuse the edit).
 
+The listeners are switched on by :func:`install`, which :meth:`service.runtime.Runtime.create`
+calls: every session of the process is then watched.
+
 Who and from where come from a context variable: set per request by
 :class:`AuditContextMiddleware`, by the CLI (``cli:<user>``), ``system`` otherwise.
 
@@ -64,6 +67,7 @@ __all__ = (
     "AuditContext",
     "AuditFilter",
     "entry_hash",
+    "install",
     "record",
     "record_insert",
     "record_update",
@@ -237,7 +241,6 @@ def _row_id(state: Any) -> str:
     return ",".join("" if part is None else str(part) for part in key)
 
 
-@event.listens_for(Session, "after_flush")
 def _after_flush(session: Session, _flush_context: Any) -> None:
     for obj in session.new:
         state = inspect(obj)
@@ -332,7 +335,6 @@ def _loaded(session: Session, table: Table, key: tuple[Any, ...] | None) -> dict
     return None
 
 
-@event.listens_for(Session, "do_orm_execute")
 def _on_execute(state: ORMExecuteState) -> Any:
     """Audit an ``update()`` or ``delete()`` statement in the round trip it makes anyway: the
     statement is run with RETURNING of the primary key and the columns it changes. "After" is the
@@ -402,13 +404,11 @@ def _on_execute(state: ORMExecuteState) -> Any:
     return frozen().columns(*range(asked)) if asked else frozen()
 
 
-@event.listens_for(Session, "after_transaction_create")
 def _savepoint_started(session: Session, transaction: Any) -> None:
     if transaction.nested:
         session.info.setdefault("audit_marks", {})[id(transaction)] = len(_pending(session))
 
 
-@event.listens_for(Session, "after_soft_rollback")
 def _rolled_back(session: Session, previous: Any) -> None:
     marks = session.info.get("audit_marks", {})
     if previous.nested and id(previous) in marks:
@@ -418,7 +418,6 @@ def _rolled_back(session: Session, previous: Any) -> None:
         session.info.pop("audit_marks", None)
 
 
-@event.listens_for(Session, "before_commit")
 def _write(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a savepoint: its records wait for the outer commit (or go with its rollback)
@@ -435,6 +434,24 @@ def _write(session: Session) -> None:
         {"at": item.at, "actor": item.actor, "address": item.address, "action": item.action,
          "table_name": item.table_name, "row_id": item.row_id, "before": item.before, "after": item.after}
         for item in pending])
+
+
+_LISTENERS = (
+    ("after_flush", _after_flush),
+    ("do_orm_execute", _on_execute),
+    ("after_transaction_create", _savepoint_started),
+    ("after_soft_rollback", _rolled_back),
+    ("before_commit", _write),
+)
+
+
+def install() -> None:
+    """Turn the audit log on for every session of this process (idempotent). Called once where
+    the process sets up its database access (:meth:`service.runtime.Runtime.create`), so the log
+    is on for the server, the worker, the CLI and the tests alike."""
+    for name, listener in _LISTENERS:
+        if not event.contains(Session, name, listener):
+            event.listen(Session, name, listener)
 
 
 # --- sealing -----------------------------------------------------------------------------------

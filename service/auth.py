@@ -29,6 +29,7 @@ from . import oidc, sessions
 from .db import transaction
 from .models import ApiToken
 from .providers import authenticate_token
+from .revocations import Revocations
 from .runtime import Runtime
 from .sessions import Principal
 
@@ -46,17 +47,19 @@ def _from_token(token: ApiToken) -> Principal:
 class AuthMiddleware(ASGIMiddleware):
     """Sets ``scope["user"]`` to a :class:`Principal` or None. Guards decide what is allowed.
 
-    Valid tokens are remembered for ``TOKEN_CACHE_SECONDS`` per process, which saves a database
-    round trip on every API call; a revoked token therefore stops working within that time.
+    Valid tokens are remembered per process, which saves a database round trip on every API
+    call. A revocation is heard at once on PostgreSQL (``revocations``), by every process on every
+    host, and forgets them; a token is checked again after ``TOKEN_CACHE_SECONDS`` in any case.
     Sessions are never remembered: each request reads its session in one statement.
     """
 
     TOKEN_CACHE_SECONDS = 15.0
     TOKEN_CACHE_SIZE = 4096
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, revocations: Revocations) -> None:
         self.rt = rt
-        self._tokens: dict[bytes, tuple[float, Principal]] = {}
+        self.revocations = revocations
+        self._tokens: dict[bytes, tuple[float, int, Principal]] = {}
         settings = rt.settings
         self._cookie = settings.session_cookie
         self._cookie_attributes = "; Path=/; HttpOnly; SameSite=Lax" + (
@@ -136,18 +139,22 @@ class AuthMiddleware(ASGIMiddleware):
     async def _token_principal(self, token: str) -> Principal:
         key = self.rt.token_hash(token)
         now = time.monotonic()
+        # Read before the database is: a revocation heard while it is asked makes the answer old.
+        generation = self.revocations.current()
         cached = self._tokens.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        if cached is not None and cached[0] > now and cached[1] == generation:
+            return cached[2]
         async with self.rt.reader() as session:
             row = await authenticate_token(session, self.rt, token)
         if row is None:
             self._tokens.pop(key, None)
             raise NotAuthorizedException("invalid token")
         principal = _from_token(row)
+        if generation is None:  # not hearing revocations: remember nothing
+            return principal
         if len(self._tokens) >= self.TOKEN_CACHE_SIZE:
             self._tokens.clear()
-        self._tokens[key] = (now + self.TOKEN_CACHE_SECONDS, principal)
+        self._tokens[key] = (now + self.TOKEN_CACHE_SECONDS, generation, principal)
         return principal
 
 

@@ -362,7 +362,7 @@ def provider_add(name: str, kvk_number: str, email: str, iban: str, website: str
 @click.argument("enrolment_id", type=int)
 def provider_approve(enrolment_id: int) -> None:
     """Approve a provider's enrolment in a scheme; the provider is mailed."""
-    from .admin.interventions import decide_provider
+    from .interventions import decide_provider
 
     async def work(args: Any) -> str:
         rt, session = args
@@ -377,7 +377,7 @@ def provider_approve(enrolment_id: int) -> None:
 @click.option("--reason", required=True)
 def provider_refuse(enrolment_id: int, reason: str) -> None:
     """Refuse a provider's enrolment in a scheme; the provider is mailed the reason."""
-    from .admin.interventions import decide_provider
+    from .interventions import decide_provider
 
     async def work(args: Any) -> str:
         rt, session = args
@@ -429,7 +429,7 @@ def token_list() -> None:
 @token.command("revoke")
 @click.argument("token_id", type=int)
 def token_revoke(token_id: int) -> None:
-    """Revoke a token; servers stop accepting it within 15 seconds."""
+    """Revoke a token; every server refuses it at once (on SQLite within 15 seconds)."""
 
     async def work(args: Any) -> str:
         _rt, session = args
@@ -893,7 +893,7 @@ def voucher_group() -> None:
 @click.option("--reason", required=True)
 def voucher_revoke(voucher_id: int, reason: str) -> None:
     """Revoke a voucher: unspent money and an unused place go back; the holder is mailed."""
-    from .admin import interventions
+    from . import interventions
 
     async def work(args: Any) -> str:
         rt, session = args
@@ -911,7 +911,7 @@ def voucher_extend(voucher_id: int, until: str, reason: str) -> None:
     """Let a voucher be used longer; the holder is mailed."""
     import datetime as dt
 
-    from .admin import interventions
+    from . import interventions
 
     try:
         day = dt.date.fromisoformat(until)
@@ -933,7 +933,7 @@ def voucher_extend(voucher_id: int, until: str, reason: str) -> None:
 @click.option("--reason", required=True)
 def voucher_reverse(redemption_id: int, reason: str) -> None:
     """Reverse any redemption (the municipality may at any time); the provider is mailed."""
-    from .admin import interventions
+    from . import interventions
 
     async def work(args: Any) -> str:
         _rt, session = args
@@ -948,7 +948,7 @@ def voucher_reverse(redemption_id: int, reason: str) -> None:
 @click.option("--reason", required=True)
 def scheme_close(slug: str, reason: str) -> None:
     """Close a scheme early: no more applications, redemptions or vouchers."""
-    from .admin import interventions
+    from . import interventions
 
     async def work(args: Any) -> str:
         _rt, session = args
@@ -966,7 +966,7 @@ def scheme_close(slug: str, reason: str) -> None:
 @click.option("--memo", required=True, help="Why.")
 def scheme_reserve(slug: str, amount_cents: int, to_budget: bool, memo: str) -> None:
     """Move money between a scheme's budget and its reserve."""
-    from .admin import interventions
+    from . import interventions
 
     async def work(args: Any) -> str:
         _rt, session = args
@@ -982,7 +982,7 @@ def scheme_reserve(slug: str, amount_cents: int, to_budget: bool, memo: str) -> 
 @click.option("--csv", "as_csv", is_flag=True, help="CSV instead of JSON.")
 def scheme_report(slug: str, as_csv: bool) -> None:
     """The report for the council (no personal data)."""
-    from .admin import reports
+    from . import reports
 
     async def work(rt: Runtime) -> Any:
         async with rt.sessionmaker() as session:
@@ -1007,7 +1007,7 @@ def application_group() -> None:
 @click.option("--reason", default="", help="Required when refusing; mailed to the applicant.")
 def application_decide(public_id: str, approve: bool, reason: str) -> None:
     """Approve (the figures were checked) or refuse an undecided application."""
-    from .admin import interventions
+    from . import interventions
     from .models import Application
 
     async def work(args: Any) -> str:

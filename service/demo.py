@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import select, update
 
-from . import applications, municipality, offers, providers, schemes, staff
+from . import applications, municipality, offers, providers, revocations, schemes, staff
 from .codes import format_code
 from .db import run_in_transaction
 from .models import ApiToken, Application, Offer, Provider, ProviderUser, Scheme, Voucher, utcnow
@@ -90,6 +90,7 @@ async def _credentials(session, rt: Runtime) -> str:  # type: ignore[no-untyped-
     # A new token replaces the last one, so demo tokens do not pile up.
     await session.execute(update(ApiToken).where(ApiToken.provider_id == provider.id, ApiToken.name == DEMO_TOKEN_NAME,
                                                  ApiToken.revoked_at.is_(None)).values(revoked_at=utcnow()))
+    await revocations.announce(session)
     token = await providers.create_token(session, rt, role="coach", name=DEMO_TOKEN_NAME, provider_id=provider.id)
     password = await staff.reset_password(session, DEMO_COACH_EMAIL)
     lines = [f"Demo provider: {provider.name} ({provider.slug})",

@@ -38,16 +38,25 @@ import msgspec
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from . import groups
+from . import groups, statements
 from .settings import Settings
 
-__all__ = ("FastPath", "ScannedVoucher")
+__all__ = ("Delivered", "FastPath", "ScannedVoucher")
 
 T = TypeVar("T")
 
 
+class Delivered(msgspec.Struct, frozen=True, kw_only=True):
+    """A redemption the asking provider recorded on the scanned voucher (the page's "Recorded")."""
+
+    amount_cents: int
+    invoice_cents: int
+    reference: str
+
+
 class ScannedVoucher(msgspec.Struct, frozen=True, kw_only=True):
-    """What a scan reads: the voucher, what its scheme allows, and whose it is."""
+    """What a scan reads: the voucher, what its scheme allows, and whose it is; for a provider,
+    its enrolment in the scheme, and a redemption it asked for by id."""
 
     voucher_id: int
     status: str
@@ -61,26 +70,40 @@ class ScannedVoucher(msgspec.Struct, frozen=True, kw_only=True):
     categories: list[str]
     own_contribution_percent: int
     company_name: str
+    scheme_name: str
+    scheme_name_en: str
+    enrolment_status: str | None = None
+    """The asking provider's enrolment in the scheme; None when it has none (or nobody asked)."""
+    enrolment_categories: list[str] = []
+    delivered: Delivered | None = None
 
 
 # One round trip: the voucher with its scheme and application, and the client's count of failed
 # lookups, which must be read before answering (see ``vouchers.find_voucher``). The LEFT JOIN from
-# a one-row table always gives one row, so the count is there even when the code is unknown.
+# a one-row table always gives one row, so the count is there even when the code is unknown. A
+# coach's page asks for the rest of what it shows in the same read: its provider's enrolment and
+# the redemption it has just recorded (both NULL for the API's scan, which matches nothing).
 _SCAN = """
 SELECT v.id, v.status, v.value_cents, v.balance_cents, v.held_cents, v.redeemed_cents, v.expires_at,
        s.slug, s.closed_at IS NOT NULL, s.categories, s.own_contribution_percent, a.company_name,
-       (SELECT r.count FROM rate_limit_counter r WHERE r.key = {key} AND r.window_start >= {since})
+       (SELECT r.count FROM rate_limit_counter r WHERE r.key = {key} AND r.window_start >= {since}),
+       s.name, s.name_en, e.status, e.categories, d.amount_cents, d.invoice_cents, d.reference
 FROM {scans}
 LEFT JOIN voucher v ON v.code_hash = {code_hash}
 LEFT JOIN scheme s ON s.id = v.scheme_id
 LEFT JOIN application a ON a.id = v.application_id
+LEFT JOIN enrolment e ON e.scheme_id = v.scheme_id AND e.provider_id = {provider}
+LEFT JOIN redemption d ON d.id = {done} AND d.voucher_id = v.id AND d.provider_id = {provider}
 """
-_SQLITE_SCAN = _SCAN.format(scans="(SELECT 1 AS one) AS one", code_hash="?1", key="?2", since="?3")
-_POSTGRES_SCAN = _SCAN.format(scans="(SELECT 1 AS one) AS one", code_hash="$1", key="$2", since="$3")
+_SQLITE_SCAN = _SCAN.format(scans="(SELECT 1 AS one) AS one", code_hash="?1", key="?2", since="?3",
+                            provider="?4", done="?5")
+_POSTGRES_SCAN = _SCAN.format(scans="(SELECT 1 AS one) AS one", code_hash="$1", key="$2", since="$3",
+                              provider="$4::bigint", done="$5::bigint")
 # Scans that arrive together (``groups.grouped``): a row for each, in the order asked.
 _POSTGRES_SCANS = _SCAN.format(
-    scans="unnest($1::bytea[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS q(code_hash, key, since, n)",
-    code_hash="q.code_hash", key="q.key", since="q.since") + "ORDER BY q.n"
+    scans="unnest($1::bytea[], $2::text[], $3::timestamptz[], $4::bigint[], $5::bigint[])"
+          " WITH ORDINALITY AS q(code_hash, key, since, provider, done, n)",
+    code_hash="q.code_hash", key="q.key", since="q.since", provider="q.provider", done="q.done") + "ORDER BY q.n"
 
 
 def sqlite_moment(value: dt.datetime) -> str:
@@ -176,14 +199,18 @@ class FastPath:
         self._local = threading.local()
         self._connections: dict[asyncio.AbstractEventLoop, _Connections] = {}
 
-    async def scan(self, code_hash: bytes, attempts_key: str, since: dt.datetime) -> tuple[ScannedVoucher | None, int]:
+    async def scan(self, code_hash: bytes, attempts_key: str, since: dt.datetime, *, provider_id: int | None = None,
+                   delivered: int | None = None) -> tuple[ScannedVoucher | None, int]:
         """The voucher with this code hash (None if there is none), and the failed lookups counted
-        against ``attempts_key`` since ``since``."""
+        against ``attempts_key`` since ``since``. With ``provider_id``, also that provider's
+        enrolment in the voucher's scheme and its redemption ``delivered`` of this voucher."""
+        ask = (code_hash, attempts_key, since, provider_id, delivered)
         if self.settings.is_sqlite:
-            row = self._sqlite().execute(_SQLITE_SCAN, (code_hash, attempts_key, sqlite_moment(since))).fetchone()
+            row = self._sqlite().execute(_SQLITE_SCAN, (code_hash, attempts_key, sqlite_moment(since), provider_id,
+                                                        delivered)).fetchone()
             expires_at = from_sqlite_moment(row[6]) if row[0] is not None else None
         else:
-            row = await groups.grouped((self, "scan"), (code_hash, attempts_key, since), self._scan, self._scans)
+            row = await groups.grouped((self, "scan"), ask, self._scan, self._scans)
             expires_at = row[6]
         attempts = row[12] or 0
         if row[0] is None:
@@ -192,15 +219,20 @@ class FastPath:
             voucher_id=row[0], status=row[1], value_cents=row[2], balance_cents=row[3], held_cents=row[4],
             redeemed_cents=row[5], expires_at=expires_at, scheme=row[7], scheme_closed=bool(row[8]),
             categories=json.loads(row[9]), own_contribution_percent=row[10], company_name=row[11],
+            scheme_name=row[13], scheme_name_en=row[14], enrolment_status=row[15],
+            enrolment_categories=json.loads(row[16]) if row[16] is not None else [],
+            delivered=Delivered(amount_cents=row[17], invoice_cents=row[18], reference=row[19])
+            if row[17] is not None else None,
         ), attempts
 
-    async def _scan(self, one: tuple[bytes, str, dt.datetime]) -> Any:
+    async def _scan(self, one: tuple[bytes, str, dt.datetime, int | None, int | None]) -> Any:
         return await self.fetchrow(_POSTGRES_SCAN, *one)
 
-    async def _scans(self, many: list[tuple[bytes, str, dt.datetime]]) -> list[Any]:
-        code_hashes, keys, since = zip(*many, strict=True)
+    async def _scans(self, many: list[tuple[bytes, str, dt.datetime, int | None, int | None]]) -> list[Any]:
+        code_hashes, keys, since, providers, done = zip(*many, strict=True)
         async with self.connection() as connection:
-            rows = await connection.fetch(_POSTGRES_SCANS, code_hashes, keys, since)
+            statements.sent(_POSTGRES_SCANS)
+            rows = await connection.fetch(_POSTGRES_SCANS, code_hashes, keys, since, providers, done)
         if len(rows) != len(many):  # a code hash is unique; anything else and each is read alone
             raise LookupError(f"{len(rows)} rows for {len(many)} scans")
         return rows
@@ -261,6 +293,12 @@ class FastPath:
             for pragma in pragmas:
                 connection.execute(f"PRAGMA {pragma}")
             setattr(self._local, slot, connection)
+        # SQLite tells each statement to a trace callback, which costs a little on every one: it
+        # is set only while somebody listens (``service.statements``).
+        listened = statements.listened()
+        if getattr(self._local, slot + "_traced", False) != listened:
+            connection.set_trace_callback(statements.sent if listened else None)
+            setattr(self._local, slot + "_traced", listened)
         return connection
 
     def connection(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
@@ -281,6 +319,7 @@ class FastPath:
     async def fetchrow(self, sql: str, *args: Any) -> Any:
         """One statement in autocommit on PostgreSQL: its first row, or None."""
         async with self.connection() as connection:
+            statements.sent(sql)
             return await connection.fetchrow(sql, *args)
 
     async def close(self) -> None:
@@ -293,3 +332,4 @@ class FastPath:
             if connection is not None:
                 connection.close()
                 setattr(self._local, name, None)
+                setattr(self._local, name + "_traced", False)

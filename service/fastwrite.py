@@ -14,9 +14,11 @@ So here each is a read without a lock, then one short write:
 * SQLite: the same statements one after the other in one transaction on the event loop's thread
   (``FastPath.write``), with no ``await`` between BEGIN and COMMIT.
 
-A redemption writes: the voucher's and the enrolment's conditional UPDATEs (the rules of
-``vouchers.redeem``; the enrolment's refuses once the scheme has closed), the redemption, its
-ledger entry, its mail and its audit entries. It does not touch the scheme's row.
+A redemption is defined once, in ``service.vouchers`` (``REDEEM_TERMS``, ``redeeming``, ``REDEEM``
+and ``Redeeming.steps``): here those statements are compiled for the database and run through the
+driver. It writes the voucher's and the enrolment's conditional UPDATEs (the enrolment's refuses
+once the scheme has closed), the redemption, its ledger entry, its mail, its audit entries and, for
+the coach's form, its key's answer. It does not touch the scheme's row.
 The redemptions of a scheme, like its applications, that arrive while this process writes others
 are written together in one transaction (``_grouped``, ``_sqlite_grouped``).
 An application to a first-come scheme by an eligible applicant writes: a place and a voucher's
@@ -25,11 +27,11 @@ the next waiting-list number; the application with its outcome, the voucher and 
 the mail and the audit entries (the two the session path writes: received, then decided). A KvK
 number that has applied already undoes it all.
 
-The refusals, their order, the rows and the audit entries are those of ``vouchers.redeem`` and of
-``applications.submit`` with ``decide``, which remain the way for every other case: inside a
-caller's transaction (an ``Idempotency-Key`` stores its answer in the same transaction), the coach's
-and the entrepreneur's pages, and applications this path does not decide (a lottery, an
-ineligible applicant). The tests compare the two paths row by row on both databases.
+An application's refusals, their order, the rows and the audit entries are those of
+``applications.submit`` with ``decide`` (its place rule is compiled from there), which remain the
+way for every other case: inside a caller's transaction (an ``Idempotency-Key`` stores its answer
+in the same transaction), the entrepreneur's pages, and applications this path does not decide (a
+lottery, an ineligible applicant). The tests compare the two paths row by row on both databases.
 """
 
 from __future__ import annotations
@@ -41,16 +43,22 @@ import re
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import msgspec
 
-from . import applications, audit, groups, ledger, outbox, privacy, vouchers
+from sqlalchemy import Boolean, bindparam, cast, text
+from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
+from sqlalchemy.dialects.postgresql import base as postgresql_base
+from sqlalchemy.dialects.sqlite import pysqlite as sqlite_pysqlite
+
+from . import applications, audit, groups, ledger, outbox, privacy, statements, vouchers
 from .db import writer_turn
-from .errors import N_, Conflict, DomainError, Forbidden, InvalidInput, NotFound, Refused
+from .errors import N_, Conflict, DomainError, NotFound
+from .idempotency import ClaimLost
 from .fastpath import from_sqlite_moment, sqlite_moment
-from .models import Base, Redemption, Scheme, UTCDateTime, Voucher, utcnow
+from .models import Redemption, Scheme, UTCDateTime, Voucher, utcnow
 from .runtime import Runtime
 
 __all__ = ("apply", "redeem")
@@ -151,6 +159,8 @@ async def _pg_write(rt: Runtime, sql: str, args: list[Any], *, attempts: int = 5
             if not message.startswith(_REFUSED_PREFIX):
                 raise
             code = message.removeprefix(_REFUSED_PREFIX)
+            if code == "claim-lost":
+                raise ClaimLost() from None
             if code == "enrolment":
                 raise _EnrolmentRefused() from None
             if code == "place-free":
@@ -190,195 +200,59 @@ def _sqlite_grouped(rt: Runtime, kind: str, scheme_id: int, work: Callable[[sqli
 
 
 # --- redemption ----------------------------------------------------------------------------------
+# Defined once in ``service.vouchers`` (the read of its terms, the checks, the write); here it is
+# run through the driver: compiled for the database, grouped, and recovered when an answer is lost.
 
-_TERMS = """
-SELECT v.id, v.scheme_id,
-       s.closed_at IS NOT NULL, s.categories, s.own_contribution_percent, s.provider_cap_cents,
-       e.id, e.status, e.categories, e.cap_cents, p.name, a.email, a.locale, a.contact_name,
-       (SELECT r.count FROM rate_limit_counter r WHERE r.key = :attempts_key AND r.window_start >= :since){ids}
-FROM (SELECT 1 AS one) AS one
-LEFT JOIN voucher v ON v.code_hash = :code_hash
-LEFT JOIN scheme s ON s.id = v.scheme_id
-LEFT JOIN application a ON a.id = v.application_id
-LEFT JOIN enrolment e ON e.scheme_id = v.scheme_id AND e.provider_id = :provider_id
-LEFT JOIN provider p ON p.id = e.provider_id
-"""
-_TERMS_PG, _TERMS_PG_NAMES = _numbered(_TERMS.format(ids=""",
-       CASE WHEN v.id IS NOT NULL THEN nextval(pg_get_serial_sequence('redemption', 'id')) END,
-       CASE WHEN v.id IS NOT NULL THEN nextval(pg_get_serial_sequence('ledger_entry', 'id')) END"""))
-_TERMS_SQLITE = _TERMS.format(ids="")
-
-# The two conditional UPDATEs of a redemption, as in ``vouchers.redeem``. On PostgreSQL the
-# second runs only if the first changed its row (``only_if``), which also keeps the lock order of
-# ``service.vouchers``: voucher, then enrolment.
-_SPEND = """UPDATE voucher
-    SET balance_cents = balance_cents - :amount, redeemed_cents = redeemed_cents + :amount,
-        status = CASE WHEN balance_cents - :amount + held_cents = 0 THEN 'used_up' ELSE 'active' END
-    WHERE id = :voucher_id AND status = 'active' AND expires_at > :now AND balance_cents >= :amount
-    RETURNING balance_cents, redeemed_cents, status"""
-_PAY = """UPDATE enrolment SET received_cents = received_cents + :amount
-    WHERE id = :enrolment_id AND status = 'approved' AND scheme_closed_at IS NULL
-      AND (CAST(:cap AS BIGINT) IS NULL OR received_cents + held_cents + :amount <= CAST(:cap AS BIGINT)){only_if}
-    RETURNING received_cents"""
-
-_REDEEM_PG, _REDEEM_PG_NAMES = _numbered(f"""
-WITH spent AS (
-    {_SPEND}
-), paid AS (
-    {_PAY.format(only_if=" AND EXISTS (SELECT FROM spent)")}
-), recorded AS (
-    INSERT INTO redemption (id, scheme_id, voucher_id, enrolment_id, provider_id, hold_id, category, invoice_cents,
-                            amount_cents, own_contribution_cents, reference, session_date, recorded_by, created_at)
-    SELECT :redemption_id::bigint, :scheme_id::bigint, :voucher_id::bigint, :enrolment_id::bigint,
-           :provider_id::bigint, NULL, :category::text, :invoice::bigint, :amount::bigint, :own::bigint,
-           :reference::text, :session_date::date, :recorded_by::text, :now::timestamptz
-    FROM paid
-    RETURNING id
-), posted AS (
-    INSERT INTO ledger_entry (id, scheme_id, kind, from_kind, from_id, to_kind, to_id, amount_cents, places,
-                              voucher_id, redemption_id, hold_id, created_at, memo)
-    SELECT :entry_id::bigint, :scheme_id::bigint, 'redeem', 'voucher', :voucher_id::bigint, 'provider',
-           :enrolment_id::bigint, :amount::bigint, 0, :voucher_id::bigint, recorded.id, NULL, :now::timestamptz, ''
-    FROM recorded
-), mailed AS (
-    INSERT INTO outbox_message (message_id, to_address, template, locale, params, status, attempts,
-                                next_attempt_at, created_at)
-    SELECT :message_id::text, :to_address::text, 'redemption_recorded', :locale::text, :mail_params::json,
-           'pending', 0, :now::timestamptz, :now::timestamptz
-    FROM recorded
-), audited AS (
-    INSERT INTO audit_entry (at, actor, address, action, table_name, row_id, before, after)
-    SELECT :now::timestamptz, :actor::text, :address::text, 'update', 'voucher', :voucher_id::text,
-           json_build_object('balance_cents', spent.balance_cents + :amount, 'redeemed_cents',
-                             spent.redeemed_cents - :amount, 'status', 'active'),
-           json_build_object('balance_cents', spent.balance_cents, 'redeemed_cents', spent.redeemed_cents,
-                             'status', spent.status)
-    FROM spent, recorded
-    UNION ALL
-    SELECT :now::timestamptz, :actor::text, :address::text, 'update', 'enrolment', :enrolment_id::text,
-           json_build_object('received_cents', paid.received_cents - :amount),
-           json_build_object('received_cents', paid.received_cents)
-    FROM paid, recorded
-    UNION ALL
-    SELECT :now::timestamptz, :actor::text, :address::text, 'insert', table_name, row_id, '{{}}'::json, after
-    FROM recorded, json_to_recordset(:inserted::json) AS inserted(table_name text, row_id text, after json)
-)
-SELECT spent.balance_cents,
-       CASE WHEN spent.status IS NOT NULL AND paid.received_cents IS NULL THEN vouchers_refuse('enrolment') END
-FROM (SELECT 1 AS one) AS one
-LEFT JOIN spent ON true LEFT JOIN paid ON true
-""")
-_REDEEMED = "SELECT v.balance_cents FROM redemption r JOIN voucher v ON v.id = r.voucher_id WHERE r.id = $1"
-_SPEND_SQLITE, _PAY_SQLITE = _SPEND, _PAY.format(only_if="")
-_ENROLMENT_NOW = "SELECT status, scheme_closed_at FROM enrolment WHERE id = :enrolment_id"
-_ENROLMENT_NOW_PG, _ENROLMENT_NOW_PG_NAMES = _numbered(_ENROLMENT_NOW)
+_PG_DIALECT, _SQLITE_DIALECT = postgresql_asyncpg.dialect(), sqlite_pysqlite.dialect()
 
 
-@dataclass(frozen=True, slots=True)
-class _Redeeming:
-    """A redemption that passed the checks of the read, ready to be written."""
+class _Compiled:
+    """A Core statement compiled once for a dialect, and how to bind values to it positionally."""
 
-    rt: Runtime
-    now: dt.datetime
-    voucher_id: int
-    scheme_id: int
-    enrolment_id: int
-    provider_id: int
-    cap: int | None
-    category: str
-    invoice: int
-    own: int
-    amount: int
-    reference: str
-    session_date: dt.date | None
-    recorded_by: str
-    mail_to: tuple[str, str, str, str]
-    """Address, locale, contact name, provider name."""
+    __slots__ = ("fixed", "names", "sql")
 
-    def redemption(self) -> dict[str, Any]:
-        """The redemption's columns but its id."""
-        return {
-            "scheme_id": self.scheme_id, "voucher_id": self.voucher_id, "enrolment_id": self.enrolment_id,
-            "provider_id": self.provider_id, "hold_id": None, "category": self.category,
-            "invoice_cents": self.invoice, "amount_cents": self.amount, "own_contribution_cents": self.own,
-            "reference": self.reference, "session_date": self.session_date, "recorded_by": self.recorded_by,
-            "created_at": self.now}
+    def __init__(self, statement: Any, dialect: Any) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql: str = compiled.string
+        self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
+        # The statement's own literals ('active', 0, …) travel as parameters too.
+        self.fixed = {name: bind.effective_value for name, bind in compiled.binds.items()}
 
-    def rows(self, redemption_id: int, entry_id: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        """The redemption's, the ledger entry's and the mail's columns, for rows with these ids."""
-        redemption = self.redemption()
-        entry = ledger.entry_values(
-            scheme_id=self.scheme_id, kind="redeem", source=(ledger.VOUCHER, self.voucher_id),
-            target=(ledger.PROVIDER, self.enrolment_id), amount_cents=self.amount, voucher_id=self.voucher_id,
-            redemption_id=redemption_id) | {"created_at": self.now}
-        email, locale, contact_name, provider_name = self.mail_to
-        mail = outbox.message_values(email, "redemption_recorded", locale, {
-            "contact_name": contact_name, "provider_name": provider_name, "amount_cents": self.amount,
-            "invoice_cents": self.invoice, "own_contribution_cents": self.own, "category": self.category,
-            "report_redemption_id": redemption_id})
-        return redemption, entry, mail
+    def args(self, values: Mapping[str, Any], convert: Callable[[Any], Any]) -> list[Any]:
+        return [convert(values[name] if name in values else self.fixed[name]) for name in self.names]
 
-    async def on_postgres(self, redemption_id: int, entry_id: int) -> int | None:
-        redemption, entry, mail = self.rows(redemption_id, entry_id)
-        who = audit.current_context()
-        try:
-            row = await _grouped(self.rt, _REDEEM_PG, self.scheme_id, _write_redemptions, _args(_REDEEM_PG_NAMES, {
-                "amount": self.amount, "voucher_id": self.voucher_id, "now": self.now,
-                "enrolment_id": self.enrolment_id, "cap": self.cap, "scheme_id": self.scheme_id,
-                "redemption_id": redemption_id, "provider_id": self.provider_id, "category": self.category,
-                "invoice": self.invoice, "own": self.own, "reference": self.reference,
-                "session_date": self.session_date, "recorded_by": self.recorded_by, "entry_id": entry_id,
-                "message_id": mail["message_id"], "to_address": mail["to_address"], "locale": mail["locale"],
-                "mail_params": _json(mail["params"]), "actor": who.actor, "address": who.address,
-                "inserted": _json([
-                    {"table_name": "redemption", "row_id": str(redemption_id),
-                     "after": audit.inserted("redemption", redemption_id, redemption)},
-                    {"table_name": "ledger_entry", "row_id": str(entry_id),
-                     "after": audit.inserted("ledger_entry", entry_id, entry)}])}))
-        except _EnrolmentRefused:
-            # The statement ran in autocommit: this read sees the change that stopped it.
-            now = await self.rt.fast.fetchrow(_ENROLMENT_NOW_PG, *_args(_ENROLMENT_NOW_PG_NAMES,
-                                                                        {"enrolment_id": self.enrolment_id}))
-            raise vouchers.enrolment_refusal(*now) from None
-        except Exception as exc:
-            if not _answer_lost(exc):
-                raise
-            # Committed before its answer was lost? Then the redemption is there, and an answer of
-            # 500 would invite the coach to redeem again. (The balance is the voucher's now.)
-            written = await self.rt.fast.fetchrow(_REDEEMED, redemption_id)
-            if written is None:
-                raise
-            return written[0]
-        return row[0]
 
-    def on_sqlite(self, conn: sqlite3.Connection) -> tuple[int, int] | None:
-        """The write transaction's work: (redemption id, balance), or None if the voucher refused."""
-        values = {"amount": self.amount, "voucher_id": self.voucher_id, "now": sqlite_moment(self.now),
-                  "enrolment_id": self.enrolment_id, "cap": self.cap, "scheme_id": self.scheme_id}
-        spent = conn.execute(_SPEND_SQLITE, values).fetchone()
-        if spent is None:
-            return None
-        paid = conn.execute(_PAY_SQLITE, values).fetchone()
-        if paid is None:
-            now = conn.execute(_ENROLMENT_NOW, {"enrolment_id": self.enrolment_id}).fetchone()
-            raise _Undo(vouchers.enrolment_refusal(*now))
-        redemption_id, entry_id = _next_ids(conn, "redemption", "ledger_entry")
-        redemption, entry, mail = self.rows(redemption_id, entry_id)
-        _insert(conn, "redemption", {"id": redemption_id, **redemption})
-        _insert(conn, "ledger_entry", {"id": entry_id, **entry})
-        _insert(conn, "outbox_message", {**mail, "status": "pending", "attempts": 0, "next_attempt_at": self.now,
-                                         "created_at": self.now})
-        balance, redeemed, status = spent
-        _audit(conn, self.now, [
-            ("update", "voucher", self.voucher_id,
-             {"balance_cents": balance + self.amount, "redeemed_cents": redeemed - self.amount, "status": "active"},
-             {"balance_cents": balance, "redeemed_cents": redeemed, "status": status}),
-            ("update", "enrolment", self.enrolment_id, {"received_cents": paid[0] - self.amount},
-             {"received_cents": paid[0]}),
-            ("insert", "redemption", redemption_id, {}, audit.inserted("redemption", redemption_id, redemption)),
-            ("insert", "ledger_entry", entry_id, {}, audit.inserted("ledger_entry", entry_id, entry)),
-        ])
-        return redemption_id, balance
+_COMPILED: dict[tuple[int, str], _Compiled] = {}
+
+
+def _compiled(statement: Any, sqlite: bool) -> _Compiled:
+    key = (id(statement), "sqlite" if sqlite else "postgresql")
+    found = _COMPILED.get(key)
+    if found is None:
+        found = _COMPILED[key] = _Compiled(statement, _SQLITE_DIALECT if sqlite else _PG_DIALECT)
+    return found
+
+
+def _pg_value(value: Any) -> Any:
+    """A value as asyncpg takes it for the statement's casts (JSON as text)."""
+    return _json(value) if isinstance(value, (list, dict)) else value
+
+
+def _sqlite_runner(conn: sqlite3.Connection) -> Callable[[Any, dict[str, Any]], Any]:
+    """``run`` for ``Redeeming.steps`` on this ``sqlite3`` connection."""
+    def run(statement: Any, values: dict[str, Any]) -> Any:
+        compiled = _compiled(statement, True)
+        return conn.execute(compiled.sql, compiled.args(values, _lite)).fetchone()
+    return run
+
+
+async def _read(rt: Runtime, statement: Any, values: dict[str, Any]) -> Any:
+    """One row of a read without a session: the reader's connection on SQLite."""
+    sqlite = rt.settings.is_sqlite
+    compiled = _compiled(statement, sqlite)
+    if sqlite:
+        return rt.fast.read_sqlite(compiled.sql, compiled.args(values, _lite))
+    return await rt.fast.fetchrow(compiled.sql, *compiled.args(values, _pg_value))
 
 
 async def redeem(
@@ -392,55 +266,56 @@ async def redeem(
     reference: str,
     session_date: dt.date | None,
     recorded_by: str,
+    answer: vouchers.Answer | None = None,
 ) -> tuple[Redemption, int]:
     """``vouchers.find_voucher`` and ``vouchers.redeem`` as one read and one write, committed when
-    it returns. Returns the stored redemption and the voucher's balance after it."""
+    it returns; with ``answer``, an ``Idempotency-Key``'s answer is stored in that write. Returns
+    the stored redemption and the voucher's balance after it."""
     code = vouchers.parse_code(code_text)
     now = utcnow()
-    read = {"code_hash": rt.keys.hash_of(code), "attempts_key": attempts_key, "since": vouchers.window_start(rt),
-            "provider_id": provider_id}
-    if rt.settings.is_sqlite:
-        terms = rt.fast.read_sqlite(_TERMS_SQLITE, read | {"since": sqlite_moment(read["since"])})
-        ids = None
+    sqlite = rt.settings.is_sqlite
+    terms = await _read(rt, vouchers.REDEEM_TERMS["sqlite" if sqlite else "postgresql"], {
+        "code_hash": rt.keys.hash_of(code), "attempts_key": attempts_key, "since": vouchers.window_start(rt),
+        "provider_id": provider_id})
+    job = vouchers.redeeming(rt, terms, provider_id=provider_id, category=category, invoice_cents=invoice_cents,
+                             reference=reference, session_date=session_date, recorded_by=recorded_by, now=now)
+    if sqlite:
+        done = await _sqlite_grouped(rt, "redeem", job.scheme_id,
+                                     lambda conn: job.steps(_sqlite_runner(conn), answer))
+        redemption_id, balance = (done[0], done[1][0]) if done is not None else (0, None)
     else:
-        terms = await rt.fast.fetchrow(_TERMS_PG, *_args(_TERMS_PG_NAMES, read))
-        ids = terms[15], terms[16]
-    (voucher_id, scheme_id, closed, scheme_categories, own_percent, scheme_cap, enrolment_id, enrolment_status,
-     enrolment_categories, enrolment_cap, registered_name, email, locale, contact_name, attempts) = terms[:15]
-    vouchers.check_attempts(rt, attempts)
-    if voucher_id is None:
-        raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
-    if provider_id is None:
-        raise Forbidden("provider-required", N_("Only a provider's account can do this."))
-    if invoice_cents <= 0:
-        raise InvalidInput("amount-not-positive", N_("The amount must be more than zero."), field="amount_cents")
-    if closed:
-        raise vouchers.scheme_closed()
-    if enrolment_id is None or enrolment_status != "approved":
-        raise vouchers.provider_not_approved()
-    if category not in json.loads(scheme_categories) or category not in json.loads(enrolment_categories):
-        raise Refused(
-            "category-not-allowed", N_("This voucher cannot be used for this kind of service."), field="category"
-        )
-    own = vouchers.own_contribution(invoice_cents, own_percent)
-    amount = invoice_cents - own
-    if amount <= 0:
-        raise InvalidInput("amount-not-positive", N_("The amount must be more than zero."), field="amount_cents")
-
-    job = _Redeeming(rt=rt, now=now, voucher_id=voucher_id, scheme_id=scheme_id, enrolment_id=enrolment_id,
-                     provider_id=provider_id, cap=enrolment_cap if enrolment_cap is not None else scheme_cap,
-                     category=category, invoice=invoice_cents, own=own, amount=amount, reference=reference,
-                     session_date=session_date, recorded_by=recorded_by,
-                     mail_to=(email, locale, contact_name, registered_name))
-    if ids is not None:
-        redemption_id = ids[0]
-        balance = await job.on_postgres(*ids)
-    else:
-        done = await _sqlite_grouped(rt, "redeem", scheme_id, job.on_sqlite)
-        redemption_id, balance = done if done is not None else (0, None)
+        assert job.new_ids is not None
+        redemption_id = job.new_ids[0]
+        balance = await _redeem_on_postgres(rt, job, answer)
     if balance is None:
-        raise vouchers.refusal(await _voucher_now(rt, voucher_id), amount, now)
-    return _as_loaded(Redemption, {"id": redemption_id, **job.redemption()}), balance
+        raise vouchers.refusal(await _voucher_now(rt, job.voucher_id), job.amount, now)
+    return job.stored(redemption_id), balance
+
+
+async def _redeem_on_postgres(rt: Runtime, job: vouchers.Redeeming, answer: vouchers.Answer | None) -> int | None:
+    """The one statement (``vouchers.REDEEM``), grouped: the voucher's balance after it, or None
+    if the voucher refused."""
+    compiled = _compiled(vouchers.REDEEM, False)
+    try:
+        row = await _grouped(rt, compiled.sql, job.scheme_id, _write_redemptions,
+                             compiled.args(job.parameters(answer), _pg_value))
+    except _EnrolmentRefused:
+        # The statement ran in autocommit: this read sees the change that stopped it.
+        raise vouchers.enrolment_refusal(*await _read(rt, vouchers.ENROLMENT_NOW,
+                                                      {"enrolment_id": job.enrolment_id})) from None
+    except Exception as exc:
+        if not _answer_lost(exc):
+            raise
+        # Committed before its answer was lost? Then the redemption is there, and an answer of
+        # 500 would invite the coach to redeem again. (The balance is the voucher's now.)
+        written = await rt.fast.fetchrow(_REDEEMED, job.new_ids[0])  # type: ignore[index]
+        if written is None:
+            raise
+        return written[0]
+    return row[0]
+
+
+_REDEEMED = "SELECT v.balance_cents FROM redemption r JOIN voucher v ON v.id = r.voucher_id WHERE r.id = $1"
 
 
 async def _voucher_now(rt: Runtime, voucher_id: int) -> Voucher:
@@ -462,22 +337,35 @@ _SCHEME_SQLITE = _SCHEME.format(ids="")
 # The rules of ``applications.take_place`` (a newcomer) and of joining the waiting list. On
 # PostgreSQL the second runs only if the first changed nothing, so one statement never changes the
 # scheme's row twice.
-_PLACE_FREE = ("closed_at IS NULL AND places_used < max_places AND committed_cents + value_cents <= budget_cents"
-               " AND waiting_count = 0")
-_PLACE = f"""UPDATE scheme SET places_used = places_used + 1, committed_cents = committed_cents + value_cents
-    WHERE id = :scheme_id AND {_PLACE_FREE}{{only_if}}
-    RETURNING places_used, committed_cents, value_cents"""
-_WAIT = """UPDATE scheme SET waitlist_seq = waitlist_seq + 1, waiting_count = waiting_count + 1
-    WHERE id = :scheme_id{only_if}
-    RETURNING waitlist_seq, waiting_count"""
+# The rules of ``applications.take_place`` (a newcomer) and of joining the waiting list, compiled
+# from their one definition there. On PostgreSQL the second runs only if the first changed nothing,
+# so one statement never changes the scheme's row twice.
+def _named(statement: Any, sqlite: bool) -> str:
+    """A Core statement as SQL text with ``:name`` parameters; its own literals (the 1 a counter
+    grows by, the 0 of an empty waiting list) written in."""
+    dialect = sqlite_pysqlite.dialect(paramstyle="named") if sqlite else postgresql_base.dialect(paramstyle="named")
+    compiled = statement.compile(dialect=dialect)
+    sql = compiled.string
+    for name, bind in compiled.binds.items():
+        if name.isidentifier() and bind.effective_value is not None:
+            assert type(bind.effective_value) is int, name
+            sql = re.sub(rf"(?<![:\w]):{name}(::\w+)?(?!\w)", str(bind.effective_value), sql)
+    return sql
+
+
+_PLACE = _named(applications.TAKE_FOR_NEWCOMER.where(cast(bindparam("may_place"), Boolean)), False)
+_WAIT = _named(applications.JOIN_WAITING_LIST.where(
+    text("NOT EXISTS (SELECT FROM placed)"), cast(bindparam("may_place"), Boolean) | ~applications.PLACE_FOR_NEWCOMER),
+    False)
+_PLACE_SQLITE, _WAIT_SQLITE = _named(applications.TAKE_FOR_NEWCOMER, True), _named(applications.JOIN_WAITING_LIST, True)
 
 # ``may_place`` false: the caller has not made what a place needs, so a free place is not taken and
 # the statement refuses ("place-free") rather than put the applicant on the waiting list.
 _APPLY_PG, _APPLY_PG_NAMES = _numbered(f"""
 WITH placed AS (
-    {_PLACE.format(only_if=" AND :may_place::boolean")}
+    {_PLACE}
 ), waiting AS (
-    {_WAIT.format(only_if=f" AND NOT EXISTS (SELECT FROM placed) AND (:may_place::boolean OR NOT ({_PLACE_FREE}))")}
+    {_WAIT}
 ), applied AS (
     INSERT INTO application (id, public_id, scheme_id, status, kvk_number, company_name, employees, postcode,
                              contact_name, email, purpose, locale, reasons, waitlist_number, lottery_rank,
@@ -550,8 +438,6 @@ SELECT applied.status, waiting.waiting_count,
             WHEN applied.id IS NULL THEN vouchers_refuse('already-applied') END
 FROM (SELECT 1 AS one) AS one LEFT JOIN applied ON true LEFT JOIN waiting ON true LEFT JOIN placed ON true
 """)
-_PLACE_SQLITE = _PLACE.format(only_if="")
-_WAIT_SQLITE = _WAIT.format(only_if="")
 _APPLIED_SQLITE = " ON CONFLICT DO NOTHING RETURNING id"
 _PURGED_TWIN_SQLITE = ("SELECT 1 FROM application WHERE scheme_id = ? AND kvk_number = ?"
                        " AND status NOT IN ('rejected', 'withdrawn') LIMIT 1")
@@ -574,11 +460,12 @@ class _Applying:
         """What a place needs: the voucher's and the ledger entry's columns and the voucher mail's
         parameters (a fresh code, so made only when a place may be taken)."""
         a = self.application
-        voucher = vouchers.voucher_values(self.rt, self.scheme, application_id, a["kvk_number"], self.now)
+        voucher = applications.voucher_values(self.rt, self.scheme, application_id, a["kvk_number"], self.now)
         entry = ledger.entry_values(scheme_id=self.scheme.id, kind="issue", source=(ledger.BUDGET, self.scheme.id),
                                     target=(ledger.VOUCHER, voucher_id), amount_cents=self.scheme.value_cents,
                                     places=1, voucher_id=voucher_id) | {"created_at": self.now}
-        issued = vouchers.issued_mail(self.scheme, voucher_id, voucher["expires_at"], a["locale"], a["contact_name"])
+        issued = applications.issued_mail(self.scheme, voucher_id, voucher["expires_at"], a["locale"],
+                                          a["contact_name"])
         return voucher, entry, issued
 
     def mails(self) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -647,7 +534,7 @@ class _Applying:
             ("insert", "application", application_id, {}, audit.inserted("application", application_id,
                                                                           self.application))]
         if placed:
-            places_used, committed, value = placed
+            places_used, committed, value = placed[:3]
             voucher, entry, issued = self.granted(application_id, voucher_id, entry_id)
             _insert(conn, "voucher", {"id": voucher_id, **voucher})
             _insert(conn, "ledger_entry", {"id": entry_id, **entry})
@@ -749,6 +636,7 @@ async def _write_applications(rt: Runtime, group: list[list[Any]]) -> list[Any]:
         async with rt.fast.connection() as conn:
             # One round trip: the statements and a single Sync, which commits them together
             # (asyncpg's ``fetchmany`` is all or nothing outside a transaction).
+            statements.sent(_APPLY_PG)
             return await conn.fetchmany(_APPLY_PG, group)
     except Exception as exc:
         # Cut off, the group may have been committed all the same, and writing it again would
@@ -762,8 +650,8 @@ async def _write_applications(rt: Runtime, group: list[list[Any]]) -> list[Any]:
 
 _APPLIED = "SELECT 1 FROM application WHERE public_id = $1"
 
-_VOUCHER_ID, _ENROLMENT_ID, _REDEMPTION_ID = (_REDEEM_PG_NAMES.index(name)
-                                              for name in ("voucher_id", "enrolment_id", "redemption_id"))
+_VOUCHER_ID, _ENROLMENT_ID, _REDEMPTION_ID = (_compiled(vouchers.REDEEM, False).names.index(name)
+                                              for name in ("voucher_id", "enrolment_id", "r_id"))
 # A group's locks before its statements: each statement locks its voucher, then its provider's
 # enrolment, and the group must not hold an enrolment while it waits for a row that someone holds
 # who waits for that enrolment. So first every voucher, then every enrolment (``service.vouchers``'
@@ -783,10 +671,13 @@ async def _write_redemptions(rt: Runtime, group: list[list[Any]]) -> list[Any]:
     try:
         async with rt.fast.connection() as conn:
             try:
+                statements.sent(_LOCK_ROWS)
                 await conn.execute(_LOCK_ROWS.format(
                     vouchers=",".join(str(int(args[_VOUCHER_ID])) for args in group),
                     enrolments=",".join(str(int(args[_ENROLMENT_ID])) for args in group)))
-                answers = await conn.fetchmany(_REDEEM_PG, group)
+                statements.sent(_compiled(vouchers.REDEEM, False).sql)
+                answers = await conn.fetchmany(_compiled(vouchers.REDEEM, False).sql, group)
+                statements.sent("COMMIT")
                 await conn.execute("COMMIT")
             except asyncpg.PostgresError:
                 if conn.is_in_transaction():
@@ -816,18 +707,6 @@ def _place_free(scheme: Scheme) -> bool:
 
 _SCHEME_JSON = ("categories", "postcodes")
 _SCHEME_MOMENTS = tuple(c.name for c in Scheme.__table__.c if isinstance(c.type, UTCDateTime))
-_Model = TypeVar("_Model", bound=Base)
-
-
-def _as_loaded(model: type[_Model], values: dict[str, Any]) -> _Model:
-    """An instance of ``model`` that is only read, its values put in the instance's dict as the
-    ORM's loader puts them: the constructor's instrumented attribute sets, one per column, took a
-    fifth of an application's Python time and an eighth of a redemption's."""
-    instance = model.__mapper__.class_manager.new_instance()
-    instance.__dict__.update(values)
-    return instance
-
-
 def _scheme_snapshot(rt: Runtime, row: Mapping[str, Any]) -> Scheme:
     """The scheme's row, read without a lock, as a Scheme."""
     values = {name: row[name] for name in _SCHEME_COLUMNS}
@@ -838,4 +717,4 @@ def _scheme_snapshot(rt: Runtime, row: Mapping[str, Any]) -> Scheme:
         for name in _SCHEME_MOMENTS:
             if values[name] is not None:
                 values[name] = from_sqlite_moment(values[name])
-    return _as_loaded(Scheme, values)
+    return vouchers.as_loaded(Scheme, values)

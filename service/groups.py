@@ -15,10 +15,11 @@ transaction, and written again one by one when any of them refuses (``service.fa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-__all__ = ("grouped",)
+__all__ = ("grouped", "queued", "watching")
 
 _GROUP_SIZE = 100
 """The most requests that go together; more wait for the next group."""
@@ -33,6 +34,30 @@ class _Group:
 
 
 _GROUPS: dict[tuple[asyncio.AbstractEventLoop, Hashable], _Group] = {}
+_watchers: list[Callable[[Hashable, int], Awaitable[None]]] = []
+
+
+@contextmanager
+def watching(watcher: Callable[[Hashable, int], Awaitable[None]]) -> Iterator[None]:
+    """Await ``watcher(key, size)`` before each send while the block runs: ``size`` 1 for an item
+    sent alone (the first of a kind, or one of a group written again one by one), else the size of
+    the group. The seam for tests: hold a send to let others arrive behind it, count, or raise
+    there as the database would."""
+    _watchers.append(watcher)
+    try:
+        yield
+    finally:
+        _watchers.remove(watcher)
+
+
+def queued() -> int:
+    """How many items wait behind a send, over every kind (for tests)."""
+    return sum(len(group.queued) for group in _GROUPS.values())
+
+
+async def _watched(key: Hashable, size: int) -> None:
+    for watcher in list(_watchers):
+        await watcher(key, size)
 
 
 async def grouped(
@@ -69,11 +94,14 @@ async def _send(key: tuple[asyncio.AbstractEventLoop, Hashable], group: _Group,
             answers: list[Any] | None = None
             if len(batch) > 1:
                 try:
+                    await _watched(key[1], len(batch))
                     answers = await together([item for item, _ in batch])
                 except Exception:  # a refusal, a deadlock, a lost connection: one by one, as alone
                     answers = None
             for n, (item, answer) in enumerate(batch):
                 try:
+                    if answers is None:
+                        await _watched(key[1], 1)
                     result = answers[n] if answers is not None else await alone(item)
                 except Exception as exc:
                     if not answer.done():

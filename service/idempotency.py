@@ -15,14 +15,14 @@ import datetime as dt
 import hashlib
 
 import msgspec
-from sqlalchemy import delete, select, update
+from sqlalchemy import BigInteger, Integer, LargeBinary, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .errors import N_, Conflict, InvalidInput
-from .models import IdempotencyRecord, utcnow
+from .models import IdempotencyRecord, UTCDateTime, utcnow
 
-__all__ = ("ClaimLost", "StoredAnswer", "claim", "complete", "release", "request_fingerprint")
+__all__ = ("STORE_ANSWER", "ClaimLost", "StoredAnswer", "claim", "complete", "release", "request_fingerprint")
 
 STALE_AFTER = dt.timedelta(seconds=60)
 
@@ -95,15 +95,24 @@ async def claim(sessionmaker: async_sessionmaker[AsyncSession], *, scope: str, k
         return record.id
 
 
+_IR = IdempotencyRecord.__table__
+STORE_ANSWER = (
+    update(_IR).where(_IR.c.id == bindparam("record_id", type_=BigInteger), _IR.c.status_code.is_(None))
+    .values(status_code=bindparam("answer_status", type_=Integer),
+            response_body=bindparam("answer_body", type_=LargeBinary),
+            completed_at=bindparam("now", type_=UTCDateTime()))
+    .returning(_IR.c.id)
+)
+"""Store a key's answer while the claim is still this request's: nothing if a retry took it over
+(a one-statement write, ``vouchers.REDEEM``, runs it in its own statement)."""
+
+
 async def complete(session: AsyncSession, record_id: int, *, status_code: int, body: bytes) -> None:
     """Store the answer; call inside the transaction that made the effect. Raises ``ClaimLost``
     (so that transaction rolls back) when the claim was taken over meanwhile."""
-    stored = await session.execute(
-        update(IdempotencyRecord)
-        .where(IdempotencyRecord.id == record_id, IdempotencyRecord.status_code.is_(None))
-        .values(status_code=status_code, response_body=body, completed_at=utcnow())
-    )
-    if stored.rowcount != 1:  # type: ignore[attr-defined]
+    stored = await (await session.connection()).execute(STORE_ANSWER, {
+        "record_id": record_id, "answer_status": status_code, "answer_body": body, "now": utcnow()})
+    if stored.first() is None:
         raise ClaimLost()
 
 

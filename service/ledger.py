@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from . import audit
 from .models import LedgerEntry, utcnow
 
 __all__ = ("Account", "post", "post_now", "FUNDING", "BUDGET", "RESERVE", "VOUCHER", "HELD", "PROVIDER", "BANK")
@@ -78,8 +79,6 @@ async def post_now(session: AsyncSession, **entry: Any) -> None:
     """:func:`post` (the same arguments, checked by :func:`entry_values`) for the hot paths that
     write with Core statements: one INSERT now, on the session's connection, recorded in the audit
     log as the ORM would."""
-    from . import audit  # audit imports the models, which import nothing of this module
-
     values = entry_values(**entry) | {"created_at": utcnow()}
     conn = await session.connection()
     entry_id = (await conn.execute(_INSERT, values)).scalar_one()

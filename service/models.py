@@ -17,7 +17,6 @@ from sqlalchemy import (
     DDL,
     CheckConstraint,
     Date,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -28,8 +27,14 @@ from sqlalchemy import (
     event,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .models_base import Base, Id, UTCDateTime, utcnow  # noqa: F401  (UTCDateTime: migrations name it here)
+# The tables of the other sides live in their own modules; imported here so that Base.metadata
+# (and Alembic) see every table once this module is imported.
+from .models_admin import AuditEntry, AuditHead, FlagReview, StaffUser  # noqa: F401  (migration 0004)
+from .models_ops import Heartbeat  # noqa: F401  (migration 0014)
+from .models_site import BackgroundLease, SiteHistory  # noqa: F401  (migration 0012)
 
 __all__ = (
     "ApiToken",
@@ -52,36 +57,6 @@ __all__ = (
     "AccountLink",
     "UserSession",
 )
-
-Id = BigInteger().with_variant(Integer, "sqlite")
-
-
-class UTCDateTime(TypeDecorator[dt.datetime]):
-    """Timezone-aware UTC datetimes on both databases (SQLite stores them naive)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime stored; use datetime.now(UTC)")
-        return value.astimezone(dt.UTC)
-
-    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return value
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-class Base(DeclarativeBase):
-    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
-
 
 class Scheme(Base):
     """A regeling: one budget, one cap on entrepreneurs, one set of rules."""
@@ -614,14 +589,3 @@ BEGIN
     RAISE EXCEPTION USING ERRCODE = 'P0001', MESSAGE = 'vouchers-refused:' || code;
 END $$"""
 event.listen(Redemption.__table__, "after_create", DDL(REFUSE_FUNCTION).execute_if(dialect="postgresql"))
-
-# --- Municipality staff (migration 0004): the tables live in models_admin; imported here so that
-# Base.metadata and Alembic see them, and so that the audit log's session events are always on.
-from .models_admin import AuditEntry, AuditHead, FlagReview, StaffUser  # noqa: E402, F401
-from . import audit as _audit  # noqa: E402, F401
-
-# --- The public site (migration 0012): the daily figures of the public site and the background lease.
-from .models_site import BackgroundLease, SiteHistory  # noqa: E402, F401
-
-# --- Operations (migration 0014): the background process's heartbeat.
-from .models_ops import Heartbeat  # noqa: E402, F401

@@ -1,7 +1,7 @@
 """Tables of the municipality's side (migration 0004): staff accounts, the audit log and its
 head, and decisions on reported redemptions.
 
-Imported at the end of :mod:`service.models`, so ``Base.metadata`` (and Alembic) see them.
+Imported by :mod:`service.models`, so ``Base.metadata`` (and Alembic) see them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .models import Base, Id, utcnow
+from .models_base import Base, Id, utcnow
 
 __all__ = ("AuditEntry", "AuditHead", "FlagReview", "STAFF_ROLES", "StaffUser")
 

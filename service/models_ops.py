@@ -1,7 +1,7 @@
 """Tables of operations (migration 0014): the background process's heartbeat, which ``/readyz``
 reads to tell the load balancer whether mail, the sweep and audit sealing are running.
 
-Imported at the end of :mod:`service.models`, so ``Base.metadata`` (and Alembic) see it.
+Imported by :mod:`service.models`, so ``Base.metadata`` (and Alembic) see it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import datetime as dt
 from sqlalchemy import String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .models import Base
+from .models_base import Base
 
 __all__ = ("Heartbeat",)
 

@@ -1,7 +1,7 @@
 """Tables of the public site (migration 0012): the daily figures per scheme, and the lease that
 lets one background process of several do a piece of work (build the site).
 
-Imported at the end of :mod:`service.models`, so ``Base.metadata`` (and Alembic) see them.
+Imported by :mod:`service.models`, so ``Base.metadata`` (and Alembic) see them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import datetime as dt
 from sqlalchemy import BigInteger, CheckConstraint, Date, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .models import Base, utcnow
+from .models_base import Base, utcnow
 
 __all__ = ("BackgroundLease", "SiteHistory")
 

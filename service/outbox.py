@@ -1,9 +1,12 @@
 """The one outbox for all mail.
 
 A message is written in the same transaction as the change it reports and is rendered and sent
-later by :func:`send_due`, which several processes may run at once: each claims rows first
-(``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the write lock on SQLite) for a lease, so a message is
-handed to the mail server once. A failure is retried with back-off; nothing is dropped while the
+later by :func:`send_due`, which several processes, on several hosts, may run at once: each claims
+rows first (on PostgreSQL a row lock held while they are sent, so a sender that dies lets go at once;
+on SQLite a lease) and marks each message as sent as soon as the mail server has taken it, so a
+message is handed to the mail server once, also when a sender is killed in the middle of a batch
+(only a death in the moment between the mail server's acceptance and that mark can send one
+again, with the same ``Message-ID``). A failure is retried with back-off; nothing is dropped while the
 mail server is down. Messages are rendered at send time from their parameters, so a voucher code
 is never stored in the outbox: it is derived when the mail goes out.
 """
@@ -24,10 +27,11 @@ from typing import Any
 
 import aiosmtplib
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-from sqlalchemy import insert, select, update
+from sqlalchemy import BigInteger, any_, bindparam, func, insert, select, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import i18n, logs
+from . import account_links, i18n, logs, mail_links
 from .codes import format_code
 from .errors import REJECTION_REASONS
 from .models import OutboxMessage, Voucher, utcnow
@@ -91,22 +95,16 @@ async def render(session: AsyncSession, rt: Runtime, message: OutboxMessage,
         salt = salts.get(context["voucher_id"])
         if salt is not None:
             context["voucher_code"] = format_code(rt.keys.code_for(salt))
-    # Links that let someone in are made now too, never stored (signin imports this module).
-    from . import signin
-
+    # Links that let someone in are made now too, never stored.
     if "sign_in_token_ids" in context:
-        context["links"] = await signin.sign_in_links(session, rt, context["sign_in_token_ids"])
+        context["links"] = await mail_links.sign_in_links(session, rt, context["sign_in_token_ids"])
     if "confirm_for" in context:
-        context["confirm_url"] = signin.confirm_link(rt, context["confirm_for"])
+        context["confirm_url"] = mail_links.confirm_link(rt, context["confirm_for"])
     if "report_redemption_id" in context:
-        context["report_url"] = signin.report_link(rt, context["report_redemption_id"])
+        context["report_url"] = mail_links.report_link(rt, context["report_redemption_id"])
     if "confirm_provider_for" in context:
-        from . import staff
-
-        context["confirm_url"] = staff.confirm_link(rt, context["confirm_provider_for"])
+        context["confirm_url"] = mail_links.provider_confirm_link(rt, context["confirm_provider_for"])
     if "account_link_id" in context:
-        from . import account_links
-
         context["account_url"] = await account_links.url_for_id(session, rt, context["account_link_id"])
     context["base_url"] = rt.settings.base_url.rstrip("/")
     context["locale"] = message.locale
@@ -135,21 +133,90 @@ async def send_due(rt: Runtime, *, now: dt.datetime | None = None, batch: int = 
             return total
 
 
+_TABLE = OutboxMessage.__table__
+
+
+def _due(now: dt.datetime) -> list[Any]:
+    """Due, and not claimed by a sender that leases its claims (SQLite, or an older version)."""
+    return [_TABLE.c.status == "pending", _TABLE.c.next_attempt_at <= now,
+            (_TABLE.c.claimed_until.is_(None)) | (_TABLE.c.claimed_until < now)]
+
+
+def _sent(ids: list[int]) -> Any:
+    return (update(_TABLE).where(_TABLE.c.id.in_(ids))
+            .values(status="sent", sent_at=utcnow(), claimed_until=None, attempts=_TABLE.c.attempts + 1))
+
+
 async def _send_batch(rt: Runtime, now: dt.datetime, batch: int) -> tuple[int, int]:
-    """Claim up to ``batch`` due messages, hand them to the mail server over one connection, and
-    mark those it took as sent in one statement. Returns (claimed, sent)."""
-    due = (
-        select(OutboxMessage.id)
-        .where(
-            OutboxMessage.status == "pending",
-            OutboxMessage.next_attempt_at <= now,
-            (OutboxMessage.claimed_until.is_(None)) | (OutboxMessage.claimed_until < now),
-        )
-        .order_by(OutboxMessage.id)
-        .limit(batch)
-    )
-    if not rt.settings.is_sqlite:
-        due = due.with_for_update(skip_locked=True)
+    """Claim up to ``batch`` due messages and hand them to the mail server over one connection,
+    marking each as sent as soon as the mail server has taken it, so that a sender that dies in
+    the middle of a batch sends nothing again. Returns (claimed, sent)."""
+    if rt.settings.is_sqlite:
+        return await _send_leased(rt, now, batch)
+    return await _send_locked(rt, now, batch)
+
+
+# A mark's commit does not wait for the disk: a sender that dies loses nothing the database
+# server took, and only a crash of the database server itself could forget the last few marks
+# (their mails would then go out again, with the same Message-ID). Waiting would hold a sender
+# to one mail per flush of the database's log to disk.
+_NO_FLUSH_WAIT = text("SET LOCAL synchronous_commit = off")
+
+
+# One statement whatever the number of ids (``IN`` would be prepared again for each length). It
+# also says what ``_NO_FLUSH_WAIT`` says, for the transaction it begins, saving a round trip a mail
+# (evaluated for each row it locks; with no row locked there is no mark to commit).
+_RELOCK = (select(_TABLE.c.id, func.set_config("synchronous_commit", "off", True))
+           .where(_TABLE.c.id == any_(bindparam("ids", type_=postgresql.ARRAY(BigInteger))))
+           .with_for_update(skip_locked=True))
+
+
+async def _send_locked(rt: Runtime, now: dt.datetime, batch: int) -> tuple[int, int]:
+    """PostgreSQL: the batch's rows stay locked (``FOR UPDATE SKIP LOCKED``) for as long as they
+    are being sent, by a transaction that commits each message's mark and locks the rest again.
+    If this process dies, PostgreSQL ends its transaction and another sender takes the rest at
+    once, with no lease to wait for. Another sender may take a row in the moment between the
+    commit and the new lock; it is then skipped here."""
+    async with rt.engine.connect() as connection:  # one connection, so that its locks are one sender's
+        await connection.execute(_NO_FLUSH_WAIT)
+        rows = (await connection.execute(select(_TABLE).where(*_due(now)).order_by(_TABLE.c.id).limit(batch)
+                                         .with_for_update(skip_locked=True))).all()
+        if not rows:
+            await connection.rollback()
+            return 0, 0
+        claimed = [OutboxMessage(**row._mapping) for row in rows]
+        async with rt.reader() as session:
+            salts = await _code_salts(session, claimed)
+            rendered = [(message, *await render(session, rt, message, salts)) for message in claimed]
+        held = {message.id for message in claimed}
+        sent = 0
+        async with _MailServer(rt) as server:
+            for n, (message, subject, body) in enumerate(rendered):
+                if message.id not in held:
+                    continue
+                try:
+                    await server.deliver(message, _mime(rt, message, subject, body))
+                except Exception as exc:  # any failure of the mail server: try again later
+                    # The server's message can name the address: the line has the exception's type only.
+                    logs.event(log, logging.WARNING, "mail_not_sent", outbox_id=message.id, **logs.failure_fields(exc))
+                    mark = _failed(message, exc, now)
+                else:
+                    mark = _sent([message.id])
+                    sent += 1
+                await connection.execute(mark)
+                await connection.commit()
+                rest = [m.id for m, _, _ in rendered[n + 1:] if m.id in held]
+                if rest:
+                    held = set((await connection.execute(_RELOCK.where(*_due(now)), {"ids": rest})).scalars())
+        await connection.commit()
+    return len(claimed), sent
+
+
+async def _send_leased(rt: Runtime, now: dt.datetime, batch: int) -> tuple[int, int]:
+    """SQLite: the database's write lock cannot be held while mail is sent, so the claim is a
+    lease (``claimed_until``) committed first; a sender that dies leaves the rest of its batch to
+    the next one when the lease runs out."""
+    due = select(OutboxMessage.id).where(*_due(now)).order_by(OutboxMessage.id).limit(batch)
     # One statement takes the lease: loading the rows and flushing an UPDATE for each cost more
     # than rendering the mail did.
     claim = (update(OutboxMessage).where(OutboxMessage.id.in_(due.scalar_subquery()))
@@ -159,29 +226,41 @@ async def _send_batch(rt: Runtime, now: dt.datetime, batch: int) -> tuple[int, i
                          key=lambda message: message.id)
     if not claimed:
         return 0, 0
-    # Rendered after the claim has committed: on SQLite the claim holds the database's write lock.
+    # Rendered after the claim has committed: the claim holds the database's write lock.
     async with rt.reader() as session:
         salts = await _code_salts(session, claimed)
         rendered = [(message, *await render(session, rt, message, salts)) for message in claimed]
-    delivered: list[int] = []
-    async with _MailServer(rt) as server:
-        for message, subject, body in rendered:
-            try:
-                await server.deliver(message, _mime(rt, message, subject, body))
-            except Exception as exc:  # any failure of the mail server: try again later
-                # The server's message can name the address: the line has the exception's type only.
-                logs.event(log, logging.WARNING, "mail_not_sent", outbox_id=message.id, **logs.failure_fields(exc))
-                await _failed(rt, message, exc, now)
-            else:
-                delivered.append(message.id)
-    if delivered:
-        async with rt.sessionmaker() as session, session.begin():
-            await session.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.id.in_(delivered))
-                .values(status="sent", sent_at=utcnow(), claimed_until=None, attempts=OutboxMessage.attempts + 1)
-            )
-    return len(claimed), len(delivered)
+    sent, marked = 0, 0
+    try:
+        async with _MailServer(rt) as server:
+            for message, subject, body in rendered:
+                try:
+                    await server.deliver(message, _mime(rt, message, subject, body))
+                except Exception as exc:  # any failure of the mail server: try again later
+                    # The server's message can name the address: the line has the exception's type only.
+                    logs.event(log, logging.WARNING, "mail_not_sent", outbox_id=message.id, **logs.failure_fields(exc))
+                    mark = _failed(message, exc, now)
+                else:
+                    mark = _sent([message.id])
+                    sent += 1
+                async with rt.engine.begin() as connection:  # Core: no session to set up for one UPDATE
+                    await connection.execute(mark)
+                marked += 1
+    finally:
+        if marked < len(claimed):  # stopped (or failed) in the middle: the rest is free again at once
+            await _release(rt, [message.id for message in claimed[marked:]])
+    return len(claimed), sent
+
+
+async def _release(rt: Runtime, ids: list[int]) -> None:
+    """Give up the lease on messages not sent, so that the next sender need not wait for it (a
+    process killed outright cannot; its lease runs out)."""
+    try:
+        async with rt.engine.begin() as connection:
+            await connection.execute(update(_TABLE).where(_TABLE.c.id.in_(ids), _TABLE.c.status == "pending")
+                                     .values(claimed_until=None))
+    except Exception as exc:  # the database is away: the lease runs out instead
+        logs.event(log, logging.WARNING, "mail_lease_kept", mails=len(ids), **logs.failure_fields(exc))
 
 
 class _MailServer:
@@ -231,19 +310,12 @@ class _MailServer:
                 self.smtp.close()
 
 
-async def _failed(rt: Runtime, message: OutboxMessage, exc: Exception, now: dt.datetime) -> None:
+def _failed(message: OutboxMessage, exc: Exception, now: dt.datetime) -> Any:
+    """The UPDATE that puts a message back, to be tried again after a back-off."""
     backoff = min(dt.timedelta(seconds=10 * 2 ** min(message.attempts, 12)), MAX_BACKOFF)
-    async with rt.sessionmaker() as session, session.begin():
-        await session.execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.id == message.id)
-            .values(
-                attempts=OutboxMessage.attempts + 1,
-                next_attempt_at=now + backoff,
-                claimed_until=None,
-                last_error=str(exc)[:1000],
-            )
-        )
+    return (update(_TABLE).where(_TABLE.c.id == message.id)
+            .values(attempts=_TABLE.c.attempts + 1, next_attempt_at=now + backoff, claimed_until=None,
+                    last_error=str(exc)[:1000]))
 
 
 # The standard library's classic message class: the modern ``EmailMessage`` API parses every header

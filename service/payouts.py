@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 from sepaxml import SepaTransfer
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from stdnum import iban as stdnum_iban
 from stdnum.exceptions import ValidationError
@@ -166,6 +166,13 @@ def _iban(value: str, field: str) -> str:
         raise InvalidInput("iban-invalid", N_("This is not a valid IBAN."), field=field) from None
 
 
+UNPAID = and_(Redemption.payout_batch_id.is_(None), Redemption.reversed_at.is_(None))
+"""A redemption a batch pays: not paid yet, not reversed. Selected and stamped by this one rule."""
+TO_TAKE_BACK = and_(Redemption.payout_batch_id.is_not(None), Redemption.reversed_at.is_not(None),
+                    Redemption.clawback_batch_id.is_(None))
+"""A redemption a batch takes back: paid, reversed since, not taken back yet."""
+
+
 async def create_batch(session: AsyncSession, *, start: dt.date, end: dt.date, debtor: Debtor, created_by: str,
                        execution_date: dt.date | None = None, now: dt.datetime | None = None,
                        progress: Callable[[int, int], None] | None = None) -> PayoutBatch:
@@ -180,11 +187,8 @@ async def create_batch(session: AsyncSession, *, start: dt.date, end: dt.date, d
         raise Refused("period-not-over", N_("A period can only be paid once it is over."), field="to")
     debtor_iban = _iban(debtor.iban, "debtor_iban")
     cutoff = _moment(end)
-    due = list(await session.scalars(select(Redemption).where(
-        Redemption.payout_batch_id.is_(None), Redemption.reversed_at.is_(None), Redemption.created_at < cutoff)))
-    clawbacks = list(await session.scalars(select(Redemption).where(
-        Redemption.payout_batch_id.is_not(None), Redemption.reversed_at.is_not(None),
-        Redemption.clawback_batch_id.is_(None), Redemption.reversed_at < cutoff)))
+    due = list(await session.scalars(select(Redemption).where(UNPAID, Redemption.created_at < cutoff)))
+    clawbacks = list(await session.scalars(select(Redemption).where(TO_TAKE_BACK, Redemption.reversed_at < cutoff)))
     by_enrolment: dict[int, tuple[list[Redemption], list[Redemption]]] = defaultdict(lambda: ([], []))
     for r in due:
         by_enrolment[r.enrolment_id][0].append(r)
@@ -244,9 +248,7 @@ async def create_batch(session: AsyncSession, *, start: dt.date, end: dt.date, d
 async def _stamp(session: AsyncSession, ids: list[int], column: object, batch_id: int) -> None:
     if not ids:
         return
-    guard = (Redemption.payout_batch_id.is_(None) & Redemption.reversed_at.is_(None)
-             if column is Redemption.payout_batch_id
-             else Redemption.clawback_batch_id.is_(None) & Redemption.reversed_at.is_not(None))
+    guard = UNPAID if column is Redemption.payout_batch_id else TO_TAKE_BACK
     result = await session.execute(
         update(Redemption).where(Redemption.id.in_(ids), guard).values({column: batch_id}).returning(Redemption.id))
     if len(result.all()) != len(ids):

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stdnum import iban as stdnum_iban
 from stdnum.exceptions import ValidationError
 
-from . import i18n
+from . import i18n, revocations
 from .codes import new_token
 from .errors import N_, Conflict, InvalidInput, NotFound
 from .models import ApiToken, Enrolment, Provider, Scheme, utcnow
@@ -122,13 +122,15 @@ async def authenticate_token(session: AsyncSession, rt: Runtime, token: str) -> 
 
 
 async def revoke_token(session: AsyncSession, token_id: int) -> ApiToken:
-    """Stop a token from working (within the servers' short token cache, see ``AuthMiddleware``)."""
+    """Stop a token from working, on every server at once when the transaction commits (see
+    ``service.revocations``)."""
     result = await session.execute(
         update(ApiToken).where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
         .values(revoked_at=utcnow()).returning(ApiToken.id)
     )
     if result.first() is None:
         raise NotFound("token-not-found", N_("There is no such token, or it was revoked already."))
+    await revocations.announce(session)
     return await session.get_one(ApiToken, token_id)
 
 

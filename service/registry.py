@@ -205,7 +205,7 @@ async def check_application(rt: Runtime, application_id: int, registry: Registry
     process finding the application already decided leaves it alone.
     """
     registry = registry or registry_for(rt.settings)
-    async with rt.sessionmaker() as session:
+    async with rt.reader() as session:
         application = await session.get(Application, application_id)
         if application is None or application.status != PENDING:
             return application.status if application else "missing"

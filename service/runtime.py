@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from . import audit
 from .codes import CodeKeys
 from .db import create_engine, make_sessionmaker
 from .fastpath import FastPath
@@ -33,6 +34,7 @@ class Runtime:
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
+        audit.install()  # the audit log watches every session of this process
         engine = create_engine(settings)
         writers = 1 if settings.is_sqlite else settings.db_writers_per_process
         key = settings.derive_key("kvk-pseudonym")

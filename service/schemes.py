@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from . import ledger
 from .errors import N_, InvalidInput, NotFound, Refused
 from .models import Enrolment, Scheme, utcnow
+from .refusals import movable
 
 __all__ = (
     "CATEGORIES",
@@ -258,8 +259,7 @@ async def move_to_reserve(session: AsyncSession, scheme: Scheme, amount_cents: i
         update(Scheme)
         .where(
             Scheme.id == scheme.id,
-            Scheme.budget_cents - amount_cents >= Scheme.committed_cents,
-            Scheme.reserve_cents + amount_cents >= 0,
+            movable(Scheme.budget_cents, Scheme.reserve_cents, Scheme.committed_cents, amount_cents),
         )
         .values(budget_cents=Scheme.budget_cents - amount_cents, reserve_cents=Scheme.reserve_cents + amount_cents)
         .returning(Scheme.budget_cents)

@@ -5,12 +5,12 @@ A confirmation link is a signed, time-limited token; it works once because it mo
 application out of ``unconfirmed``. A sign-in link is derived from its row and a key only the
 server has; only a keyed hash of it is stored, and using it stamps ``used_at`` in one conditional
 UPDATE, so it works once and only briefly. Mails carry neither link in the outbox: they are made
-when the mail is rendered (``outbox.render``), so a copy of the database holds no usable link.
+when the mail is rendered (``outbox.render``, by ``service.mail_links``), so a copy of the database
+holds no usable link.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import hmac
@@ -19,36 +19,29 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import outbox
+from .mail_links import (  # noqa: F401  (the links live beside the mail that carries them)
+    CONFIRM_EMAIL,
+    REPORT_REDEMPTION,
+    confirm_link,
+    report_link,
+    sign_in_links,
+    sign_in_token,
+)
 from .models import Application, Scheme, SignInToken, Voucher, utcnow
 from .runtime import Runtime
 
 __all__ = ("REPORT_REDEMPTION", "confirm_email", "confirm_link", "confirm_token_valid", "report_link", "request_sign_in",
            "sign_in_links", "sign_in_token", "use_sign_in_token")
 
-_CONFIRM = "confirm-email"
-
-
-def confirm_link(rt: Runtime, public_id: str) -> str:
-    token = rt.sign(_CONFIRM, public_id, rt.settings.confirm_link_hours * 3600)
-    return rt.link(f"/aanvraag/bevestigen/{token}")
-
-
-REPORT_REDEMPTION = "report-redemption"
-
-
-def report_link(rt: Runtime, redemption_id: int) -> str:
-    """The link in a redemption's mail that lets the entrepreneur report it as wrong (90 days)."""
-    return rt.link(f"/report/{rt.sign(REPORT_REDEMPTION, str(redemption_id), 60 * 60 * 24 * 90)}")
-
 
 def confirm_token_valid(rt: Runtime, token: str) -> bool:
-    return rt.unsign(_CONFIRM, token) is not None
+    return rt.unsign(CONFIRM_EMAIL, token) is not None
 
 
 async def confirm_email(session: AsyncSession, rt: Runtime, token: str) -> tuple[Application | None, bool]:
     """``(application, confirmed_now)``. None when the link is forged or too old; False when
     it was used before (the application is returned so its status can be shown)."""
-    public_id = rt.unsign(_CONFIRM, token)
+    public_id = rt.unsign(CONFIRM_EMAIL, token)
     if public_id is None:
         return None, False
     result = await session.execute(
@@ -65,28 +58,6 @@ async def confirm_email(session: AsyncSession, rt: Runtime, token: str) -> tuple
 
 def _hash(rt: Runtime, token: str) -> bytes:
     return hmac.new(rt.settings.derive_key("sign-in-link"), token.encode(), hashlib.sha256).digest()
-
-
-def sign_in_token(rt: Runtime, voucher_id: int, expires_at: dt.datetime) -> str:
-    """The token of one sign-in link, from its voucher and moment of expiry (microseconds)."""
-    moment = int(expires_at.timestamp() * 1_000_000)
-    digest = hmac.new(rt.settings.derive_key("sign-in-link-token"), f"{voucher_id}:{moment}".encode(),
-                      hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
-
-
-async def sign_in_links(session: AsyncSession, rt: Runtime, token_ids: list[int]) -> list[dict[str, str]]:
-    """The links of a sign-in mail, made again from their rows when the mail is rendered."""
-    rows = await session.execute(
-        select(SignInToken.voucher_id, SignInToken.expires_at, Scheme.name, Scheme.name_en)
-        .join(Voucher, Voucher.id == SignInToken.voucher_id)
-        .join(Scheme, Scheme.id == Voucher.scheme_id)
-        .where(SignInToken.id.in_(token_ids))
-        .order_by(SignInToken.id)
-    )
-    return [{"scheme_name": name, "scheme_name_en": name_en,
-             "url": rt.link(f"/mijn-voucher/inloggen/{sign_in_token(rt, voucher_id, expires_at)}")}
-            for voucher_id, expires_at, name, name_en in rows]
 
 
 async def request_sign_in(session: AsyncSession, rt: Runtime, email: str, *, locale: str) -> int:

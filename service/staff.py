@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import account_links, outbox, providers, ratelimit, schemes, sessions
 from .errors import N_, Conflict, InvalidInput, NotFound, Refused
+from .mail_links import CONFIRM_PROVIDER, provider_confirm_link as confirm_link  # noqa: F401
 from .models import AccountLink, Enrolment, Provider, ProviderUser, Scheme, utcnow
 from .runtime import Runtime
 
@@ -62,7 +63,6 @@ RESET_HOURS = 2
 """How long a mailed link to reset a forgotten password works."""
 RESET_MAILS_PER_HOUR = 3
 """Reset mails one address gets per hour at most, so the form cannot be used to flood a mailbox."""
-_CONFIRM = "provider-confirm"
 
 _hasher = PasswordHasher()
 # Verified against when the e-mail address is unknown, so that a wrong address takes as long as
@@ -125,21 +125,15 @@ async def apply(session: AsyncSession, details: ProviderApplication) -> Enrolmen
     return enrolment
 
 
-def confirm_link(rt: Runtime, provider_id: int) -> str:
-    """The link in the application's mail that confirms the address (made when it is sent)."""
-    token = rt.sign(_CONFIRM, str(provider_id), rt.settings.confirm_link_hours * 3600)
-    return rt.link(f"/coach/bevestigen/{token}")
-
-
 def confirm_token_valid(rt: Runtime, token: str) -> bool:
-    return rt.unsign(_CONFIRM, token) is not None
+    return rt.unsign(CONFIRM_PROVIDER, token) is not None
 
 
 async def confirm_provider(session: AsyncSession, rt: Runtime, token: str) -> Provider | None:
     """Confirm a sign-up's address; its contact becomes the provider's first account, without a
     password until approval mails a link. None when the link is forged or too old. Confirming
     twice changes nothing (the first did it)."""
-    value = rt.unsign(_CONFIRM, token)
+    value = rt.unsign(CONFIRM_PROVIDER, token)
     if value is None or not value.isdigit():
         return None
     confirmed = await session.execute(

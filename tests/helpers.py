@@ -125,3 +125,33 @@ async def reload(rt: Runtime, model: type, id_: int) -> Any:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+class Statements:
+    """The statements this process sends to a database while the block runs (``service.statements``),
+    on every path: the engines, ``sqlite3`` and asyncpg's own connections."""
+
+    CONTROL = ("BEGIN", "COMMIT", "ROLLBACK")
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self._listening: Any = None
+
+    def __enter__(self) -> Statements:
+        from service import statements
+
+        self._listening = statements.listening(self.sent.append)
+        self._listening.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._listening.__exit__(*exc)
+
+    @property
+    def work(self) -> list[str]:
+        """The statements that read or write, without transaction control."""
+        return [sql for sql in self.sent if sql.split(None, 1)[0].upper() not in self.CONTROL]
+
+    def count(self, word: str) -> int:
+        """How often a transaction was begun, committed or rolled back (``BEGIN`` …)."""
+        return sum(1 for sql in self.sent if sql.split(None, 1)[0].upper() == word)

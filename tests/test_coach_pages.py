@@ -13,7 +13,7 @@ from service.check import reconcile
 from service.db import run_in_transaction
 from service.models import Enrolment, Redemption, Scheme, Voucher
 from tests.coach_helpers import csrf, form_key, make_staff, post_form, sign_in
-from tests.helpers import make_provider, make_scheme, make_voucher, reload
+from tests.helpers import Statements, make_provider, make_scheme, make_voucher, reload
 
 
 async def _setup(rt, **scheme_overrides):  # type: ignore[no-untyped-def]
@@ -350,3 +350,54 @@ async def test_every_mistake_in_the_redemption_form_at_once_with_a_summary_at_th
     assert summary < html.index("<h1>")  # at the top, before the voucher
     assert "<title>Fout:" in html
     assert (await reload(rt, Voucher, voucher.id)).balance_cents == voucher.balance_cents
+
+
+async def test_scan_page_is_one_read_as_the_api_scan(client, rt) -> None:
+    """The page behind the QR code reads its whole context in the API scan's one statement, in no
+    transaction; besides it only the session check reads. The API scan is that one statement."""
+    scheme, voucher, code, provider, email = await _setup(rt)
+    await sign_in(client, email)
+    key = form_key((await client.get(f"/v/{code}")).text)
+    form = {"amount": "100", "category": "coaching", "session_date": "", "reference": "R-1", "idempotency_key": key}
+    done = (await post_form(client, f"/v/{code}", form, follow_redirects=False)).headers["location"]
+    for path in (f"/v/{code}", done):
+        with Statements() as seen:
+            r = await client.get(path)
+        assert r.status_code == 200 and "Bakkerij Zon" in r.text
+        assert len(seen.work) <= 2, seen.sent  # the scan, and the session's check of the account
+        scans = [sql for sql in seen.work if "voucher v ON v.code_hash" in sql]
+        assert len(scans) == 1, seen.sent
+        assert seen.count("BEGIN") <= 1, seen.sent  # only the session check's, if it takes one
+    assert "Vastgelegd" in r.text and "100,00" in r.text  # what was just recorded
+
+    _p, token = await make_provider(rt, scheme, name="Tweede Coach")
+    headers = {"Authorization": f"Bearer {token}"}
+    assert (await client.get(f"/api/v1/vouchers/{code}", headers=headers)).status_code == 200
+    with Statements() as seen:
+        r = await client.get(f"/api/v1/vouchers/{code}", headers=headers)  # the token is remembered
+    assert r.status_code == 200 and r.json()["balance_cents"] == 135000 - 10000
+    assert len(seen.sent) == 1, seen.sent
+
+
+async def test_page_redemption_is_the_api_write_with_its_key_stored_in_it(client, rt) -> None:
+    """The form's redemption is the API's one read and one write (one statement on PostgreSQL, one
+    short transaction on SQLite), the key's answer stored in that write: besides the key's claim,
+    at most the session check, the read and the write."""
+    scheme, voucher, code, provider, email = await _setup(rt)
+    await sign_in(client, email)
+    key = form_key((await client.get(f"/v/{code}")).text)
+    form = {"amount": "100", "category": "coaching", "session_date": "", "reference": "R-1", "idempotency_key": key}
+    with Statements() as seen:
+        r = await post_form(client, f"/v/{code}", form, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    claim = [sql for sql in seen.work if ("idempotency_record" in sql or "SAVEPOINT" in sql)
+             and "INSERT INTO redemption" not in sql]
+    writes = [sql for sql in seen.work if "INSERT INTO redemption" in sql]
+    assert len(writes) == 1, seen.sent
+    if not rt.settings.is_sqlite:
+        # The session check, the read, the write.
+        assert len(seen.work) - len(claim) <= 3, "\n".join(s[:80] for s in seen.sent)
+    # A reload of the POST gets the stored answer: the same redirect, no second debit.
+    again = await post_form(client, f"/v/{code}", form, follow_redirects=False)
+    assert again.headers["location"] == r.headers["location"]
+    assert (await reload(rt, Voucher, voucher.id)).balance_cents == 135000 - 10000

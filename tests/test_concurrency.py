@@ -105,7 +105,7 @@ async def test_no_redemption_commits_after_the_scheme_closes(rt, server) -> None
     """Redemptions do not lock the scheme's row: closing marks every enrolment, and a redemption
     that read the scheme as open while the close was under way waits for the enrolment's row and
     is then refused. Both ways in: the driver path and (with an Idempotency-Key) the session path."""
-    from service.admin.interventions import close_scheme
+    from service.interventions import close_scheme
     from service.db import transaction
 
     scheme = await make_scheme(rt)

@@ -121,7 +121,7 @@ def test_whole_journey_in_a_browser(backend: str, settings: Settings, live_serve
 
 
 async def _revoked_voucher(settings: Settings) -> None:
-    from service.admin import interventions
+    from service import interventions
     from tests.helpers import make_voucher
 
     rt = Runtime.create(settings)

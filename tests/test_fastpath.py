@@ -146,13 +146,12 @@ async def test_a_connection_cut_off_is_replaced(connections, pg_database: str) -
 
 
 @pytest.mark.parametrize("backend", ["postgres"])
-async def test_scans_arriving_together_are_read_in_one_statement(rt, monkeypatch) -> None:
+async def test_scans_arriving_together_are_read_in_one_statement(rt) -> None:
     """Scans that arrive while another is being read go to PostgreSQL as one statement; each
     gets its own answer: its voucher, none for an unknown code, and its own client's limit."""
     from service import groups, ratelimit, vouchers
     from service.codes import format_code
     from service.errors import NotFound, TooManyAttempts
-    from service.fastpath import FastPath
     from tests.helpers import make_scheme, make_voucher
 
     scheme = await make_scheme(rt)
@@ -166,20 +165,14 @@ async def test_scans_arriving_together_are_read_in_one_statement(rt, monkeypatch
                                           window_seconds=rt.settings.failed_lookup_window_seconds)
 
     release, alone, together = asyncio.Event(), [], []
-    scan, scans = FastPath._scan, FastPath._scans
 
-    async def held_first(self, one):
-        alone.append(one)
+    async def held_first(_key, size: int) -> None:
+        if size > 1:
+            together.append(size)
+            return
+        alone.append(size)
         if len(alone) == 1:
             await release.wait()
-        return await scan(self, one)
-
-    async def counted(self, many):
-        together.append(len(many))
-        return await scans(self, many)
-
-    monkeypatch.setattr(FastPath, "_scan", held_first)
-    monkeypatch.setattr(FastPath, "_scans", counted)
 
     async def until(condition) -> None:
         for _ in range(500):
@@ -189,12 +182,13 @@ async def test_scans_arriving_together_are_read_in_one_statement(rt, monkeypatch
         raise AssertionError("the scans did not queue")
 
     asks = [(code1, "a"), (code2, "b"), (unknown, "c"), (code1, "blocked"), (format_code(code2).lower(), "d")]
-    tasks = [asyncio.create_task(vouchers.scan(rt, asks[0][0], attempts_key="lookup:a"))]
-    await until(lambda: len(alone) == 1)
-    tasks += [asyncio.create_task(vouchers.scan(rt, code, attempts_key=f"lookup:{key}")) for code, key in asks[1:]]
-    await until(lambda: sum(len(g.queued) for g in groups._GROUPS.values()) == len(asks) - 1)
-    release.set()
-    answers = await asyncio.gather(*tasks, return_exceptions=True)
+    with groups.watching(held_first):
+        tasks = [asyncio.create_task(vouchers.scan(rt, asks[0][0], attempts_key="lookup:a"))]
+        await until(lambda: len(alone) == 1)
+        tasks += [asyncio.create_task(vouchers.scan(rt, code, attempts_key=f"lookup:{key}")) for code, key in asks[1:]]
+        await until(lambda: groups.queued() == len(asks) - 1)
+        release.set()
+        answers = await asyncio.gather(*tasks, return_exceptions=True)
     assert (len(alone), together) == (1, [4])
     assert [a.voucher_id for a in (answers[0], answers[1], answers[4])] == [first.id, second.id, second.id]
     assert isinstance(answers[2], NotFound) and isinstance(answers[3], TooManyAttempts), answers

@@ -134,3 +134,35 @@ async def test_a_takeover_while_the_first_request_commits_gets_409_then_the_firs
     answer = await idempotency.claim(rt.sessionmaker, scope=scope, key="race", fingerprint=fingerprint)
     assert answer == idempotency.StoredAnswer(201, b'{"first": true}')
     assert await redemptions(rt, world["voucher"].id) == 1
+
+
+async def test_a_form_redemption_whose_claim_was_taken_over_is_undone(rt) -> None:
+    """The coach's form stores its key's answer in the redemption's own write: when a retry has
+    taken the claim over (and answered) meanwhile, the write is undone as a whole, on both
+    databases, and nothing is paid twice."""
+    from service import fastwrite
+    from service.check import reconcile
+
+    scheme = await make_scheme(rt)
+    voucher, code = await make_voucher(rt, scheme)
+    provider, _ = await make_provider(rt, scheme)
+    claimed = await idempotency.claim(rt.sessionmaker, scope="test", key="form:1", fingerprint=b"x" * 32)
+    async with rt.sessionmaker() as session, session.begin():  # another request answered it
+        await idempotency.complete(session, claimed, status_code=201, body=b"{}")
+    answer = vouchers.Answer(claimed, 201, lambda redemption_id: b'{"redemption_id": %d}' % redemption_id)
+    with pytest.raises(idempotency.ClaimLost):
+        await fastwrite.redeem(rt, code, attempts_key="lookup:test", provider_id=provider.id, category="coaching",
+                               invoice_cents=10000, reference="F-1", session_date=None, recorded_by="test",
+                               answer=answer)
+    async with rt.sessionmaker() as session:
+        assert list(await session.scalars(select(Redemption))) == []
+        assert (await session.get_one(Voucher, voucher.id)).balance_cents == scheme.value_cents
+        assert await reconcile(session) == []
+    # With the claim still its own, the answer is stored with the redemption.
+    claimed = await idempotency.claim(rt.sessionmaker, scope="test", key="form:2", fingerprint=b"y" * 32)
+    redemption, _ = await fastwrite.redeem(
+        rt, code, attempts_key="lookup:test", provider_id=provider.id, category="coaching", invoice_cents=10000,
+        reference="F-2", session_date=None, recorded_by="test", answer=vouchers.Answer(
+            claimed, 201, lambda redemption_id: b'{"redemption_id": %d}' % redemption_id))
+    stored = await idempotency.claim(rt.sessionmaker, scope="test", key="form:2", fingerprint=b"y" * 32)
+    assert stored == idempotency.StoredAnswer(201, b'{"redemption_id": %d}' % redemption.id)

@@ -30,7 +30,7 @@ async def test_redeemed_figure_and_closing_survive_migration_0007_both_ways(data
     from alembic import command
     from sqlalchemy import text
 
-    from service.admin.interventions import close_scheme
+    from service.interventions import close_scheme
     from service.db import run_in_transaction
     from service.migrate import alembic_config
     from service.runtime import Runtime

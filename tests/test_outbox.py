@@ -141,3 +141,31 @@ async def test_mail_with_accents_and_euro_signs_reads_back_exactly(rt: Runtime, 
     [received] = smtp_server.to("zoe@example.org")
     received = email.message_from_bytes(received.as_bytes(), policy=email.policy.default)
     assert received["Subject"] == subject and received.get_content().rstrip("\n") == body.rstrip("\n")
+
+
+async def test_a_sender_stopped_mid_batch_leaves_the_rest_to_the_next_at_once(rt: Runtime, smtp_server,
+                                                                               monkeypatch) -> None:
+    """Stopped after two of five messages (a clean stop cancels the round): the two are marked as
+    sent, and the next sender sends the other three now, without waiting for a lease."""
+    scheme = await make_scheme(rt)
+    for n in range(5):
+        await make_voucher(rt, scheme, email=f"stop{n}@example.org")
+    deliver = outbox._MailServer.deliver
+    delivered = 0
+
+    async def stopped_after_two(self, message, mime):  # type: ignore[no-untyped-def]
+        nonlocal delivered
+        if delivered == 2:
+            raise asyncio.CancelledError
+        delivered += 1
+        await deliver(self, message, mime)
+
+    monkeypatch.setattr(outbox._MailServer, "deliver", stopped_after_two)
+    try:
+        await outbox.send_due(rt)
+    except asyncio.CancelledError:
+        pass
+    monkeypatch.setattr(outbox._MailServer, "deliver", deliver)
+    assert len(smtp_server.messages) == 2
+    assert await outbox.send_due(rt) == 3
+    assert sorted(m["To"] for m in smtp_server.messages) == sorted(f"stop{n}@example.org" for n in range(5))

@@ -9,7 +9,7 @@ import msgspec
 from sqlalchemy import select
 
 from service import audit, privacy, schemes, vouchers
-from service.admin import reports
+from service import reports
 from service.check import reconcile
 from service.db import run_in_transaction
 from service.models import Application, Scheme, Voucher, utcnow

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import update
 
 from service import vouchers
-from service.admin import interventions
+from service import interventions
 from service.db import run_in_transaction
 from service.models import Voucher, utcnow
 from tests.entrepreneur_journey import sign_in_as

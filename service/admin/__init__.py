@@ -1,9 +1,10 @@
 """The municipality's side: staff screens under ``/beheer`` (dashboard, work queues,
 interventions, audit log, council reports, data-subject export).
 
-Domain code lives beside the pages but without web imports: ``interventions.py`` (decisions and
-interventions), ``reports.py`` (figures), ``charts.py`` (SVG); plus ``service.audit``,
-``service.privacy`` and ``service.municipality`` (staff accounts)."""
+The pages call the domain: ``service.interventions`` (decisions and interventions, and their
+previews), ``service.refusals`` (the checks an action and its preview share), ``service.reports``
+(figures), ``service.audit``, ``service.privacy`` and ``service.municipality`` (staff accounts).
+``charts.py`` draws the SVG charts."""
 
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 (``interventions``, ``reports``, ``service.audit``, ``service.privacy``), with strict bodies and
 the answers as msgspec structs. Domain refusals become problem details in ``service.problems``.
 
-``service.api`` registers these controllers and this module needs its ``run_idempotent``; it is
-imported where it is used, so that either module can be imported first without a cycle.
+``service.api`` registers these controllers; both run their writes through
+``service.api_idempotent``.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from .. import applications, audit, history, privacy, schemes, spreadsheet, vali
 from ..apidoc import (TEXT, TOKEN, TOKEN_PROBLEMS, WRITE_PROBLEMS, ApiController, IdempotentOperation, RowId, Slug, answer,
                       problems)
 from ..auth import requires
+from ..api_idempotent import run_idempotent
 from ..db import run_in_transaction
 from ..errors import N_, InvalidInput, NotFound
 from ..models import Application, Enrolment, Provider, Scheme, Voucher
 from ..runtime import Runtime
 from ..web import NO_STORE
-from . import interventions, reports
+from .. import interventions, reports
 from .web import report_csv_response
 
 __all__ = ("AdminOperationsController",)
@@ -176,9 +177,6 @@ class DataSubjectExport(msgspec.Struct, frozen=True, kw_only=True):
 async def _idempotent(request: Request[Any, Any, Any], rt: Runtime,
                       work: Callable[[AsyncSession], Awaitable[msgspec.Struct]], *,
                       body_type: type[msgspec.Struct]) -> Response[bytes]:
-    # Imported here: service.api imports this module (see the module's docstring).
-    from ..api import run_idempotent
-
     return await run_idempotent(request, rt, work, status_code=200, body_type=body_type)
 
 

@@ -23,13 +23,15 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import audit, i18n, privacy, schemes
+from .. import vouchers as vouchers_domain
 from ..auth import requires
 from ..db import run_in_transaction
 from ..errors import N_, DomainError, InvalidInput, NotFound
 from ..models import Application, Enrolment, Provider, Redemption, Scheme, Voucher
 from ..models_admin import FlagReview
 from ..runtime import Runtime
-from . import interventions, reports, roles
+from .. import interventions, reports
+from . import roles
 from .charts import bar_chart
 from .web import NO_STORE, errors_of, page, report_csv_response, status, to_login, who
 
@@ -584,8 +586,6 @@ async def _find(session: AsyncSession, query: str) -> list[Any]:
 async def _voucher_page(request: Request[Any, Any, Any], rt: Runtime, voucher_id: int, *, done: str | None = None,
                         failed: int | None = None, errors: dict[str, str] | None = None,
                         values: dict[str, str] | None = None, status_code: int = 200) -> Template:
-    from .. import vouchers as vouchers_domain
-
     async with rt.sessionmaker() as session:
         voucher = await session.get(Voucher, voucher_id)
         if voucher is None:

@@ -18,7 +18,8 @@ from ..errors import DomainError
 from .. import web
 from ..problems import status_of
 from ..qr import render_svg
-from . import reports, roles
+from .. import reports
+from . import roles
 from ..web import NO_STORE, client_ip
 
 __all__ = ("NO_STORE", "AuditContextMiddleware", "client_ip", "errors_of", "page", "qr_data_uri", "report_csv_response",

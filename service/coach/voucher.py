@@ -15,16 +15,16 @@ from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotAuthorizedException
 from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect, Template
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import idempotency, signin, vouchers
+from .. import fastwrite, idempotency, signin, vouchers
 from ..api import failed_lookups_counted, find_voucher_limited
 from ..auth import requires
 from ..codes import format_code, normalise_code
 from ..db import run_in_transaction
 from ..errors import N_, Conflict, DomainError, InvalidInput, NotFound
-from ..models import Application, Enrolment, Provider, Redemption, Scheme, Voucher, utcnow
+from ..models import Provider, Redemption, utcnow
 from ..runtime import Runtime
 from .common import CATEGORY_LABELS, NO_STORE, errors_of, page, parse_euros, principal, status, to_login
 
@@ -54,22 +54,20 @@ def _new_key() -> str:
     return secrets.token_urlsafe(18)
 
 
-async def _voucher_context(session: AsyncSession, voucher: Voucher, provider_id: int) -> dict[str, Any]:
+def _voucher_context(found: vouchers.ScannedVoucher) -> dict[str, Any]:
     """What the coach sees: validity, money, expiry, the company. No contact details."""
-    scheme = await session.get_one(Scheme, voucher.scheme_id)
-    application = await session.get_one(Application, voucher.application_id)
-    enrolment = await session.scalar(
-        select(Enrolment).where(Enrolment.scheme_id == scheme.id, Enrolment.provider_id == provider_id))
-    effective = vouchers.effective_status(voucher)
-    if scheme.closed_at is not None:
+    effective = vouchers.effective_status(found)
+    if found.scheme_closed:
         effective = "scheme_closed"
-    elif effective == "active" and voucher.balance_cents == 0:
+    elif effective == "active" and found.balance_cents == 0:
         effective = "used_up"
-    allowed = [c for c in scheme.categories if enrolment is not None and c in enrolment.categories]
+    approved = found.enrolment_status == "approved"
+    allowed = [c for c in found.categories if c in found.enrolment_categories]
     return {
-        "voucher": voucher, "state": effective, "valid": effective == "active", "scheme": scheme,
-        "company_name": application.company_name, "approved": enrolment is not None and enrolment.status == "approved",
-        "allowed": allowed, "categories": CATEGORY_LABELS, "own_percent": scheme.own_contribution_percent,
+        "voucher": found, "state": effective, "valid": effective == "active",
+        "scheme": {"name": found.scheme_name, "name_en": found.scheme_name_en},
+        "company_name": found.company_name, "approved": approved, "allowed": allowed, "categories": CATEGORY_LABELS,
+        "own_percent": found.own_contribution_percent, "done": found.delivered,
     }
 
 
@@ -126,14 +124,10 @@ async def _coach_view(rt: Runtime, who: Any, code: str, *, done: int | None = No
     context: dict[str, Any] = {"code": code, "values": values or {"session_date": dt.date.today().isoformat()},
                                "errors": errors or {}, "key": _new_key()}
     try:
-        async with failed_lookups_counted(rt, who.actor), rt.sessionmaker() as session:
-            voucher = await find_voucher_limited(rt, session, code, who.actor)
-            context.update(await _voucher_context(session, voucher, who.provider_id))
-            if done is not None:
-                redemption = await session.get(Redemption, done)
-                if redemption is not None and redemption.provider_id == who.provider_id \
-                        and redemption.voucher_id == voucher.id:
-                    context["done"] = redemption
+        # The whole page in one read, the API's scan (``vouchers.scan``), without a session.
+        async with failed_lookups_counted(rt, who.actor):
+            context.update(_voucher_context(await vouchers.scan(
+                rt, code, attempts_key=f"lookup:{who.actor}", provider_id=who.provider_id, delivered=done)))
     except DomainError as exc:
         return page("coach/voucher.html", status=status(exc), code=code, lookup_error=errors_of(exc),
                     values={"code": code}, errors={}, key="", who=who)
@@ -185,21 +179,17 @@ class CoachVoucherPages(Controller):
             redemption_id = msgspec.json.decode(claimed.body)["redemption_id"]
             return Redirect(f"/v/{code}?done={redemption_id}", status_code=303, headers=NO_STORE)
 
-        async def work(session: AsyncSession) -> int:
-            voucher = await find_voucher_limited(rt, session, code, who.actor)
-            provider = await session.get_one(Provider, who.provider_id)
-            redemption = await vouchers.redeem(
-                session, rt, voucher, provider_id=provider.id, provider_name=provider.name,
-                category=fields["category"], invoice_cents=fields["amount_cents"], reference=fields["reference"],
-                session_date=dt.date.fromisoformat(fields["session_date"]) if fields["session_date"] else None,
-                recorded_by=who.actor)
-            await idempotency.complete(session, claimed, status_code=201,
-                                       body=msgspec.json.encode({"redemption_id": redemption.id}))
-            return redemption.id
-
+        # One read and one write, the API's (``fastwrite.redeem``); the key's answer is stored in
+        # that write, so a stored answer always means the redemption happened.
+        answer = vouchers.Answer(claimed, 201, lambda redemption_id: msgspec.json.encode(
+            {"redemption_id": redemption_id}))
         try:
             async with failed_lookups_counted(rt, who.actor):
-                redemption_id = await run_in_transaction(rt.sessionmaker, work)
+                redemption, _balance = await fastwrite.redeem(
+                    rt, code, attempts_key=f"lookup:{who.actor}", provider_id=who.provider_id,
+                    category=fields["category"], invoice_cents=fields["amount_cents"], reference=fields["reference"],
+                    session_date=dt.date.fromisoformat(fields["session_date"]) if fields["session_date"] else None,
+                    recorded_by=who.actor, answer=answer)
         except DomainError as exc:
             # Nothing was recorded: forget the key, the form is shown again with a fresh one.
             await idempotency.release(rt.sessionmaker, claimed)
@@ -207,6 +197,7 @@ class CoachVoucherPages(Controller):
         except BaseException:
             await idempotency.release(rt.sessionmaker, claimed)
             raise
+        redemption_id = redemption.id
         return Redirect(f"/v/{code}?done={redemption_id}", status_code=303, headers=NO_STORE)
 
 

@@ -37,6 +37,7 @@ from ..problems import login_failure_status, request_id_of
 from ..runtime import Runtime
 from ..settings import Settings
 from ..web import NO_STORE, cleared_cookie, read_signed_cookie, signed_cookie
+from .common import entrepreneur_page
 
 __all__ = ("CALLBACK", "ROUTES", "VIA", "forget_proof", "proof_in")
 
@@ -83,8 +84,6 @@ def failed_page(request: Request[Any, Any, Any], failure: oidc.LoginFailed, *, a
     """What the person reads when signing in did not work, and one log line for the operator."""
     request_id = request_id_of(request.scope)
     oidc.log_refusal("eherkenning_refused", failure, request_id)
-    from .pages import entrepreneur_page
-
     return entrepreneur_page("eherkenning_failed", status_code=login_failure_status(failure.reason), headers=NO_STORE,
                              reason=failure.reason, again=again, level=level, have=have, reference=request_id)
 
@@ -193,8 +192,6 @@ async def _open_voucher(request: Request[Any, Any, Any], rt: Runtime, proof: app
                         again: str) -> Response[Any]:
     """Sign in to the firm's voucher: whoever acts for the firm sees it, the applicant or a colleague.
     A firm with vouchers of more than one scheme chooses which to open."""
-    from .pages import entrepreneur_page
-
     rows = await _firm_vouchers(rt, proof.kvk_number)
     required = _required(rt.settings, rows)
     if not level_at_least(proof.level, required):

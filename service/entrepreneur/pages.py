@@ -27,23 +27,19 @@ from .. import (applications, history, i18n, links, oidc, outbox, qr, ratelimit,
 from ..auth import Principal, end_session, requires, start_session
 from ..codes import format_code
 from ..db import run_in_transaction
-from ..errors import N_, REJECTION_REASONS, Conflict, NotFound, TooManyAttempts
+from ..errors import N_, Conflict, NotFound, TooManyAttempts
 from ..levels import level_at_least
 from ..models import Application, Enrolment, Hold, Provider, Scheme, Voucher, utcnow
 from ..runtime import Runtime
 from ..vouchers import effective_status
 from ..web import NO_STORE, client_ip
 from . import eherkenning
+from .common import entrepreneur_page
 
 __all__ = ("ROUTES", "entrepreneur_page", "signed_in_voucher", "validate_application", "voucher_view")
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 
-CATEGORY_LABELS = {
-    "coaching": N_("Coaching"),
-    "retraining": N_("Retraining or further training"),
-    "financial_advice": N_("Financial advice"),
-}
 FIELDS = ("kvk_number", "company_name", "employees", "postcode", "contact_name", "email", "purpose")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 
@@ -107,13 +103,6 @@ async def _limit(rt: Runtime, *checks: tuple[str, int]) -> None:
         raise TooManyAttempts(minutes=max(1, window // 60))
 
 
-def entrepreneur_page(name: str, status_code: int = 200, headers: dict[str, str] | None = None, **context: Any) -> Template:
-    context.setdefault("locale", i18n.current_locale())
-    context.setdefault("category_labels", CATEGORY_LABELS)
-    context.setdefault("reason_texts", REJECTION_REASONS)
-    return Template(f"entrepreneur/{name}.html", context=context, status_code=status_code, headers=headers or {})
-
-
 def _principal(request: Request[Any, Any, Any]) -> Principal | None:
     principal = request.scope.get("user")
     return principal if principal is not None and principal.role == "entrepreneur" else None
@@ -165,18 +154,20 @@ async def apply_form(request: Request[Any, Any, Any], slug: FromPath[str], rt: N
 async def apply_submit(request: Request[Any, Any, Any], slug: FromPath[str], data: Form,
                        rt: NamedDependency[Runtime]) -> Response[Any]:
     locale = i18n.current_locale()
-    await _limit(rt, (f"apply:ip:{client_ip(request)}", rt.settings.limit_per_ip))
-    async with rt.sessionmaker() as session:
+    async with rt.reader() as session:
         scheme = await schemes.get_scheme(session, slug)
     proof = _proof_for(request, rt, scheme)
-    if scheme.proof == "eherkenning":
-        if proof is None:  # the login has lapsed (or never was): sign in first, then the form
-            return _apply_page(request, rt, scheme, status_code=403)
-        # The KvK number is the one the login proved, whatever the form sent.
+    if proof is not None:  # the KvK number is the one the login proved, whatever the form sent
         data = {**data, "kvk_number": proof.kvk_number}
     values, errors, details = validate_application(data, locale=locale)
+    # The address and the e-mail address counted in one short transaction, the scheme read without one.
+    await _limit(rt, (f"apply:ip:{client_ip(request)}", rt.settings.limit_per_ip), *(
+        [(ratelimit.personal_key(rt, "apply:email", details.email), rt.settings.limit_per_address)]
+        if details is not None else []))
+    if scheme.proof == "eherkenning" and proof is None:
+        # The login has lapsed (or never was): sign in first, then the form.
+        return _apply_page(request, rt, scheme, status_code=403)
     if details is not None:
-        await _limit(rt, (ratelimit.personal_key(rt, "apply:email", details.email), rt.settings.limit_per_address))
 
         async def work(session: AsyncSession) -> tuple[int, str]:
             fresh = await session.get_one(Scheme, scheme.id)
@@ -222,7 +213,7 @@ async def _after_deciding(request: Request[Any, Any, Any], rt: Runtime, applicat
     register; with a voucher, the applicant is signed in to it."""
     status = await registry.check_application(rt, application_id)
     if status == "granted":
-        async with rt.sessionmaker() as session:
+        async with rt.reader() as session:
             row = (await session.execute(
                 select(Voucher.id, Application.contact_name).join(Application, Application.id == Voucher.application_id)
                 .where(Voucher.application_id == application_id))).first()

@@ -1,4 +1,6 @@
-"""The municipality's decisions and interventions, as plain domain functions (no web imports).
+"""The municipality's decisions and interventions, as plain domain functions (no web imports),
+and their previews: what an action will do, told before it is done. An action and its preview
+refuse through the same check of ``service.refusals``.
 
 Each goes through the same domain functions as everything else (``vouchers.end_voucher``,
 ``vouchers.reverse_redemption``, ``schemes.move_to_reserve``, ``applications.decide``,
@@ -15,11 +17,21 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import applications, ledger, outbox, providers, schemes, staff, validity, vouchers
-from ..errors import N_, InvalidInput, NotFound, Refused
-from ..models import Application, Enrolment, Provider, ProviderUser, Redemption, Scheme, Voucher, utcnow
-from ..models_admin import FlagReview
-from ..runtime import Runtime
+from . import applications, ledger, outbox, providers, schemes, staff, validity, vouchers
+from .refusals import (
+    ENDABLE,
+    UNDECIDED,
+    check_closable,
+    check_endable,
+    check_pending,
+    check_reversible,
+    check_undecided,
+    movable,
+)
+from .errors import N_, InvalidInput, NotFound, Refused
+from .models import Application, Enrolment, Provider, ProviderUser, Redemption, Scheme, Voucher, utcnow
+from .models_admin import FlagReview
+from .runtime import Runtime
 
 __all__ = (
     "UNDECIDED",
@@ -39,10 +51,6 @@ __all__ = (
     "reverse",
     "revoke",
 )
-
-#: Application statuses the trade register (or intake) left undecided: staff decide them.
-UNDECIDED = ("registry_pending", "received")
-
 
 @dataclass(frozen=True)
 class Fact:
@@ -101,14 +109,14 @@ async def extend_voucher(session: AsyncSession, voucher_id: int, *, until: dt.da
     old_expiry = voucher.expires_at
     result = await session.execute(
         update(Voucher)
-        .where(Voucher.id == voucher_id, Voucher.status.in_(("active", "used_up")), Voucher.expires_at > now,
+        .where(Voucher.id == voucher_id, Voucher.status.in_(ENDABLE), Voucher.expires_at > now,
                Voucher.expires_at < new_expiry)
         .values(expires_at=new_expiry)
         .returning(Voucher.id)
     )
     if result.first() is None:
         await session.refresh(voucher)
-        if voucher.status not in ("active", "used_up") or voucher.expires_at <= now:
+        if voucher.status not in ENDABLE or voucher.expires_at <= now:
             raise Refused("voucher-ended", N_("This voucher has already ended."))
         raise InvalidInput("date-not-later", N_("Choose a date after the current expiry date."), field="until")
     ledger.post(session, scheme_id=voucher.scheme_id, kind="extend", source=(ledger.VOUCHER, voucher.id),
@@ -142,9 +150,7 @@ async def close_scheme(session: AsyncSession, scheme_id: int, *, reason: str, no
         .returning(Scheme.id)
     )
     if result.first() is None:
-        if await session.get(Scheme, scheme_id) is None:
-            raise NotFound("scheme-not-found", N_("There is no scheme with this name."))
-        raise Refused("scheme-already-closed", N_("This scheme has already been closed."))
+        check_closable(await session.get(Scheme, scheme_id, populate_existing=True))
     ledger.post(session, scheme_id=scheme_id, kind="close", source=(ledger.BUDGET, scheme_id),
                 target=(ledger.BUDGET, scheme_id), amount_cents=0, memo=f"closed early: {reason}")
     scheme = await session.get_one(Scheme, scheme_id)
@@ -177,11 +183,7 @@ async def decide_application(session: AsyncSession, rt: Runtime, application_id:
     query = select(Application).where(Application.id == application_id).execution_options(populate_existing=True)
     if not rt.settings.is_sqlite:
         query = query.with_for_update()
-    application = await session.scalar(query)
-    if application is None:
-        raise NotFound("application-not-found", N_("There is no application with this number."))
-    if application.status not in UNDECIDED:
-        raise Refused("application-decided", N_("This application has already been decided."))
+    application = check_undecided(await session.scalar(query))
     scheme = await session.get_one(Scheme, application.scheme_id)
     if approve:
         await applications.decide(
@@ -200,11 +202,7 @@ async def decide_provider(session: AsyncSession, rt: Runtime, enrolment_id: int,
     """Approve or refuse a provider's request to take part, and mail the provider the decision
     (the pages, the admin API and the CLI all decide here). An approved provider's contact who
     has no password yet gets a one-time link to choose one in the same mail."""
-    enrolment = await session.get(Enrolment, enrolment_id)
-    if enrolment is None:
-        raise NotFound("enrolment-not-found", N_("There is no such provider application."))
-    if enrolment.status != "pending":
-        raise Refused("enrolment-decided", N_("This provider application has already been decided."))
+    enrolment = check_pending(await session.get(Enrolment, enrolment_id))
     provider = await session.get_one(Provider, enrolment.provider_id)
     if provider.email_confirmed_at is None:
         raise Refused("provider-unconfirmed", N_("The provider has not yet confirmed its e-mail address."))
@@ -260,14 +258,10 @@ async def _waiting(session: AsyncSession, scheme_id: int) -> int:
 async def preview_close(session: AsyncSession, scheme_id: int, *, reason: str) -> list[Fact]:
     """What closing a scheme does to the vouchers, providers and waiting list it has now."""
     _reason(reason)
-    scheme = await session.get(Scheme, scheme_id)
-    if scheme is None:
-        raise NotFound("scheme-not-found", N_("There is no scheme with this name."))
-    if scheme.closed_at is not None:
-        raise Refused("scheme-already-closed", N_("This scheme has already been closed."))
+    scheme = check_closable(await session.get(Scheme, scheme_id))
     count, unspent = (await session.execute(
         select(func.count(), func.coalesce(func.sum(Voucher.balance_cents + Voucher.held_cents), 0))
-        .where(Voucher.scheme_id == scheme_id, Voucher.status.in_(("active", "used_up"))))).one()
+        .where(Voucher.scheme_id == scheme_id, Voucher.status.in_(ENDABLE)))).one()
     enrolled = await session.scalar(select(func.count()).select_from(Enrolment).where(
         Enrolment.scheme_id == scheme_id, Enrolment.status == "approved")) or 0
     return [
@@ -288,8 +282,7 @@ async def preview_revoke(session: AsyncSession, voucher_id: int, *, reason: str)
     voucher = await session.get(Voucher, voucher_id)
     if voucher is None:
         raise NotFound("voucher-not-found", N_("There is no voucher with this code."))
-    if voucher.status not in ("active", "used_up"):
-        raise Refused("voucher-ended", N_("This voucher has already ended."))
+    check_endable(voucher, status="revoked", now=utcnow())
     application = await session.get_one(Application, voucher.application_id)
     facts = [
         Fact(N_("Voucher %(id)s of %(company)s (KvK %(kvk)s) ends now and can no longer be used."),
@@ -309,11 +302,7 @@ async def preview_revoke(session: AsyncSession, voucher_id: int, *, reason: str)
 async def preview_reverse(session: AsyncSession, redemption_id: int, *, reason: str) -> list[Fact]:
     """Where the money of a reversed redemption goes, as ``vouchers.reverse_redemption`` decides."""
     _reason(reason)
-    redemption = await session.get(Redemption, redemption_id)
-    if redemption is None:
-        raise NotFound("redemption-not-found", N_("There is no such redemption."))
-    if redemption.reversed_at is not None:
-        raise Refused("already-reversed", N_("This redemption has already been reversed."))
+    redemption = check_reversible(await session.get(Redemption, redemption_id), provider_id=None, now=utcnow())
     voucher = await session.get_one(Voucher, redemption.voucher_id)
     provider = await session.get_one(Provider, redemption.provider_id)
     application = await session.get_one(Application, voucher.application_id)
@@ -343,7 +332,7 @@ async def preview_move(session: AsyncSession, scheme_id: int, amount_cents: int,
         raise NotFound("scheme-not-found", N_("There is no scheme with this name."))
     delta = amount_cents if to_reserve else -amount_cents
     budget, reserve = scheme.budget_cents - delta, scheme.reserve_cents + delta
-    if budget < scheme.committed_cents or reserve < 0:
+    if not movable(scheme.budget_cents, scheme.reserve_cents, scheme.committed_cents, delta):
         raise Refused("not-enough-money", N_("There is not enough uncommitted money for this move."))
     return [
         Fact(N_("%(amount_cents)s moves from the budget to the reserve.") if to_reserve
@@ -358,11 +347,7 @@ async def preview_move(session: AsyncSession, scheme_id: int, amount_cents: int,
 async def preview_decision(session: AsyncSession, application_id: int, *, approve: bool,
                            reason: str = "") -> list[Fact]:
     """What deciding an undecided application leads to for the applicant."""
-    application = await session.get(Application, application_id)
-    if application is None:
-        raise NotFound("application-not-found", N_("There is no application with this number."))
-    if application.status not in UNDECIDED:
-        raise Refused("application-decided", N_("This application has already been decided."))
+    application = check_undecided(await session.get(Application, application_id))
     who = {"number": application.public_id, "company": application.company_name}
     if not approve:
         return [Fact(N_("Application %(number)s of %(company)s is refused."), who),
@@ -388,11 +373,7 @@ async def preview_decision(session: AsyncSession, application_id: int, *, approv
 async def preview_provider_decision(session: AsyncSession, enrolment_id: int, *, approve: bool,
                                     reason: str = "") -> list[Fact]:
     """What deciding a provider's request to take part means for the provider."""
-    enrolment = await session.get(Enrolment, enrolment_id)
-    if enrolment is None:
-        raise NotFound("enrolment-not-found", N_("There is no such provider application."))
-    if enrolment.status != "pending":
-        raise Refused("enrolment-decided", N_("This provider application has already been decided."))
+    enrolment = check_pending(await session.get(Enrolment, enrolment_id))
     provider = await session.get_one(Provider, enrolment.provider_id)
     scheme = await session.get_one(Scheme, enrolment.scheme_id)
     who = {"provider": provider.name, "kvk": provider.kvk_number, "scheme": scheme.name}

@@ -11,11 +11,11 @@ import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import schemes, spreadsheet
-from ..models import Application, Enrolment, Provider, Redemption, Scheme, Voucher
-from ..models_admin import FlagReview
-from ..errors import REJECTION_REASONS
-from .interventions import UNDECIDED
+from . import schemes, spreadsheet
+from .models import Application, Enrolment, Provider, Redemption, Scheme, Voucher
+from .errors import REJECTION_REASONS
+from .models_admin import FlagReview
+from .refusals import UNDECIDED
 
 __all__ = ("CouncilReport", "Dashboard", "QueueCounts", "council_report", "dashboard", "queue_counts", "report_csv")
 
