@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from litestar import Litestar, Request, get
@@ -57,6 +58,23 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), geolocation=(), microphone=()"),
 ]
+
+
+def security_headers(settings: Settings) -> list[tuple[bytes, bytes]]:
+    """``SECURITY_HEADERS``, with the OpenID Connect providers' addresses allowed as form targets:
+    a sign-in (or sign-out) button's answer sends the browser on to the provider, and browsers
+    hold such a redirect to the page's ``form-action``."""
+    origins = sorted({_origin(url) for url in (settings.eherkenning_issuer, settings.staff_oidc_issuer) if url})
+    if not origins:
+        return SECURITY_HEADERS
+    extra = " ".join(origins).encode()
+    return [(name, value.replace(b"form-action 'self'", b"form-action 'self' " + extra))
+            if name == b"content-security-policy" else (name, value) for name, value in SECURITY_HEADERS]
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 class LanguageCookieMiddleware(ASGIMiddleware):
@@ -185,7 +203,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     _allow_every_method(app)
     app.asgi_handler = head_as_get(app.asgi_handler)
     # Around the router, so that it also answers for routes that do not exist (404, 405).
-    app.asgi_handler = EdgeMiddleware(app.asgi_handler, headers=SECURITY_HEADERS, https=settings.base_url.startswith(
+    app.asgi_handler = EdgeMiddleware(app.asgi_handler, headers=security_headers(settings), https=settings.base_url.startswith(
         "https://"), max_body_bytes=settings.max_request_body_bytes)
     # Outermost, so that its line has the request id, the route and the final status.
     app.asgi_handler = RequestLog(app.asgi_handler, observers=[metrics.observer(rt)])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from sqlalchemy import and_, bindparam, func, select, update
@@ -20,6 +20,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from . import audit, ledger, outbox, privacy, validity
 from .codes import new_public_id
+from .levels import level_at_least
 from .db import PSEUDONYM_KEY
 from .errors import N_, Conflict, InvalidInput, NotFound, Refused
 from .models import Application, Scheme, Voucher, utcnow
@@ -32,6 +33,7 @@ __all__ = (
     "TAKE_FOR_NEWCOMER",
     "ApplicantDetails",
     "ApplicationState",
+    "LoginProof",
     "DrawResult",
     "RegisterFacts",
     "application_state",
@@ -67,6 +69,32 @@ class ApplicantDetails(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     email: Email
     purpose: Annotated[str, msgspec.Meta(max_length=2000)] = ""
     locale: Annotated[str, msgspec.Meta(pattern=r"^(nl|en)$")] = "nl"
+
+
+class LoginProof(msgspec.Struct, frozen=True, kw_only=True):
+    """What an eHerkenning login proved: the firm, the level of assurance, the acting person's
+    pseudonym and the branch, if the authorisation named one. Only the sign-in pages make one."""
+
+    kvk_number: KvkNumber
+    level: Literal["EH1", "EH2", "EH2+", "EH3", "EH4"]
+    acting_person: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    branch_number: Annotated[str, msgspec.Meta(pattern=r"^\d{12}$")] | None = None
+
+
+def proof_refusal(scheme: Scheme, details: ApplicantDetails, proof: LoginProof | None) -> Refused | None:
+    """Why this application may not be taken for this scheme, as far as the proof goes; None
+    when it may. An ``eherkenning`` scheme takes only the KvK number a login proved, at its level."""
+    if scheme.proof != "eherkenning":
+        return None
+    if proof is None:
+        return Refused("eherkenning-required", N_("This scheme takes applications only after signing in with "
+                                                  "eHerkenning."))
+    if proof.kvk_number != details.kvk_number:
+        return Refused("kvk-not-proven", N_("The KvK number must be the one your eHerkenning login proved."))
+    if not level_at_least(proof.level, scheme.eherkenning_level or "EH2+"):
+        return Refused("level-too-low", N_("This scheme needs eHerkenning level %(level)s or higher."),
+                       level=scheme.eherkenning_level)
+    return None
 
 
 class ApplicationState(msgspec.Struct, frozen=True, kw_only=True):
@@ -143,11 +171,16 @@ _SUBMIT = {
 }
 
 
-def application_values(scheme: Scheme, details: ApplicantDetails, now: dt.datetime) -> dict[str, Any]:
+def application_values(scheme: Scheme, details: ApplicantDetails, now: dt.datetime,
+                       proof: LoginProof | None = None) -> dict[str, Any]:
     """Every column of a new application but its id, as received. Refuses when the scheme is not
-    taking applications."""
+    taking applications, or demands an eHerkenning login this application does not carry."""
     if scheme_status(scheme, now) != "open":
         raise Refused("scheme-not-open", N_("This scheme is not taking applications now."))
+    refusal = proof_refusal(scheme, details, proof)
+    if refusal is not None:
+        raise refusal
+    proven = proof if scheme.proof == "eherkenning" else None
     return {
         "public_id": new_public_id("A"), "scheme_id": scheme.id, "status": "received",
         "kvk_number": details.kvk_number, "company_name": details.company_name.strip(),
@@ -157,6 +190,9 @@ def application_values(scheme: Scheme, details: ApplicantDetails, now: dt.dateti
         "lottery_rank": None, "created_at": now, "decided_at": None, "email_confirmed_at": None,
         "registry_checked_at": None, "registry_employees": None, "registry_postcode": None, "registry_attempts": 0,
         "registry_active": None, "registry_extracted_on": None,
+        "assurance_level": proven.level if proven else None,
+        "acting_person": proven.acting_person if proven else None,
+        "branch_number": proven.branch_number if proven else None,
     }
 
 
@@ -173,10 +209,12 @@ async def applied_before_purge(session: AsyncSession, scheme_id: int, pseudonym:
     return await session.scalar(query) is not None
 
 
-async def submit(session: AsyncSession, scheme: Scheme, details: ApplicantDetails) -> Application:
+async def submit(session: AsyncSession, scheme: Scheme, details: ApplicantDetails,
+                 proof: LoginProof | None = None) -> Application:
     """Record an application. One live application per KvK number per scheme, also across a
-    privacy purge (which replaces the numbers by pseudonyms)."""
-    values = application_values(scheme, details, utcnow())
+    privacy purge (which replaces the numbers by pseudonyms). A scheme that demands eHerkenning
+    takes it only with the ``proof`` of a login for the same KvK number."""
+    values = application_values(scheme, details, utcnow(), proof)
     key = session.info.get(PSEUDONYM_KEY)
     if key is None:
         raise RuntimeError("a session without the KvK pseudonym key: make it with Runtime.sessionmaker")

@@ -7,6 +7,11 @@ row and the cookie), so that they stay plain calls that any sign-in journey can 
 carries only a random id (``service.sessions``), is HttpOnly, SameSite=Lax, Secure and
 ``__Host-`` prefixed on https, and is sent only when it changes: at sign-in, at sign-out, and once
 to remove a cookie whose session has ended.
+
+A staff member signed in through the municipality's own provider (``Principal.via == "sso"``)
+is checked there too, after the session's lookup: the provider's userinfo endpoint must still
+accept the session's access token, so an account disabled at the provider is refused at its next
+request here.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import sessions
+from . import oidc, sessions
 from .db import transaction
 from .models import ApiToken
 from .providers import authenticate_token
@@ -75,6 +80,8 @@ class AuthMiddleware(ASGIMiddleware):
             return
         session_id = _cookie(headers, self._cookie)
         principal = await sessions.lookup(self.rt, session_id) if session_id else None
+        if principal is not None and principal.via == "sso" and not await self._still_at_provider(principal):
+            principal = None
         scope["user"] = principal
         scope[_SESSION_ID] = session_id  # type: ignore[literal-required]
         # A cookie whose session has ended is removed, once; otherwise the answer carries no
@@ -114,6 +121,11 @@ class AuthMiddleware(ASGIMiddleware):
             return self._expired() if old_id else None
         _idle, absolute = settings.session_timeouts(principal.kind)
         return f"{self._cookie}={new_id}; Max-Age={absolute}{self._cookie_attributes}"
+
+    async def _still_at_provider(self, principal: Principal) -> bool:
+        """Whether the municipality's provider still accepts this staff member's sign-in."""
+        provider = oidc.staff(self.rt.settings)
+        return provider is not None and await oidc.still_signed_in(provider, principal.sso_token or "")
 
     def _expired(self) -> str:
         return f"{self._cookie}=; Max-Age=0{self._cookie_attributes}"

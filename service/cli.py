@@ -128,6 +128,8 @@ def serve(host: str, port: int, workers: int, check: bool) -> None:
     if workers > 1 and settings.is_sqlite:
         click.echo("Note: with SQLite, several workers share one file; PostgreSQL is advised.", err=True)
     metrics_dir = _metrics_dir()
+    broker = _development_broker(os.environ["VOUCHERS_BASE_URL"]) if (
+        settings.environment == "development" and not settings.eherkenning_issuer) else None
     background = worker.Beside(settings.background_nice).start() if settings.background_tasks else None
     os.environ["VOUCHERS_BACKGROUND_TASKS"] = "false"  # the web processes leave it to that one
     try:
@@ -137,6 +139,9 @@ def serve(host: str, port: int, workers: int, check: bool) -> None:
     finally:
         if background is not None:
             background.stop()
+        if broker is not None:
+            broker.terminate()
+            broker.wait(timeout=10)
         metrics_dir()
 
 
@@ -156,6 +161,60 @@ def _metrics_dir() -> Callable[[], None]:
         return lambda: None
     made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="vouchers-metrics-")
     return lambda: shutil.rmtree(made, ignore_errors=True)
+
+
+#: Which group of the development broker's staff page gives which role.
+DEV_STAFF_ROLES = ("vouchers-beheerders=beheerder,vouchers-beoordelaars=beoordelaar,"
+                   "vouchers-financieel=financieel,vouchers-lezers=lezer")
+
+
+def _development_broker(base_url: str) -> Any:
+    """Start the development broker (``vouchers dev-broker``) on a free loopback port beside the
+    server, and point the eHerkenning and staff sign-in settings of the web processes at it."""
+    import os
+    import secrets
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    secret, staff_secret = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    process = subprocess.Popen([
+        sys.executable, "-m", "service.devbroker", "--port", str(port), "--parent", str(os.getpid()),
+        "--client", f"vouchers:{secret}@{base_url}", "--staff-client", f"vouchers-staff:{staff_secret}@{base_url}"])
+    issuer = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(issuer + "/.well-known/openid-configuration", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    os.environ.update({
+        "VOUCHERS_EHERKENNING_ISSUER": issuer, "VOUCHERS_EHERKENNING_CLIENT_ID": "vouchers",
+        "VOUCHERS_EHERKENNING_CLIENT_SECRET": secret, "VOUCHERS_STAFF_OIDC_ISSUER": issuer,
+        "VOUCHERS_STAFF_OIDC_CLIENT_ID": "vouchers-staff", "VOUCHERS_STAFF_OIDC_CLIENT_SECRET": staff_secret,
+    })
+    os.environ.setdefault("VOUCHERS_STAFF_OIDC_ROLES", DEV_STAFF_ROLES)
+    click.echo(f"Development broker (eHerkenning and staff sign-in, not for production): {issuer}")
+    return process
+
+
+@main.command("dev-broker", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                              "help_option_names": []})
+@click.pass_context
+def dev_broker(ctx: click.Context) -> None:
+    """Development only: an OpenID Connect provider on loopback that signs anyone in as a test firm
+    (eHerkenning) or a staff member; `vouchers serve` starts one in development. Options:
+    `vouchers dev-broker --help`."""
+    from . import devbroker
+
+    devbroker.main(list(ctx.args))
 
 
 @main.command("worker")

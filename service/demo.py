@@ -67,7 +67,11 @@ async def create_demo(rt: Runtime) -> str:
                 details = applications.ApplicantDetails(
                     kvk_number=kvk, company_name=f"Demo Onderneming {n + 1}", employees=n, postcode="6811 AB",
                     contact_name=f"Demo Ondernemer {n + 1}", email=f"ondernemer{n + 1}@example.org")
-                application = await applications.submit(session, scheme, details)
+                # A scheme that demands eHerkenning gets demo vouchers as if the firm had signed in
+                # at the development broker (its pseudonyms are made the same way).
+                proof = applications.LoginProof(kvk_number=kvk, level="EH3", acting_person=f"demo-person-{kvk}") \
+                    if scheme.proof == "eherkenning" else None
+                application = await applications.submit(session, scheme, details, proof)
                 await applications.decide(session, rt, scheme, application, employees=n, postcode="6811 AB")
         return await _credentials(session, rt)
 

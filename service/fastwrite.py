@@ -327,7 +327,9 @@ async def _voucher_now(rt: Runtime, voucher_id: int) -> Voucher:
 # --- application ---------------------------------------------------------------------------------
 
 _SCHEME_COLUMNS = tuple(Scheme.__table__.c.keys())
-_SCHEME = "SELECT s.*{ids} FROM scheme s WHERE s.slug = :slug"
+# The columns by name, never ``s.*``: SQLite's rows are read by position, and a table that grew by
+# migrations has its columns in the order they were added, not in the model's.
+_SCHEME = "SELECT " + ", ".join(f's."{name}"' for name in _SCHEME_COLUMNS) + "{ids} FROM scheme s WHERE s.slug = :slug"
 _SCHEME_PG, _SCHEME_PG_NAMES = _numbered(_SCHEME.format(ids=""",
        nextval(pg_get_serial_sequence('application', 'id')) AS new_application_id,
        nextval(pg_get_serial_sequence('voucher', 'id')) AS new_voucher_id,

@@ -90,6 +90,11 @@ class Scheme(Base):
     reversal_days: Mapped[int] = mapped_column(Integer)
     lottery_seed_hash: Mapped[str | None] = mapped_column(String(64))
     lottery_seed: Mapped[str | None] = mapped_column(String(200))
+    proof: Mapped[str] = mapped_column(String(16), default="email", server_default="email")
+    """What an applicant proves (migration 0015): ``email`` (an address that answers) or
+    ``eherkenning`` (the KvK number comes from an eHerkenning login)."""
+    eherkenning_level: Mapped[str | None] = mapped_column(String(4))
+    """The lowest eHerkenning level of assurance an ``eherkenning`` scheme accepts."""
     drawn_at: Mapped[dt.datetime | None]
     closed_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -154,6 +159,13 @@ class Application(Base):
     """Whether the register lists the firm as active; None when it was not found or not asked."""
     registry_extracted_on: Mapped[dt.date | None] = mapped_column(Date)
     """The date of the register's extract the decision used."""
+    # Applications to a scheme that demands eHerkenning (migration 0015): what the login proved.
+    assurance_level: Mapped[str | None] = mapped_column(String(4))
+    """The eHerkenning level of assurance of the login (``EH3``); None for an ``email`` scheme."""
+    acting_person: Mapped[str | None] = mapped_column(String(128))
+    """The broker's pseudonym of the person who applied for the firm; never a name."""
+    branch_number: Mapped[str | None] = mapped_column(String(12))
+    """The branch (vestiging) number, when the login's authorisation named one."""
     registry_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
@@ -561,6 +573,13 @@ class UserSession(Base):
     last_seen_at: Mapped[dt.datetime]
     """Moved on at most once a minute, so that reading a page does not become a write."""
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    via: Mapped[str | None] = mapped_column(String(16), default=None)
+    """How the person signed in, when it was not a password or a mailed link: ``eherkenning``
+    (an entrepreneur, through the broker) or ``sso`` (staff, through the municipality's provider);
+    signing out then ends the session there too."""
+    sso_token: Mapped[str | None] = mapped_column(Text, default=None)
+    """With ``sso``: the provider's access token, with which the provider is asked at every request
+    whether the account still works. Ends with the session."""
 
 
 # A statement that must undo itself when a rule refuses halfway calls this (``service.fastwrite``);

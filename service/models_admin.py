@@ -40,6 +40,7 @@ class StaffUser(Base):
     __table_args__ = (
         CheckConstraint("role IN ('beheerder', 'beoordelaar', 'financieel', 'lezer')", name="staff_role_known"),
         CheckConstraint("failed_attempts >= 0", name="staff_failed_attempts_not_negative"),
+        Index("staff_by_sso_subject", "sso_subject", unique=True),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -58,6 +59,9 @@ class StaffUser(Base):
     last_sign_in_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     disabled_at: Mapped[dt.datetime | None]
+    sso_subject: Mapped[str | None] = mapped_column(String(255))
+    """The ``sub`` of the municipality's own provider for an account that signs in there
+    (migration 0015); None for password and TOTP only."""
 
 
 class AuditEntry(Base):

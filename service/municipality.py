@@ -269,3 +269,39 @@ def _verify(password_hash: str, password: str) -> bool:
         return _hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+def role_from_groups(groups: object, mapping: list[tuple[str, str]]) -> str | None:
+    """The role the first mapped group gives (``Settings.staff_roles``); None without one."""
+    have = {g for g in groups if isinstance(g, str)} if isinstance(groups, list) else set()
+    for group, role in mapping:
+        if group in have:
+            return role
+    return None
+
+
+async def sso_account(session: AsyncSession, rt: Runtime, *, subject: str, email: str | None, name: str,
+                      role: str) -> StaffUser:
+    """The account of a person the municipality's own provider signed in, with ``role`` from
+    their groups: found by the provider's subject, else linked by e-mail address (an account made
+    with ``vouchers staff add``), else made. An account disabled here stays refused."""
+    user = await session.scalar(select(StaffUser).where(StaffUser.sso_subject == subject))
+    if user is None and email:
+        user = await session.scalar(select(StaffUser).where(StaffUser.email == email.strip().lower(),
+                                                            StaffUser.sso_subject.is_(None)))
+        if user is not None:
+            user.sso_subject = subject
+    if user is None:
+        if not email:
+            raise Refused("sso-no-email", N_("Your account at the municipality has no e-mail address."))
+        user = await create_staff(session, rt, email=email, name=name, role=role)
+        user.sso_subject = subject
+        user.activated_at = utcnow()
+    if user.disabled_at is not None:
+        raise StaffSignInRefused("account-disabled", N_("This account has been disabled."))
+    # The provider's groups decide the role, at every sign-in.
+    user.role = role
+    user.name = name.strip() or user.name
+    user.last_sign_in_at = utcnow()
+    await session.flush()
+    return user

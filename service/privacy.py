@@ -126,6 +126,7 @@ async def purge(session: AsyncSession, rt: Runtime, *, after_days: int = DEFAULT
             application.purpose = ""
             application.postcode = _area(application.postcode) or ""
             application.registry_postcode = _area(application.registry_postcode)
+            application.acting_person = None  # the broker's pseudonym of a person
         await session.flush()
         vouchers = list(await session.scalars(select(Voucher).where(Voucher.application_id.in_(ids))))
         for voucher in vouchers:

@@ -16,7 +16,8 @@ from .db import is_saturated
 from .errors import N_, Conflict, DomainError, Forbidden, InvalidInput, NotFound, Refused, TooManyAttempts
 from .resubmit import FALLBACK_DETAIL, TITLE, FormAgain, csrf_failed
 
-__all__ = ("STATUS", "domain_error_handler", "http_error_handler", "problem_body", "request_id_of", "retry_after",
+__all__ = ("LOGIN_FAILURE_STATUS", "STATUS", "domain_error_handler", "http_error_handler", "login_failure_status",
+           "problem_body", "request_id_of", "retry_after",
            "unexpected_error_handler", "wants_html")
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,17 @@ def status_of(exc: DomainError) -> int:
         if cls in STATUS:
             return STATUS[cls]  # type: ignore[index]
     return 400
+
+
+#: The status of the page shown when signing in at an OpenID Connect provider did not work, by the
+#: reason of ``oidc.LoginFailed``: the provider down or slow (503), its answer not to be trusted
+#: (502), the person stopped or the answer belongs elsewhere (400), not enough (403).
+LOGIN_FAILURE_STATUS = {"unavailable": 503, "not-configured": 503, "unverified": 502, "no-kvk": 502,
+                        "cancelled": 400, "state": 400, "level": 403, "not-allowed": 403}
+
+
+def login_failure_status(reason: str) -> int:
+    return LOGIN_FAILURE_STATUS.get(reason, 502)
 
 
 def problem_body(exc: DomainError) -> dict[str, Any]:

@@ -69,6 +69,12 @@ class SchemeFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How long a coach may reverse their own redemption."""
     lottery_seed_hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
     """SHA-256 of the draw's seed, published before the window opens (lottery schemes)."""
+    proof: Literal["email", "eherkenning"] = "email"
+    """What an applicant proves: ``email`` (they type the KvK number and confirm their e-mail
+    address) or ``eherkenning`` (they sign in with eHerkenning, and the KvK number comes from the
+    login: it cannot be typed or changed)."""
+    eherkenning_level: Literal["EH1", "EH2", "EH2+", "EH3", "EH4"] = "EH2+"
+    """The lowest eHerkenning level of assurance an ``eherkenning`` scheme accepts."""
 
     def __post_init__(self) -> None:
         if self.applications_open_at.tzinfo is None or self.applications_close_at.tzinfo is None:
@@ -141,6 +147,8 @@ async def load_scheme(session: AsyncSession, spec: SchemeFile) -> tuple[Scheme, 
         "hold_days": spec.hold_days,
         "reversal_days": spec.reversal_days,
         "lottery_seed_hash": spec.lottery_seed_hash,
+        "proof": spec.proof,
+        "eherkenning_level": spec.eherkenning_level if spec.proof == "eherkenning" else None,
     }
     if scheme is None:
         scheme = Scheme(slug=spec.slug, budget_cents=spec.budget_cents, max_places=spec.max_places, **rules)

@@ -2,9 +2,11 @@
 
 The browser's cookie carries only a random id (32 random bytes); the ``user_session`` row holds a
 keyed hash of it, the principal (kind, role, subject), when the session started and when it was
-last used, and whether it was revoked. Every request reads its row in ONE statement that joins the
-account (``lookup``), so a revoked session, a disabled account, a changed staff role or a provider
-account's raised ``session_generation`` ends access at the very next request, in every process.
+last used, whether it was revoked, and how the person signed in (``via``; for staff signed in at
+the municipality's provider, that provider's access token). Every request reads its row in ONE
+statement that joins the account (``lookup``), so a revoked session, a disabled account, a changed
+staff role or a provider account's raised ``session_generation`` ends access at the very next
+request, in every process.
 
 Each kind of principal has an idle and an absolute timeout (``Settings.session_timeouts``),
 checked here on the server. ``last_seen_at`` moves on at most once a minute (``TOUCH_SECONDS``):
@@ -19,7 +21,7 @@ import datetime as dt
 import hmac
 import secrets
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, delete, insert, or_, update
@@ -63,6 +65,12 @@ class Principal:
     voucher_id: int | None = None
     generation: int = 0
     """A provider account's ``session_generation`` at sign-in; a reset raises it, which ends the session."""
+    via: str | None = None
+    """How the person signed in, when not with a password or a mailed link: ``eherkenning`` (an
+    entrepreneur, through the broker) or ``sso`` (staff, through the municipality's provider)."""
+    sso_token: str | None = field(default=None, repr=False)
+    """With ``sso``: the provider's access token; ``service.auth`` asks the provider with it at every
+    request whether the account still works."""
 
     @property
     def actor(self) -> str:
@@ -90,7 +98,7 @@ async def create(session: AsyncSession, settings: Settings, principal: Principal
     await session.execute(insert(UserSession).values(
         id_hash=id_hash(settings, session_id), kind=principal.kind, role=principal.role,
         subject_id=principal.subject_id, generation=principal.generation, created_at=now, last_seen_at=now,
-        revoked=False))
+        revoked=False, via=principal.via, sso_token=principal.sso_token))
     return session_id
 
 
@@ -135,7 +143,7 @@ _LOOKUP = """
 SELECT s.kind, s.role, s.subject_id, s.generation, s.created_at, s.last_seen_at, s.revoked,
        st.id, st.role, st.disabled_at IS NULL, st.name,
        pu.id, pu.provider_id, pu.disabled_at IS NULL, pu.session_generation, pu.name, p.name,
-       v.id, a.contact_name
+       v.id, a.contact_name, s.via, s.sso_token
 FROM user_session s
 LEFT JOIN staff_user st ON s.kind = 'staff' AND st.id = s.subject_id
 LEFT JOIN provider_user pu ON s.kind = 'provider-staff' AND pu.id = s.subject_id
@@ -175,7 +183,7 @@ def _principal(settings: Settings, row: Any, now: dt.datetime) -> Principal | No
     (kind, role, subject_id, generation, created_at, last_seen_at, revoked,
      staff_id, staff_role, staff_enabled, staff_name,
      user_id, provider_id, user_enabled, user_generation, user_name, provider_name,
-     voucher_id, contact_name) = row
+     voucher_id, contact_name, via, sso_token) = row
     idle, absolute = settings.session_timeouts(kind)
     if revoked or (now - last_seen_at).total_seconds() >= idle or (now - created_at).total_seconds() >= absolute:
         return None
@@ -183,7 +191,7 @@ def _principal(settings: Settings, row: Any, now: dt.datetime) -> Principal | No
         # A changed role takes effect at once too: sign in again for the new one.
         if staff_id is None or not staff_enabled or staff_role != role:
             return None
-        return Principal(kind=kind, role=role, subject_id=subject_id, name=staff_name)
+        return Principal(kind=kind, role=role, subject_id=subject_id, name=staff_name, via=via, sso_token=sso_token)
     if kind == "provider-staff":
         if user_id is None or not user_enabled or user_generation != generation:
             return None
@@ -191,7 +199,7 @@ def _principal(settings: Settings, row: Any, now: dt.datetime) -> Principal | No
                          provider_id=provider_id, generation=generation)
     if kind == "entrepreneur" and voucher_id is not None:
         return Principal(kind=kind, role=role, subject_id=subject_id, name=contact_name or "",
-                         voucher_id=voucher_id)
+                         voucher_id=voucher_id, via=via)
     return None
 
 

@@ -223,6 +223,65 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log) under the address its ``X-Forwarded-For`` names; empty: under the connection's own
     address, which is right only when nothing sits in front of the service."""
 
+    # --- eHerkenning through the municipality's broker (OpenID Connect) ---------------------
+    # The broker ("makelaar") gives the municipality the first five when the service is
+    # registered with it; the claim names are in its interface description.
+
+    eherkenning_issuer: str | None = None
+    """The broker's issuer URL, exactly as its discovery document
+    (``<issuer>/.well-known/openid-configuration``) states it. Empty: no eHerkenning, and schemes
+    that demand it take no applications. In development, ``vouchers serve`` starts the development
+    broker (``vouchers dev-broker``) and sets this and the client settings."""
+
+    eherkenning_client_id: str = "vouchers"
+    """The client id the broker registered for this service."""
+
+    eherkenning_client_secret: str | None = None
+    """The client secret (``client_secret_basic``), unless ``eherkenning_private_key_file`` is set."""
+
+    eherkenning_private_key_file: str | None = None
+    """A PEM or JWK file with this service's private key: the service then authenticates with a
+    signed assertion (``private_key_jwt``) instead of the secret; give the broker the public key."""
+
+    eherkenning_level: Literal["EH1", "EH2", "EH2+", "EH3", "EH4"] = "EH2+"
+    """The lowest level of assurance accepted for signing in to "my voucher"; a scheme's file
+    names its own for applying (``eherkenning_level``, EH2+ when it says nothing)."""
+
+    eherkenning_level_claim: str = "acr"
+    """The claim with the level of assurance (``EH3`` or ``urn:etoegang:core:assurance-class:loa3``)."""
+
+    eherkenning_kvk_claim: str = "urn:etoegang:1.9:EntityConcernedID:KvKnr"
+    """The claim with the KvK number of the firm the person acts for."""
+
+    eherkenning_branch_claim: str = "urn:etoegang:1.9:ServiceRestriction:Vestigingsnr"
+    """The claim with the branch (vestiging) number, when the authorisation is limited to one."""
+
+    eherkenning_person_claim: str = "sub"
+    """The claim that identifies the acting person by a pseudonym (never a name or BSN)."""
+
+    # --- single sign-on for municipality staff (the municipality's own provider) ------------
+
+    staff_oidc_issuer: str | None = None
+    """Issuer URL of the municipality's OpenID Connect provider (Entra ID:
+    ``https://login.microsoftonline.com/<tenant>/v2.0``). Empty: password and TOTP only."""
+
+    staff_oidc_client_id: str = "vouchers-staff"
+    staff_oidc_client_secret: str | None = None
+
+    staff_oidc_group_claim: str = "groups"
+    """The claim that lists the person's groups (Entra ID sends group object ids)."""
+
+    staff_oidc_roles: str = ""
+    """Which group gives which role, comma-separated ``group=role`` (roles: beheerder,
+    beoordelaar, financieel, lezer); the first listed group the person has wins. A person with
+    none of them is refused."""
+
+    oidc_clock_skew_seconds: Annotated[int, msgspec.Meta(ge=0, le=600)] = 60
+    """How far the provider's clock may differ from ours when an ID token's times are checked."""
+
+    oidc_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 10.0
+    """A provider that has not answered by then counts as unavailable; the person is told so."""
+
     def __post_init__(self) -> None:
         if self.environment == "production" and self.secret_key == DEV_SECRET:
             raise ConfigError("VOUCHERS_SECRET_KEY must be set to a long random value in production")
@@ -232,6 +291,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.registry == "kvk" and not self.kvk_api_key:
             raise ConfigError("VOUCHERS_KVK_API_KEY must be set when VOUCHERS_REGISTRY is kvk")
+        for name in ("eherkenning_issuer", "staff_oidc_issuer"):
+            issuer = getattr(self, name)
+            if issuer and self.environment == "production" and not issuer.startswith("https://"):
+                raise ConfigError(f"VOUCHERS_{name.upper()} must be an https:// address in production")
+            if issuer and not issuer.startswith(("https://", "http://")):
+                raise ConfigError(f"VOUCHERS_{name.upper()} must be the provider's issuer URL")
+        if self.eherkenning_issuer and not (self.eherkenning_client_secret or self.eherkenning_private_key_file):
+            raise ConfigError("VOUCHERS_EHERKENNING_CLIENT_SECRET or VOUCHERS_EHERKENNING_PRIVATE_KEY_FILE must be "
+                              "set when VOUCHERS_EHERKENNING_ISSUER is")
+        if self.eherkenning_private_key_file and not Path(self.eherkenning_private_key_file).is_file():
+            raise ConfigError("VOUCHERS_EHERKENNING_PRIVATE_KEY_FILE: no such file")
+        if self.staff_oidc_issuer and not self.staff_oidc_client_secret:
+            raise ConfigError("VOUCHERS_STAFF_OIDC_CLIENT_SECRET must be set when VOUCHERS_STAFF_OIDC_ISSUER is")
+        if self.staff_oidc_issuer and not self.staff_roles():
+            raise ConfigError("VOUCHERS_STAFF_OIDC_ROLES must say which group gives which role")
+        for _group, role in self.staff_roles():
+            if role not in ("beheerder", "beoordelaar", "financieel", "lezer"):
+                raise ConfigError(f"VOUCHERS_STAFF_OIDC_ROLES: {role!r} is not a staff role")
         try:
             self.proxy_networks()
         except ValueError as exc:
@@ -250,6 +327,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """``metrics_allowed`` as networks."""
         return tuple(ipaddress.ip_network(part.strip(), strict=False)
                      for part in self.metrics_allowed.split(",") if part.strip())
+
+    def staff_roles(self) -> list[tuple[str, str]]:
+        """``staff_oidc_roles`` as ``(group, role)`` pairs, in the order written."""
+        pairs = []
+        for item in self.staff_oidc_roles.split(","):
+            group, _, role = item.strip().rpartition("=")
+            if item.strip():
+                if not group:
+                    raise ConfigError("VOUCHERS_STAFF_OIDC_ROLES: write group=role, comma-separated")
+                pairs.append((group.strip(), role.strip()))
+        return pairs
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:

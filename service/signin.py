@@ -67,7 +67,9 @@ async def request_sign_in(session: AsyncSession, rt: Runtime, email: str, *, loc
         select(Voucher.id, Application.contact_name, Application.email)
         .join(Application, Application.id == Voucher.application_id)
         .join(Scheme, Scheme.id == Voucher.scheme_id)
-        .where(func.lower(Application.email) == email.strip().lower())
+        .where(func.lower(Application.email) == email.strip().lower(),
+               # A firm that applied with eHerkenning signs in with it: no link by mail.
+               Scheme.proof != "eherkenning")
         .order_by(Voucher.id)
     )).all()
     if not rows:

@@ -1,13 +1,18 @@
 """What every HTML page shares, whoever it is for: headers for pages that carry codes or personal
-data, the client's address, safe return paths, and errors placed next to their field."""
+data, the client's address, safe return paths, errors placed next to their field, and short-lived
+signed cookies for what a sign-in journey must remember before anyone is signed in."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
+import msgspec
 from litestar import Request
+from litestar.datastructures import Cookie
 from litestar.middleware import ASGIMiddleware
 from litestar.response import Redirect
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -15,7 +20,11 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from .errors import DomainError
 from .problems import problem_body
 
-__all__ = ("NO_STORE", "ForwardedClientMiddleware", "client_ip", "errors_of", "login_redirect", "safe_next")
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ("NO_STORE", "ForwardedClientMiddleware", "client_ip", "cleared_cookie", "errors_of", "login_redirect",
+           "read_signed_cookie", "safe_next", "signed_cookie")
 
 #: Pages and answers that show a voucher code or personal data: never cached, never sent on as Referer.
 NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
@@ -106,3 +115,38 @@ def errors_of(exc: DomainError, fields: dict[str, str] | None = None) -> dict[st
     """The translated message keyed by the form field it belongs to (``form`` for the whole form)."""
     field = (fields or {}).get(exc.field or "", exc.field) or "form"
     return {field: problem_body(exc)["title"]}
+
+
+T = TypeVar("T")
+
+
+def signed_cookie(rt: Runtime, name: str, value: Any, *, path: str, max_age: int) -> Cookie:
+    """A cookie holding ``value`` (anything msgspec encodes) for ``max_age`` seconds, signed by the
+    server for this cookie's name, so that it cannot be forged, altered or passed off as another
+    cookie. HttpOnly, SameSite=Lax, Secure on https, only sent under ``path``. Not a session: it
+    signs nobody in; it only carries a sign-in journey from one request to the next."""
+    encoded = base64.urlsafe_b64encode(msgspec.json.encode(value)).decode().rstrip("=")
+    return _cookie(rt, name, rt.sign(name, encoded, max_age), path=path, max_age=max_age)
+
+
+def cleared_cookie(rt: Runtime, name: str, *, path: str) -> Cookie:
+    """Removes a cookie of :func:`signed_cookie` (same name and path)."""
+    return _cookie(rt, name, "", path=path, max_age=0)
+
+
+def read_signed_cookie(request: Request[Any, Any, Any], rt: Runtime, name: str, type_: type[T]) -> T | None:
+    """The value of a :func:`signed_cookie` this browser sent, or None when it is absent, forged,
+    expired or not a ``type_``."""
+    token = request.cookies.get(name)
+    encoded = rt.unsign(name, token) if token else None
+    if encoded is None:
+        return None
+    try:
+        return msgspec.json.decode(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)), type=type_)
+    except (binascii.Error, ValueError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _cookie(rt: Runtime, name: str, value: str, *, path: str, max_age: int) -> Cookie:
+    return Cookie(key=name, value=value, path=path, max_age=max_age, httponly=True, samesite="lax",
+                  secure=rt.settings.base_url.startswith("https://"))

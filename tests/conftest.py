@@ -18,6 +18,7 @@ from email.message import Message
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text
@@ -220,3 +221,48 @@ def live_server_factory(rt: Runtime) -> Iterator[object]:
     yield start
     for server in servers:
         server.stop()
+
+
+# --- the development broker: a real OpenID Connect provider in its own process -----------------
+
+class BrokerProcess:
+    """``vouchers dev-broker`` on a free loopback port, with an eHerkenning client and a staff
+    client whose redirect addresses are under ``base_url``."""
+
+    def __init__(self, base_url: str, *, slow_seconds: float = 3.0, extra: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.issuer = f"http://127.0.0.1:{self.port}"
+        self.secret = secrets.token_urlsafe(16)
+        self.staff_secret = secrets.token_urlsafe(16)
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "dev-broker", "--port", str(self.port),
+             "--slow-seconds", str(slow_seconds), "--client", f"vouchers:{self.secret}@{base_url}",
+             "--staff-client", f"vouchers-staff:{self.staff_secret}@{base_url}", *(extra or [])],
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.issuer + "/.well-known/openid-configuration", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+            if self.process.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"broker exited: {self.log.read().decode(errors='replace')}")
+        self.stop()
+        raise RuntimeError("broker did not start within 20 s")
+
+    def settings(self, settings: Settings, **overrides: object) -> Settings:
+        """``settings`` pointed at this broker for eHerkenning and staff sign-in."""
+        values: dict[str, object] = {
+            "eherkenning_issuer": self.issuer, "eherkenning_client_secret": self.secret,
+            "staff_oidc_issuer": self.issuer, "staff_oidc_client_secret": self.staff_secret,
+            "staff_oidc_roles": "vouchers-beheerders=beheerder,vouchers-lezers=lezer", "oidc_timeout_seconds": 1.5}
+        return msgspec.structs.replace(settings, **{**values, **overrides})
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.log.close()

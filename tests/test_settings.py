@@ -37,3 +37,23 @@ def test_keys_differ_per_purpose() -> None:
     settings = Settings.from_env({})
     assert settings.derive_key("a") != settings.derive_key("b")
     assert len(settings.derive_key("session")) == 32
+
+
+def test_sign_in_providers_are_checked() -> None:
+    with pytest.raises(ConfigError, match="VOUCHERS_EHERKENNING_ISSUER must be an https"):
+        Settings.from_env({"VOUCHERS_ENVIRONMENT": "production", "VOUCHERS_SECRET_KEY": "s" * 40,
+                           "VOUCHERS_EHERKENNING_ISSUER": "http://broker.example", "VOUCHERS_EHERKENNING_CLIENT_SECRET": "x"})
+    with pytest.raises(ConfigError, match="VOUCHERS_EHERKENNING_CLIENT_SECRET or"):
+        Settings.from_env({"VOUCHERS_EHERKENNING_ISSUER": "https://broker.example"})
+    with pytest.raises(ConfigError, match="VOUCHERS_EHERKENNING_PRIVATE_KEY_FILE"):
+        Settings.from_env({"VOUCHERS_EHERKENNING_ISSUER": "https://broker.example",
+                           "VOUCHERS_EHERKENNING_PRIVATE_KEY_FILE": "/nonexistent/key.pem"})
+    with pytest.raises(ConfigError, match="VOUCHERS_STAFF_OIDC_ROLES must say"):
+        Settings.from_env({"VOUCHERS_STAFF_OIDC_ISSUER": "https://login.example/tenant/v2.0",
+                           "VOUCHERS_STAFF_OIDC_CLIENT_SECRET": "x"})
+    with pytest.raises(ConfigError, match="'opperbaas' is not a staff role"):
+        Settings.from_env({"VOUCHERS_STAFF_OIDC_ROLES": "a=opperbaas"})
+    settings = Settings.from_env({"VOUCHERS_STAFF_OIDC_ISSUER": "https://login.example/tenant/v2.0",
+                                  "VOUCHERS_STAFF_OIDC_CLIENT_SECRET": "x",
+                                  "VOUCHERS_STAFF_OIDC_ROLES": "g1=beheerder, g2 = lezer"})
+    assert settings.staff_roles() == [("g1", "beheerder"), ("g2", "lezer")]

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from litestar import Router
 
-from . import pages, redeem
+from . import eherkenning, pages, redeem
 
 __all__ = ("entrepreneur_router",)
 
-entrepreneur_router = Router(path="/", route_handlers=[*pages.ROUTES, *redeem.ROUTES], include_in_schema=False)
+entrepreneur_router = Router(path="/", route_handlers=[*pages.ROUTES, *eherkenning.ROUTES, *redeem.ROUTES], include_in_schema=False)

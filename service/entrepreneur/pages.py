@@ -22,25 +22,24 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from .. import applications, history, i18n, links, outbox, qr, ratelimit, registry, schemes, signin, validity, vouchers
+from .. import (applications, history, i18n, links, oidc, outbox, qr, ratelimit, registry, schemes, signin, validity,
+               vouchers)
 from ..auth import Principal, end_session, requires, start_session
 from ..codes import format_code
 from ..db import run_in_transaction
-from ..errors import N_, REJECTION_REASONS, Conflict, NotFound, TooManyAttempts
+from ..errors import N_, Conflict, NotFound, TooManyAttempts
+from ..levels import level_at_least
 from ..models import Application, Enrolment, Hold, Provider, Scheme, Voucher, utcnow
 from ..runtime import Runtime
 from ..vouchers import effective_status
 from ..web import NO_STORE, client_ip
+from . import eherkenning
+from .common import entrepreneur_page
 
 __all__ = ("ROUTES", "entrepreneur_page", "signed_in_voucher", "validate_application", "voucher_view")
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 
-CATEGORY_LABELS = {
-    "coaching": N_("Coaching"),
-    "retraining": N_("Retraining or further training"),
-    "financial_advice": N_("Financial advice"),
-}
 FIELDS = ("kvk_number", "company_name", "employees", "postcode", "contact_name", "email", "purpose")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 
@@ -104,13 +103,6 @@ async def _limit(rt: Runtime, *checks: tuple[str, int]) -> None:
         raise TooManyAttempts(minutes=max(1, window // 60))
 
 
-def entrepreneur_page(name: str, status_code: int = 200, headers: dict[str, str] | None = None, **context: Any) -> Template:
-    context.setdefault("locale", i18n.current_locale())
-    context.setdefault("category_labels", CATEGORY_LABELS)
-    context.setdefault("reason_texts", REJECTION_REASONS)
-    return Template(f"entrepreneur/{name}.html", context=context, status_code=status_code, headers=headers or {})
-
-
 def _principal(request: Request[Any, Any, Any]) -> Principal | None:
     principal = request.scope.get("user")
     return principal if principal is not None and principal.role == "entrepreneur" else None
@@ -134,27 +126,50 @@ async def start(slug: FromPath[str], rt: NamedDependency[Runtime]) -> Template:
     return entrepreneur_page("start", scheme=scheme, summary=summary)
 
 
+def _proof_for(request: Request[Any, Any, Any], rt: Runtime, scheme: Scheme) -> applications.LoginProof | None:
+    """This browser's eHerkenning proof, if this scheme demands one and the proof's level will do."""
+    if scheme.proof != "eherkenning":
+        return None
+    proof = eherkenning.proof_in(request, rt)
+    if proof is None or not level_at_least(proof.level, scheme.eherkenning_level or "EH2+"):
+        return None
+    return proof
+
+
+def _apply_page(request: Request[Any, Any, Any], rt: Runtime, scheme: Scheme, *, status_code: int = 200,
+                values: dict[str, str] | None = None, errors: dict[str, str] | None = None) -> Template:
+    return entrepreneur_page("apply", status_code=status_code, headers=NO_STORE, scheme=scheme, values=values or {},
+                             errors=errors or {}, is_open=schemes.scheme_status(scheme) == "open",
+                             proof=_proof_for(request, rt, scheme))
+
+
 @get(links.SCHEME_START + "/aanvragen")
-async def apply_form(slug: FromPath[str], rt: NamedDependency[Runtime]) -> Template:
+async def apply_form(request: Request[Any, Any, Any], slug: FromPath[str], rt: NamedDependency[Runtime]) -> Template:
     async with rt.sessionmaker() as session:
         scheme = await schemes.get_scheme(session, slug)
-    return entrepreneur_page("apply", scheme=scheme, values={}, errors={}, is_open=schemes.scheme_status(scheme) == "open")
+    return _apply_page(request, rt, scheme)
 
 
 @post(links.SCHEME_START + "/aanvragen")
 async def apply_submit(request: Request[Any, Any, Any], slug: FromPath[str], data: Form,
                        rt: NamedDependency[Runtime]) -> Response[Any]:
     locale = i18n.current_locale()
+    async with rt.reader() as session:
+        scheme = await schemes.get_scheme(session, slug)
+    proof = _proof_for(request, rt, scheme)
+    if proof is not None:  # the KvK number is the one the login proved, whatever the form sent
+        data = {**data, "kvk_number": proof.kvk_number}
     values, errors, details = validate_application(data, locale=locale)
     # The address and the e-mail address counted in one short transaction, the scheme read without one.
     await _limit(rt, (f"apply:ip:{client_ip(request)}", rt.settings.limit_per_ip), *(
         [(ratelimit.personal_key(rt, "apply:email", details.email), rt.settings.limit_per_address)]
         if details is not None else []))
-    async with rt.reader() as session:
-        scheme = await schemes.get_scheme(session, slug)
+    if scheme.proof == "eherkenning" and proof is None:
+        # The login has lapsed (or never was): sign in first, then the form.
+        return _apply_page(request, rt, scheme, status_code=403)
     if details is not None:
 
-        async def work(session: AsyncSession) -> str:
+        async def work(session: AsyncSession) -> tuple[int, str]:
             fresh = await session.get_one(Scheme, scheme.id)
             # An earlier application that was never confirmed (a mistyped address, say) gives way.
             await session.execute(
@@ -163,7 +178,12 @@ async def apply_submit(request: Request[Any, Any, Any], slug: FromPath[str], dat
                        Application.status == "unconfirmed")
                 .values(status="withdrawn")
             )
-            application = await applications.submit(session, fresh, details)
+            application = await applications.submit(session, fresh, details, proof)
+            if proof is not None:
+                # The login proved who applies: the register is asked at once, no mail to confirm first.
+                application.status = registry.PENDING
+                await session.flush()
+                return application.id, application.public_id
             application.status = "unconfirmed"
             await session.flush()
             outbox.enqueue(session, to=application.email, template="application_confirm", locale=locale,
@@ -171,16 +191,37 @@ async def apply_submit(request: Request[Any, Any, Any], slug: FromPath[str], dat
                            scheme_name=fresh.name if locale == "nl" else fresh.name_en,
                            confirm_for=application.public_id,
                            hours=rt.settings.confirm_link_hours)
-            return application.public_id
+            return application.id, application.public_id
 
         try:
-            public_id = await run_in_transaction(rt.sessionmaker, work)
+            application_id, public_id = await run_in_transaction(rt.sessionmaker, work)
         except Conflict as exc:
             errors[exc.field or "kvk_number"] = exc.message
         else:
-            return Redirect(f"/aanvraag/{public_id}", status_code=303)
-    return entrepreneur_page("apply", status_code=422, scheme=scheme, values=values, errors=errors,
-                             is_open=schemes.scheme_status(scheme) == "open")
+            if proof is None:
+                return Redirect(f"/aanvraag/{public_id}", status_code=303)
+            # The proof has done its work: the cookie goes, the session remembers the login.
+            answer = await _after_deciding(request, rt, application_id, public_id, via=eherkenning.VIA)
+            answer.cookies.append(eherkenning.forget_proof(rt))
+            return answer
+    return _apply_page(request, rt, scheme, status_code=422, values=values, errors=errors)
+
+
+async def _after_deciding(request: Request[Any, Any, Any], rt: Runtime, application_id: int,
+                          public_id: str, *, via: str | None = None) -> Response[Any]:
+    """Decide an application whose applicant is known (confirmed address, or eHerkenning) against the
+    register; with a voucher, the applicant is signed in to it."""
+    status = await registry.check_application(rt, application_id)
+    if status == "granted":
+        async with rt.reader() as session:
+            row = (await session.execute(
+                select(Voucher.id, Application.contact_name).join(Application, Application.id == Voucher.application_id)
+                .where(Voucher.application_id == application_id))).first()
+        if row is not None:
+            start_session(request, Principal(kind="entrepreneur", role="entrepreneur", subject_id=row.id,
+                                             name=row.contact_name, voucher_id=row.id, via=via))
+            return Redirect("/mijn-voucher", status_code=303)
+    return Redirect(f"/aanvraag/{public_id}", status_code=303)
 
 
 # --- confirming the address, and the application's status ------------------------------------
@@ -198,16 +239,8 @@ async def confirm(request: Request[Any, Any, Any], token: FromPath[str], rt: Nam
         rt.sessionmaker, lambda session: signin.confirm_email(session, rt, token))
     if application is None:
         return entrepreneur_page("confirm", status_code=400, token=token, valid=False)
-    status = application.status
     if confirmed_now:
-        status = await registry.check_application(rt, application.id)
-        if status == "granted":
-            async with rt.reader() as session:
-                voucher = await session.scalar(select(Voucher).where(Voucher.application_id == application.id))
-            if voucher is not None:
-                start_session(request, Principal(kind="entrepreneur", role="entrepreneur", subject_id=voucher.id,
-                                           name=application.contact_name, voucher_id=voucher.id))
-                return Redirect("/mijn-voucher", status_code=303)
+        return await _after_deciding(request, rt, application.id, application.public_id)
     return Redirect(f"/aanvraag/{application.public_id}", status_code=303)
 
 
@@ -235,7 +268,9 @@ async def my_voucher(request: Request[Any, Any, Any], rt: NamedDependency[Runtim
                      done: Annotated[str | None, QueryParameter(name="klaar")] = None) -> Template:
     principal = _principal(request)
     if principal is None or principal.voucher_id is None:
-        return entrepreneur_page("signin", values={}, errors={}, signed_out_everywhere=done == "overal")
+        return entrepreneur_page("signin", values={}, errors={}, signed_out=request.query_params.get("uit") == "1",
+                                 signed_out_everywhere=done == "overal",
+                                 eherkenning=oidc.eherkenning(rt.settings) is not None)
     async with rt.sessionmaker() as session:
         view = await voucher_view(session, rt, principal.voucher_id)
     return entrepreneur_page("voucher", **view)
@@ -246,6 +281,7 @@ async def request_link(request: Request[Any, Any, Any], data: Form, rt: NamedDep
     email = (data.get("email") or "").strip()
     if not _EMAIL.match(email) or len(email) > 254:
         return entrepreneur_page("signin", status_code=422, values={"email": email},
+                                 eherkenning=oidc.eherkenning(rt.settings) is not None,
                      errors={"email": N_("Enter an e-mail address like name@example.nl.")})
     await _limit(rt, (f"signin:ip:{client_ip(request)}", rt.settings.limit_per_ip),
                  (ratelimit.personal_key(rt, "signin:email", email), rt.settings.limit_per_address))
@@ -266,19 +302,24 @@ async def sign_in_with_link(request: Request[Any, Any, Any], token: FromPath[str
     await _limit(rt, (f"signin-link:ip:{client_ip(request)}", rt.settings.failed_lookup_limit))
     voucher_id = await run_in_transaction(rt.sessionmaker, lambda s: signin.use_sign_in_token(s, rt, token))
     if voucher_id is None:
-        return entrepreneur_page("signin", status_code=400, values={}, errors={}, link_failed=True)
+        return entrepreneur_page("signin", status_code=400, values={}, errors={}, link_failed=True,
+                                 eherkenning=oidc.eherkenning(rt.settings) is not None)
     async with rt.sessionmaker() as session:
         voucher = await session.get_one(Voucher, voucher_id)
         application = await session.get_one(Application, voucher.application_id)
     start_session(request, Principal(kind="entrepreneur", role="entrepreneur", subject_id=voucher.id,
-                               name=application.contact_name, voucher_id=voucher.id))
+                                     name=application.contact_name, voucher_id=voucher.id))
     return Redirect("/mijn-voucher", status_code=303)
 
 
 @post("/mijn-voucher/uitloggen")
-async def sign_out_page(request: Request[Any, Any, Any]) -> Response[Any]:
+async def sign_out_page(request: Request[Any, Any, Any], rt: NamedDependency[Runtime]) -> Response[Any]:
+    principal = _principal(request)
     end_session(request)
-    return Redirect("/mijn-voucher", status_code=303)
+    provider = oidc.eherkenning(rt.settings) if principal is not None and principal.via == "eherkenning" else None
+    # Signed in with eHerkenning: end the broker's session too (RP-initiated logout), then back here.
+    target = await oidc.logout_url(provider, rt.link("/mijn-voucher?uit=1")) if provider is not None else None
+    return Redirect(target or "/mijn-voucher?uit=1", status_code=303)
 
 
 @post("/mijn-voucher/overal-uitloggen")

@@ -48,6 +48,7 @@ async def collect_snapshot(session: AsyncSession, *, service_url: str,
             status="open" if status == "open" else "upcoming" if status == "upcoming" else "closed",
             apply_url=links.url(service_url, links.SCHEME_START, slug=scheme.slug),
             lottery_seed_hash=scheme.lottery_seed_hash, history=await daily.history(session, scheme.id),
+            proof=scheme.proof, eherkenning_level=scheme.eherkenning_level,
         ))
     slugs = {scheme.id: scheme.slug for scheme in schemes}
 

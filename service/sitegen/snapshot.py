@@ -62,6 +62,8 @@ class SchemeFacts(msgspec.Struct, frozen=True, kw_only=True):
     apply_url: str  # the service's start page for this scheme
     lottery_seed_hash: str | None  # published before the window opens
     history: tuple[FiguresPoint, ...]
+    proof: str = "email"  # "email" | "eherkenning": how an applicant shows who they are
+    eherkenning_level: str | None = None  # the lowest eHerkenning level an "eherkenning" scheme accepts
 
 
 class ContactFacts(msgspec.Struct, frozen=True, kw_only=True):
