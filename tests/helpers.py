@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import re
 from typing import Any
 
 import msgspec
@@ -127,6 +128,10 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+_LIMIT_STATEMENT = re.compile(r"\s*(INSERT INTO rate_limit_counter|UPDATE rate_limit_counter|SELECT f\.count)")
+"""The failed-lookup limit's own statements (``service.ratelimit``), not those that read its count."""
+
+
 class Statements:
     """The statements this process sends to a database while the block runs (``service.statements``),
     on every path: the engines, ``sqlite3`` and asyncpg's own connections."""
@@ -151,6 +156,17 @@ class Statements:
     def work(self) -> list[str]:
         """The statements that read or write, without transaction control."""
         return [sql for sql in self.sent if sql.split(None, 1)[0].upper() not in self.CONTROL]
+
+    @property
+    def limits(self) -> list[str]:
+        """The failed-lookup limit's own statements: taking a slot before a code is looked up, and
+        giving it back when the code was found (``ratelimit.failures_limited``)."""
+        return [sql for sql in self.work if _LIMIT_STATEMENT.match(sql)]
+
+    @property
+    def beside_limits(self) -> list[str]:
+        """:attr:`work` without the failed-lookup limit's statements."""
+        return [sql for sql in self.work if not _LIMIT_STATEMENT.match(sql)]
 
     def count(self, word: str) -> int:
         """How often a transaction was begun, committed or rolled back (``BEGIN`` …)."""

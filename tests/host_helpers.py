@@ -30,6 +30,11 @@ def vouchers_env(settings: Settings, **extra: str) -> dict[str, str]:
             **({"VOUCHERS_DATABASE_SCHEMA": settings.database_schema} if settings.database_schema else {}),
             "VOUCHERS_BASE_URL": settings.base_url, "VOUCHERS_FAILED_LOOKUP_LIMIT": str(LOOKUP_LIMIT),
             "VOUCHERS_SITE_REBUILD": "false",
+            # Pools sized so that every host and background process fits the one server together.
+            **({"VOUCHERS_DB_PROCESSES": str(settings.db_processes)} if settings.db_processes else {}),
+            "VOUCHERS_DB_POOL_SIZE": str(settings.db_pool_size),
+            "VOUCHERS_DB_MAX_OVERFLOW": str(settings.db_max_overflow),
+            "VOUCHERS_DB_DRIVER_CONNECTIONS": str(settings.db_driver_connections),
             "VOUCHERS_TRUSTED_PROXIES": PROXY, **extra}
 
 

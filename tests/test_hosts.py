@@ -90,7 +90,10 @@ def cluster(pg_database: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     upgrade(pg_database, schema)  # as the operator does: vouchers db upgrade
     settings = Settings(environment="test", database_url=pg_database, database_schema=schema,
                         secret_key=TEST_SECRET, base_url="http://vouchers.test", background_tasks=False,
-                        failed_lookup_limit=LOOKUP_LIMIT)
+                        failed_lookup_limit=LOOKUP_LIMIT,
+                        # Sized as README's "How pools are sized" asks: the hosts, two background
+                        # processes and this test's own runtime share one server's 100 connections.
+                        db_processes=HOSTS + 3, db_pool_size=6, db_max_overflow=4, db_driver_connections=3)
     cluster = Cluster(settings, tmp_path_factory.mktemp("hosts"))
     try:
         cluster.start_hosts(HOSTS)
