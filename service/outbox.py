@@ -171,6 +171,19 @@ _RELOCK = (select(_TABLE.c.id, func.set_config("synchronous_commit", "off", True
            .with_for_update(skip_locked=True))
 
 
+async def _deliver(rt: Runtime, server: _MailServer, message: OutboxMessage, subject: str, body: str,
+                   now: dt.datetime) -> tuple[Any, bool]:
+    """Hand one mail to the mail server: the UPDATE that marks it (sent, or back for a later try
+    after a failure of any kind), and whether it went."""
+    try:
+        await server.deliver(message, _mime(rt, message, subject, body))
+    except Exception as exc:  # any failure of the mail server: try again later
+        # The server's message can name the address: the line has the exception's type only.
+        logs.event(log, logging.WARNING, "mail_not_sent", outbox_id=message.id, **logs.failure_fields(exc))
+        return _failed(message, exc, now), False
+    return _sent([message.id]), True
+
+
 async def _send_locked(rt: Runtime, now: dt.datetime, batch: int) -> tuple[int, int]:
     """PostgreSQL: the batch's rows stay locked (``FOR UPDATE SKIP LOCKED``) for as long as they
     are being sent, by a transaction that commits each message's mark and locks the rest again.
@@ -194,15 +207,8 @@ async def _send_locked(rt: Runtime, now: dt.datetime, batch: int) -> tuple[int, 
             for n, (message, subject, body) in enumerate(rendered):
                 if message.id not in held:
                     continue
-                try:
-                    await server.deliver(message, _mime(rt, message, subject, body))
-                except Exception as exc:  # any failure of the mail server: try again later
-                    # The server's message can name the address: the line has the exception's type only.
-                    logs.event(log, logging.WARNING, "mail_not_sent", outbox_id=message.id, **logs.failure_fields(exc))
-                    mark = _failed(message, exc, now)
-                else:
-                    mark = _sent([message.id])
-                    sent += 1
+                mark, went = await _deliver(rt, server, message, subject, body, now)
+                sent += went
                 await connection.execute(mark)
                 await connection.commit()
                 rest = [m.id for m, _, _ in rendered[n + 1:] if m.id in held]
@@ -234,15 +240,8 @@ async def _send_leased(rt: Runtime, now: dt.datetime, batch: int) -> tuple[int, 
     try:
         async with _MailServer(rt) as server:
             for message, subject, body in rendered:
-                try:
-                    await server.deliver(message, _mime(rt, message, subject, body))
-                except Exception as exc:  # any failure of the mail server: try again later
-                    # The server's message can name the address: the line has the exception's type only.
-                    logs.event(log, logging.WARNING, "mail_not_sent", outbox_id=message.id, **logs.failure_fields(exc))
-                    mark = _failed(message, exc, now)
-                else:
-                    mark = _sent([message.id])
-                    sent += 1
+                mark, went = await _deliver(rt, server, message, subject, body, now)
+                sent += went
                 async with rt.engine.begin() as connection:  # Core: no session to set up for one UPDATE
                     await connection.execute(mark)
                 marked += 1
