@@ -29,6 +29,7 @@ from service.migrate import stamp_head
 from service.models import Base
 from service.runtime import Runtime
 from service.settings import Settings
+from tests.helpers import new_pg_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("VOUCHERS_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -73,16 +74,7 @@ def database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> tu
     if backend == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path}/vouchers.db", None
     url = request.getfixturevalue("pg_database")
-    schema = f"t_{secrets.token_hex(6)}"
-
-    async def create() -> None:
-        engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
-        async with engine.connect() as conn:
-            await conn.execute(text(f"CREATE SCHEMA {schema}"))
-        await engine.dispose()
-
-    asyncio.run(create())
-    return url, schema
+    return url, new_pg_schema(url)
 
 
 @pytest.fixture

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
 import re
+import secrets
 from typing import Any
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from service import applications, providers, schemes
 from service.codes import format_code
@@ -126,6 +129,21 @@ async def reload(rt: Runtime, model: type, id_: int) -> Any:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def new_pg_schema(url: str, prefix: str = "t") -> str:
+    """A new, empty schema in the run's PostgreSQL database (``pg_database``), for one test or one
+    module: the tables of each test stay apart without a database of their own."""
+    schema = f"{prefix}_{secrets.token_hex(6)}"
+
+    async def create() -> None:
+        engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+        async with engine.connect() as conn:
+            await conn.execute(text(f"CREATE SCHEMA {schema}"))
+        await engine.dispose()
+
+    asyncio.run(create())
+    return schema
 
 
 _LIMIT_STATEMENT = re.compile(r"\s*(INSERT INTO rate_limit_counter|UPDATE rate_limit_counter|SELECT f\.count)")

@@ -21,8 +21,7 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
-from sqlalchemy import func, select, text, update
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import func, select, update
 
 from service.check import reconcile
 from service.codes import format_code
@@ -33,7 +32,7 @@ from service.settings import Settings
 from tests.coach_helpers import PASSWORD, make_staff
 from tests.conftest import TEST_SECRET, SmtpSink, free_port
 from tests.host_helpers import LOOKUP_LIMIT, Host, Process, fire, stop_all, vouchers_env
-from tests.helpers import admin_token, bearer, make_provider, make_scheme, make_voucher, next_kvk
+from tests.helpers import admin_token, bearer, make_provider, make_scheme, make_voucher, new_pg_schema, next_kvk
 
 pytestmark = pytest.mark.postgres
 
@@ -78,15 +77,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(pg_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    schema = f"hosts_{uuid.uuid4().hex[:8]}"
-
-    async def create_schema() -> None:
-        engine = create_async_engine(pg_database, isolation_level="AUTOCOMMIT")
-        async with engine.connect() as conn:
-            await conn.execute(text(f"CREATE SCHEMA {schema}"))
-        await engine.dispose()
-
-    asyncio.run(create_schema())
+    schema = new_pg_schema(pg_database, "hosts")
     upgrade(pg_database, schema)  # as the operator does: vouchers db upgrade
     settings = Settings(environment="test", database_url=pg_database, database_schema=schema,
                         secret_key=TEST_SECRET, base_url="http://vouchers.test", background_tasks=False,

@@ -5,7 +5,6 @@ the real app factory, as a coach, as the municipality and as nobody."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,15 +13,13 @@ from typing import Any
 
 import pytest
 import schemathesis
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.app import create_app
 from service.models import Base
 from service.runtime import Runtime
 from service.settings import Settings
 from tests.conftest import TEST_SECRET
-from tests.helpers import admin_token, bearer, make_provider, make_scheme, make_voucher
+from tests.helpers import admin_token, bearer, make_provider, make_scheme, make_voucher, new_pg_schema
 
 CONFIG = schemathesis.Config.from_dict({
     "seed": 20261205,
@@ -72,15 +69,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         url = f"sqlite+aiosqlite:///{tmp}/vouchers.db"
     else:
         url = request.getfixturevalue("pg_database")
-        schema = f"t_{secrets.token_hex(6)}"
-
-        async def create() -> None:
-            engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
-            async with engine.connect() as conn:
-                await conn.execute(text(f"CREATE SCHEMA {schema}"))
-            await engine.dispose()
-
-        asyncio.run(create())
+        schema = new_pg_schema(url)
     settings = Settings(environment="test", database_url=url, database_schema=schema, secret_key=TEST_SECRET,
                         base_url="http://testserver.local", mail_dir=str(tmp / "mail"), background_tasks=False)
     tokens = asyncio.run(_seed(settings))
