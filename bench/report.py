@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ("against_previous", "machine", "table", "targets_table", "write_json", "update_markdown")
+__all__ = ("against_previous", "machine", "sql_text", "table", "targets_table", "write_json", "update_markdown")
 
 START = "<!-- bench:results:start -->"
 END = "<!-- bench:results:end -->"
@@ -52,7 +52,8 @@ def _ms(value: float | None) -> str:
     return f"{value:.1f}" if value >= 1 else f"{value:.2f}"
 
 
-def _sql(sql: dict[str, float] | None) -> str:
+def sql_text(sql: dict[str, float] | None) -> str:
+    """Statements per request, with the idempotency key's own apart: ``4.00 +6.00 key``."""
     if not sql:
         return "–"
     text = f"{sql['statements']:.2f}"
@@ -84,9 +85,9 @@ def table(results: list[dict[str, Any]]) -> str:
         cpu = (f"{extra['server_cpu_ms']:.2f} + {extra['db_cpu_ms']:.2f}" if "server_cpu_ms" in extra else "–")
         if r["db"] == "sqlite" and "server_cpu_ms" in extra:
             cpu = f"{extra['server_cpu_ms']:.2f}"  # SQLite runs inside the server
-        sql = _sql(extra.get("sql"))
+        sql = sql_text(extra.get("sql"))
         if r.get("sql_alone"):
-            sql += f" ({_sql(r['sql_alone'])})"
+            sql += f" ({sql_text(r['sql_alone'])})"
         lines.append(f"| {r['db']} | {r['scenario']} | {r['connections']} | {r['rps']:,.0f} | {yardstick} | {ratio} | "
                      f"{p50} | {p99} | {bare_rps} | {sql} | {answers} | {cpu} | {r['wrk_cpu']:.2f} | {check} |")
     return "\n".join(lines)

@@ -54,15 +54,6 @@ def per_request(counts: sqlcount.Counts, n: int) -> dict[str, float] | None:
     return {"statements": counts.statements / n, "control": counts.control / n, "idempotency": counts.idempotency / n}
 
 
-def _sql_text(sql: dict[str, float] | None) -> str:
-    if not sql:
-        return "–"
-    text = f"{sql['statements']:.2f}"
-    if sql.get("idempotency"):
-        text += f" +{sql['idempotency']:.2f} key"
-    return text
-
-
 class Run:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -115,9 +106,9 @@ class Run:
         sql = load.extra.get("sql")
         sql_text = ""
         if sql is not None:
-            sql_text = f"  SQL/req {_sql_text(sql)}"
+            sql_text = f"  SQL/req {report.sql_text(sql)}"
             if extra.get("sql_alone"):
-                sql_text += f" (alone {_sql_text(extra['sql_alone'])})"
+                sql_text += f" (alone {report.sql_text(extra['sql_alone'])})"
         say(f"  {scenario:<18} {load.rps:9,.0f} req/s  p50 {load.p50_ms:6.1f} ms  p99 {load.p99_ms:6.1f} ms  "
             f"{ratio:>22}  {dict(sorted(load.statuses.items()))}{sql_text}  wrk cpu {load.wrk_cpu:.2f}{cpu_text}  "
             f"{status}")
@@ -389,8 +380,8 @@ class Run:
                     sql_alone=confirm_alone, applicants=n - k, applicants_per_second=per_second,
                     sql_per_applicant=per_applicant, sql_alone_per_applicant=alone)
         text = (f"page rush per applicant: {per_second:,.0f} applicants/s (form {applied.seconds:.1f} s + confirm "
-                f"{confirmed.seconds:.1f} s for {n - k}); SQL per applicant {_sql_text(per_applicant)} under load, "
-                f"{_sql_text(alone)} alone")
+                f"{confirmed.seconds:.1f} s for {n - k}); SQL per applicant {report.sql_text(per_applicant)} under load, "
+                f"{report.sql_text(alone)} alone")
         self.results.append({"kind": "note", "text": f"Page rush ({db}): {text.split(': ', 1)[1]}."})
         say(f"  {text}")
 
