@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
@@ -152,6 +152,21 @@ async def client(rt: Runtime) -> AsyncIterator[AsyncTestClient]:
 
 # --- live servers: the real ASGI server in separate processes ----------------------------------
 
+def wait_healthy(url: str, process: subprocess.Popen[bytes], seconds: float, output: Callable[[], str]) -> None:
+    """Wait until the server at ``url`` answers ``/healthz``; fail with its output if it exits or
+    does not answer within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {output()}")
+    raise RuntimeError(f"server did not start within {seconds:.0f} s: {output()}")
+
+
 class LiveServer:
     def __init__(self, settings: Settings, workers: int) -> None:
         self.port = free_port()
@@ -164,17 +179,11 @@ class LiveServer:
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so kill() reaches the workers too
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-            if self.process.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(f"server exited: {self.log.read().decode(errors='replace')}")
-        raise RuntimeError("server did not start within 30 s")
+        wait_healthy(self.url, self.process, 30, self._output)
+
+    def _output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
     def kill(self) -> None:
         """kill -9 the server and all its worker processes, as a crash would."""

@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
 from service.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_healthy
 
 LOOKUP_LIMIT = 5
 PROXY = "127.0.0.1"
@@ -88,16 +87,7 @@ class Host(Process):
         super().__init__(["serve", "--port", str(self.port)], {**env, "VOUCHERS_BACKGROUND_TASKS": "false"}, cwd)
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-            if self.process.poll() is not None:
-                raise RuntimeError(f"host exited: {self.output()}")
-        raise RuntimeError(f"host did not start within 60 s: {self.output()}")
+        wait_healthy(self.url, self.process, 60, self.output)
 
 
 async def fire(requests: list[tuple[str, str, dict]], limit: int = 48) -> list[httpx.Response]:
